@@ -1,0 +1,82 @@
+"""User data: the script an instance runs at boot to become a scheduler or a worker.
+
+It carries no secrets (user data is readable through DescribeInstanceAttribute): the node
+agent fetches the TLS material from SSM with the instance's role.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import burst.node
+
+USER_DATA_LIMIT = 16 * 1024  # EC2's limit, before base64
+
+
+def client_versions() -> dict[str, str]:
+    """What the workers must match: Python's minor version and the exact Dask stack."""
+    return {
+        "python": "{}.{}".format(*sys.version_info[:2]),
+        "dask": version("dask"),
+        "distributed": version("distributed"),
+        "cloudpickle": version("cloudpickle"),
+    }
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    role: str  # "scheduler" or "worker"
+    cluster_id: str
+    deadline: datetime
+    port: int = 8786
+    dashboard_port: int = 8787
+    idle_timeout: str = "30m"
+
+
+def _agent_payload() -> str:
+    source = Path(burst.node.__file__).read_bytes()
+    return base64.b64encode(gzip.compress(source, mtime=0)).decode()
+
+
+def render(config: NodeConfig, packages: list[str] | None = None) -> str:
+    versions = client_versions()
+    python = f"python{versions['python']}"
+    pins = [f"{name}=={versions[name]}" for name in ("dask", "distributed", "cloudpickle")]
+    install = " ".join(shlex.quote(p) for p in [*pins, "boto3", "bokeh", *(packages or [])])
+    agent_args = " ".join(shlex.quote(a) for a in [
+        "--role", config.role, "--cluster-id", config.cluster_id,
+        "--deadline", str(int(config.deadline.timestamp())),
+        "--port", str(config.port), "--dashboard-port", str(config.dashboard_port),
+        "--idle-timeout", config.idle_timeout, "--versions", json.dumps(versions),
+    ])
+    script = f"""#!/bin/bash
+# burst {config.role} node of cluster {config.cluster_id}; deadline {config.deadline.isoformat()}
+set -u
+DEADLINE={int(config.deadline.timestamp())}
+# Dead-man's switch: power off at the deadline, whatever becomes of the agent or the client.
+( left=$(( DEADLINE - $(date +%s) )); sleep $(( left > 0 ? left : 0 )); shutdown -h now ) &
+NODE_DIR=$(mktemp -d)
+PY="${{BURST_NODE_PYTHON:-}}"
+if [ -z "$PY" ]; then
+  # A stock Amazon Linux image: build the client's environment, exact Dask versions.
+  dnf install -y -q {python} {python}-pip >/dev/null
+  {python} -m venv "$NODE_DIR/venv"
+  "$NODE_DIR/venv/bin/pip" install -q {install}
+  PY="$NODE_DIR/venv/bin/python"
+fi
+echo '{_agent_payload()}' | base64 -d | gunzip > "$NODE_DIR/burst_node.py"
+"$PY" "$NODE_DIR/burst_node.py" {agent_args}
+echo "burst node agent exited with $?; powering off"
+shutdown -h now
+"""
+    if len(script.encode()) > USER_DATA_LIMIT:
+        raise ValueError(f"user data is {len(script.encode())} bytes; EC2 accepts 16 KB")
+    return script

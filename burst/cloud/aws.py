@@ -1,0 +1,372 @@
+"""EC2 through plain boto3: network, node role, secrets, instances, teardown, verification.
+
+The same code drives real AWS and the sandbox (moto's server): the only difference is the
+endpoint URL and the credentials of the session handed in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, WaiterError
+
+from burst.cloud.base import (
+    TAG_CLUSTER,
+    TAG_DEADLINE,
+    TAG_JOB,
+    TAG_MANAGED,
+    TAG_ROLE,
+    CloudError,
+    InstanceRecord,
+    TeardownReport,
+)
+from burst.plan import PlanLine
+
+# Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
+RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
+AMI_PARAMETERS = {
+    "x86_64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "arm64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+}
+# Spot capacity errors after which spot-with-fallback moves to on-demand.
+SPOT_CAPACITY_ERRORS = {
+    "InsufficientInstanceCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InsufficientCapacity",
+}
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    """Names and tags shared by every resource of one cluster."""
+
+    cluster_id: str
+    job_id: str
+    deadline: datetime
+
+    @property
+    def parameter_path(self) -> str:
+        return f"/burst/{self.cluster_id}"
+
+    @property
+    def name(self) -> str:
+        return f"burst-{self.cluster_id}"
+
+    def tags(self, role: str) -> list[dict[str, str]]:
+        return [
+            {"Key": TAG_CLUSTER, "Value": self.cluster_id},
+            {"Key": TAG_JOB, "Value": self.job_id},
+            {"Key": TAG_ROLE, "Value": role},
+            {"Key": TAG_DEADLINE, "Value": self.deadline.isoformat(timespec="seconds")},
+            {"Key": TAG_MANAGED, "Value": "true"},
+            {"Key": "Name", "Value": f"{self.name}-{role}"},
+        ]
+
+    def tag_specifications(self, role: str, *resource_types: str) -> list[dict[str, Any]]:
+        return [{"ResourceType": r, "Tags": self.tags(role)} for r in resource_types]
+
+
+@dataclass(frozen=True)
+class NodeEnvironment:
+    """Where the nodes of one cluster live: created once, before any instance."""
+
+    vpc_id: str
+    subnets: dict[str, str]  # zone -> subnet id
+    security_group_id: str
+    instance_profile: str
+    image_id: str
+
+
+def _error_code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+class AwsProvider:
+    """One region of one account, reached through a boto3 session and optional endpoint."""
+
+    def __init__(self, session: boto3.Session, region: str, endpoint_url: str | None = None,
+                 scheduler_port: int = 8786, dashboard_port: int = 8787):
+        def client(service: str):
+            return session.client(service, region_name=region, endpoint_url=endpoint_url,
+                                  config=RETRY_CONFIG)
+
+        self.region = region
+        self.ec2 = client("ec2")
+        self.ssm = client("ssm")
+        self.iam = client("iam")
+        self.scheduler_port = scheduler_port
+        self.dashboard_port = dashboard_port
+
+    # ----------------------------------------------------------------- set-up
+
+    def prepare(self, ident: ClusterIdentity, zones: list[str], client_cidr: str,
+                node_secret: dict[str, str], architecture: str = "x86_64") -> NodeEnvironment:
+        vpc_id, subnets = self._default_network(zones)
+        group = self._security_group(ident, vpc_id, client_cidr)
+        profile = self._node_role(ident)
+        self.ssm.put_parameter(
+            Name=f"{ident.parameter_path}/tls", Value=json.dumps(node_secret),
+            Type="SecureString", Tags=ident.tags("secret"),
+        )
+        return NodeEnvironment(vpc_id, subnets, group, profile, self._image(architecture))
+
+    def _default_network(self, zones: list[str]) -> tuple[str, dict[str, str]]:
+        vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            raise CloudError(
+                f"no default VPC in {self.region}; fix: `aws ec2 create-default-vpc "
+                f"--region {self.region}`"
+            )
+        vpc_id = vpcs[0]["VpcId"]
+        found = self.ec2.describe_subnets(Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "availability-zone", "Values": zones},
+        ])["Subnets"]
+        subnets = {s["AvailabilityZone"]: s["SubnetId"] for s in found}
+        missing = [z for z in zones if z not in subnets]
+        if missing:
+            raise CloudError(f"the default VPC {vpc_id} has no subnet in {missing}")
+        return vpc_id, subnets
+
+    def _security_group(self, ident: ClusterIdentity, vpc_id: str, client_cidr: str) -> str:
+        group_id = self.ec2.create_security_group(
+            GroupName=ident.name, VpcId=vpc_id,
+            Description=f"burst cluster {ident.cluster_id}: Dask over TLS",
+            TagSpecifications=ident.tag_specifications("network", "security-group"),
+        )["GroupId"]
+        # The scheduler and dashboard only to the client's own address; everything else only
+        # between members of this group.
+        client_ports = sorted({self.scheduler_port or 8786, self.dashboard_port or 8787})
+        self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": client_ports[0], "ToPort": client_ports[-1],
+             "IpRanges": [{"CidrIp": client_cidr, "Description": "burst client"}]},
+            {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535,
+             "UserIdGroupPairs": [{"GroupId": group_id, "Description": "cluster members"}]},
+        ])
+        return group_id
+
+    def _node_role(self, ident: ClusterIdentity) -> str:
+        """A role per cluster that can read and publish only this cluster's parameters."""
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole"}]}
+        policy = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:PutParameter"],
+            "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*"}]}
+        self.iam.create_role(RoleName=ident.name, AssumeRolePolicyDocument=json.dumps(trust),
+                             Tags=ident.tags("node-role"))
+        self.iam.put_role_policy(RoleName=ident.name, PolicyName="burst-node",
+                                 PolicyDocument=json.dumps(policy))
+        self.iam.create_instance_profile(InstanceProfileName=ident.name,
+                                         Tags=ident.tags("node-role"))
+        self.iam.add_role_to_instance_profile(InstanceProfileName=ident.name,
+                                              RoleName=ident.name)
+        return ident.name
+
+    def _image(self, architecture: str) -> str:
+        name = AMI_PARAMETERS[architecture]
+        return self.ssm.get_parameter(Name=name)["Parameter"]["Value"]
+
+    # ------------------------------------------------------------- instances
+
+    def launch(self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine,
+               user_data: str, fallback_to_on_demand: bool = False) -> list[InstanceRecord]:
+        """Launch one plan line; spot shortfalls go to on-demand when fallback is allowed."""
+        records: list[InstanceRecord] = []
+        market = line.market
+        try:
+            records = self._run(ident, env, line, user_data, market, line.count)
+        except ClientError as error:
+            if not (market == "spot" and fallback_to_on_demand
+                    and _error_code(error) in SPOT_CAPACITY_ERRORS):
+                raise CloudError(f"launching {line.count} x {line.instance_type} "
+                                 f"({market}) failed: {error}") from error
+        if len(records) < line.count and market == "spot" and fallback_to_on_demand:
+            records += self._run(ident, env, line, user_data, "on-demand",
+                                 line.count - len(records))
+        return records
+
+    def _run(self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine,
+             user_data: str, market: str, count: int) -> list[InstanceRecord]:
+        request: dict[str, Any] = dict(
+            ImageId=env.image_id, InstanceType=line.instance_type,
+            MinCount=1, MaxCount=count, UserData=user_data,
+            SubnetId=env.subnets[line.zone], SecurityGroupIds=[env.security_group_id],
+            IamInstanceProfile={"Name": env.instance_profile},
+            InstanceInitiatedShutdownBehavior="terminate",  # the dead-man's switch powers off
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            TagSpecifications=ident.tag_specifications(line.role, "instance", "volume"),
+        )
+        if market == "spot":
+            request["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        reply = _while_profile_propagates(lambda: self.ec2.run_instances(**request))
+        return [_record(i) for i in reply["Instances"]]
+
+    def instances(self, ident: ClusterIdentity, states: list[str] | None = None
+                  ) -> list[InstanceRecord]:
+        filters = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
+        if states:
+            filters.append({"Name": "instance-state-name", "Values": states})
+        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
+        return [_record(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def scheduler_address(self, ident: ClusterIdentity) -> dict | None:
+        """The scheduler publishes its addresses once it listens; None until then."""
+        try:
+            value = self.ssm.get_parameter(Name=f"{ident.parameter_path}/scheduler")
+        except ClientError as error:
+            if _error_code(error) == "ParameterNotFound":
+                return None
+            raise
+        return json.loads(value["Parameter"]["Value"])
+
+    def node_failures(self, ident: ClusterIdentity) -> list[str]:
+        """Messages of nodes that gave up before joining (see burst.node.report_failure)."""
+        pages = self.ssm.get_paginator("get_parameters_by_path").paginate(
+            Path=f"{ident.parameter_path}/failed")
+        return [p["Value"] for page in pages for p in page["Parameters"]]
+
+    # -------------------------------------------------------------- teardown
+
+    def teardown(self, ident: ClusterIdentity, wait_seconds: float = 600) -> TeardownReport:
+        """Delete everything of the cluster, found by tag, then prove nothing is left."""
+        report = TeardownReport()
+        steps: list[tuple[str, Callable[[], list[str]]]] = [
+            ("terminate instances", lambda: self._terminate(ident, wait_seconds)),
+            ("delete security group", lambda: self._delete_groups(ident, wait_seconds)),
+            ("delete parameters", lambda: self._delete_parameters(ident)),
+            ("delete node role", lambda: self._delete_role(ident)),
+        ]
+        for what, step in steps:
+            try:
+                done = step()
+            except Exception as error:  # keep going: a later step may still free resources
+                report.errors.append(f"{what}: {error}")
+                continue
+            (report.terminated if what == "terminate instances" else report.deleted).extend(done)
+        report.leftovers = self.leftovers(ident)
+        return report
+
+    def _terminate(self, ident: ClusterIdentity, wait_seconds: float) -> list[str]:
+        ids = [i.instance_id for i in self.instances(ident, LIVE_STATES)]
+        if not ids:
+            return []
+        for start in range(0, len(ids), 1000):
+            self.ec2.terminate_instances(InstanceIds=ids[start:start + 1000])
+        try:
+            self.ec2.get_waiter("instance_terminated").wait(
+                Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}],
+                WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(wait_seconds / 2))},
+            )
+        except WaiterError as error:
+            raise CloudError(f"instances did not terminate in {wait_seconds:.0f}s: {error}") from error
+        return ids
+
+    def _groups(self, ident: ClusterIdentity) -> list[str]:
+        groups = self.ec2.describe_security_groups(
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}])
+        return [g["GroupId"] for g in groups["SecurityGroups"]]
+
+    def _delete_groups(self, ident: ClusterIdentity, wait_seconds: float) -> list[str]:
+        deleted = []
+        for group_id in self._groups(ident):
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    self.ec2.delete_security_group(GroupId=group_id)
+                    break
+                except ClientError as error:
+                    # Network interfaces of terminated instances linger for a while on AWS.
+                    if _error_code(error) != "DependencyViolation" or time.monotonic() > deadline:
+                        raise
+                    time.sleep(5)
+            deleted.append(group_id)
+        return deleted
+
+    def _parameters(self, ident: ClusterIdentity) -> list[str]:
+        pages = self.ssm.get_paginator("get_parameters_by_path").paginate(
+            Path=ident.parameter_path, Recursive=True)
+        return [p["Name"] for page in pages for p in page["Parameters"]]
+
+    def _delete_parameters(self, ident: ClusterIdentity) -> list[str]:
+        names = self._parameters(ident)
+        for start in range(0, len(names), 10):
+            self.ssm.delete_parameters(Names=names[start:start + 10])
+        return names
+
+    def _delete_role(self, ident: ClusterIdentity) -> list[str]:
+        deleted = []
+        try:
+            self.iam.remove_role_from_instance_profile(InstanceProfileName=ident.name,
+                                                       RoleName=ident.name)
+        except self.iam.exceptions.NoSuchEntityException:
+            pass
+        for what, delete in (
+            ("instance-profile", lambda: self.iam.delete_instance_profile(
+                InstanceProfileName=ident.name)),
+            ("role-policy", lambda: self.iam.delete_role_policy(
+                RoleName=ident.name, PolicyName="burst-node")),
+            ("role", lambda: self.iam.delete_role(RoleName=ident.name)),
+        ):
+            try:
+                delete()
+                deleted.append(f"{what}/{ident.name}")
+            except self.iam.exceptions.NoSuchEntityException:
+                pass
+        return deleted
+
+    def leftovers(self, ident: ClusterIdentity) -> list[str]:
+        """Everything of this cluster that still exists (and may still bill)."""
+        found = [f"instance {i.instance_id} ({i.state})"
+                 for i in self.instances(ident, LIVE_STATES)]
+        found += [f"security-group {g}" for g in self._groups(ident)]
+        found += [f"parameter {p}" for p in self._parameters(ident)]
+        try:
+            self.iam.get_role(RoleName=ident.name)
+            found.append(f"role {ident.name}")
+        except self.iam.exceptions.NoSuchEntityException:
+            pass
+        try:
+            self.iam.get_instance_profile(InstanceProfileName=ident.name)
+            found.append(f"instance-profile {ident.name}")
+        except self.iam.exceptions.NoSuchEntityException:
+            pass
+        return found
+
+
+def _record(instance: dict) -> InstanceRecord:
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    return InstanceRecord(
+        instance_id=instance["InstanceId"],
+        role=tags.get(TAG_ROLE, "unknown"),
+        instance_type=instance["InstanceType"],
+        zone=instance["Placement"]["AvailabilityZone"],
+        market="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
+        state=instance["State"]["Name"],
+        launch_time=instance.get("LaunchTime", datetime.now(UTC)),
+    )
+
+
+def _while_profile_propagates(call: Callable[[], dict], seconds: float = 60) -> dict:
+    """A new instance profile takes seconds to reach EC2 (IAM is eventually consistent);
+    botocore does not retry this error, so wait it out here."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except ClientError as error:
+            propagating = (_error_code(error) == "InvalidParameterValue"
+                           and "instance profile" in str(error).lower())
+            if not propagating or time.monotonic() > deadline:
+                raise
+            time.sleep(3)

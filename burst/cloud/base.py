@@ -1,0 +1,50 @@
+"""What a provider returns: plain records the runner and the manifest can rely on."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+
+class CloudError(RuntimeError):
+    """The cloud refused or failed: capacity, permissions, limits. Exit code 3."""
+
+
+TAG_CLUSTER = "burst:cluster"
+TAG_JOB = "burst:job"
+TAG_ROLE = "burst:role"
+TAG_DEADLINE = "burst:deadline"
+TAG_MANAGED = "burst:managed"
+
+
+@dataclass
+class InstanceRecord:
+    instance_id: str
+    role: str
+    instance_type: str
+    zone: str
+    market: str
+    state: str
+    launch_time: datetime
+    end_time: datetime | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["launch_time"] = self.launch_time.isoformat()
+        data["end_time"] = self.end_time.isoformat() if self.end_time else None
+        return data
+
+
+@dataclass
+class TeardownReport:
+    terminated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not self.leftovers and not self.errors
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "verified": self.verified}

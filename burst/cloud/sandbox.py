@@ -1,0 +1,381 @@
+"""The sandbox cloud: moto's AWS API on loopback, with local process groups as instances.
+
+- Control plane: moto's server on 127.0.0.1; burst's AWS provider only sees an endpoint URL.
+- Data plane: a hypervisor watches the instances; it runs each new instance's real user-data
+  script as a local process group, kills the group when the instance is terminated, and
+  applies the shutdown behaviour when the group exits by itself (the instance powered off).
+- Instance metadata: an IMDSv2 emulator per instance, reached through
+  AWS_EC2_METADATA_SERVICE_ENDPOINT exactly as botocore does on EC2; it also serves the
+  instance role's (fake) credentials and spot interruption notices for drills.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+
+SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+SANDBOX_REGION = "us-east-1"
+# Regions whose instances the hypervisor runs (the snapshot's regions).
+SANDBOX_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+POLL_SECONDS = 0.25
+# The sandbox "machine image": its shutdown powers the instance off by ending its process group.
+FAKE_SHUTDOWN = "#!/bin/sh\n# sandbox machine image: power off = end this instance's process group\nkill -TERM 0\n"
+
+
+def burst_home() -> Path:
+    return Path(os.environ.get("BURST_HOME", Path.home() / ".burst"))
+
+
+def state_file() -> Path:
+    return burst_home() / "sandbox.json"
+
+
+def session() -> boto3.Session:
+    """The client's session for the sandbox: moto's fake credentials, never a real one."""
+    return boto3.Session(region_name=SANDBOX_REGION, **SANDBOX_CREDENTIALS)
+
+
+# ------------------------------------------------------------------ metadata
+
+
+class _Metadata(BaseHTTPRequestHandler):
+    """IMDSv2: a PUT for a token, then GETs that carry it."""
+
+    instance: SandboxInstance  # set per server class
+
+    def log_message(self, *args):  # keep the sandbox quiet
+        pass
+
+    def _reply(self, status: int, body: str = "") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self):
+        if self.path == "/latest/api/token" and self.headers.get(
+                "X-aws-ec2-metadata-token-ttl-seconds"):
+            self._reply(200, self.instance.token)
+        else:
+            self._reply(400)
+
+    def do_GET(self):
+        if self.headers.get("X-aws-ec2-metadata-token") != self.instance.token:
+            return self._reply(401)  # IMDSv2 is required, as burst sets HttpTokens=required
+        value = self.instance.metadata(self.path.removeprefix("/latest/").rstrip("/"))
+        self._reply(404) if value is None else self._reply(200, value)
+
+
+@dataclass
+class SandboxInstance:
+    instance_id: str
+    instance_type: str
+    zone: str
+    vcpus: int
+    role: str
+    folder: Path
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    process: subprocess.Popen | None = None
+    server: ThreadingHTTPServer | None = None
+    instance_action: dict | None = None
+
+    def metadata(self, path: str) -> str | None:
+        credentials = {
+            "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "ASIASANDBOXINSTANCE",
+            "SecretAccessKey": "testing", "Token": "testing",
+            "LastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Expiration": (datetime.now(UTC) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        values = {
+            "meta-data/instance-id": self.instance_id,
+            "meta-data/instance-type": self.instance_type,
+            "meta-data/local-ipv4": "127.0.0.1",
+            "meta-data/public-ipv4": "127.0.0.1",
+            "meta-data/placement/availability-zone": self.zone,
+            "meta-data/placement/region": self.zone[:-1],
+            "meta-data/iam/security-credentials": self.role,
+            f"meta-data/iam/security-credentials/{self.role}": json.dumps(credentials),
+            "dynamic/instance-identity/document": json.dumps({
+                "instanceId": self.instance_id, "instanceType": self.instance_type,
+                "availabilityZone": self.zone, "region": self.zone[:-1]}),
+        }
+        if self.instance_action:
+            values["meta-data/spot/instance-action"] = json.dumps(self.instance_action)
+        return values.get(path)
+
+    def serve_metadata(self) -> str:
+        handler = type("Metadata", (_Metadata,), {"instance": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            _kill_group(self.process)
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# ---------------------------------------------------------------- hypervisor
+
+
+class Hypervisor:
+    """Boots, kills and powers off the sandbox's instances as moto's EC2 state says."""
+
+    def __init__(self, endpoint: str, folder: Path):
+        self.endpoint = endpoint
+        self.folder = folder
+        self.clients = {r: session().client("ec2", region_name=r, endpoint_url=endpoint)
+                        for r in SANDBOX_REGIONS}
+        self.instances: dict[str, SandboxInstance] = {}
+        self._vcpus: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sandbox-hypervisor", daemon=True)
+        self.errors: list[str] = []
+        bin_dir = folder / "image-bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        (bin_dir / "shutdown").write_text(FAKE_SHUTDOWN)
+        (bin_dir / "shutdown").chmod(0o755)
+        self.bin_dir = bin_dir
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for instance in list(self.instances.values()):
+            instance.kill()
+
+    def interrupt(self, instance_id: str, notice_seconds: float = 120) -> None:
+        """A spot interruption drill: post the two-minute notice, terminate when it expires."""
+        instance = self.instances[instance_id]
+        when = datetime.now(UTC) + timedelta(seconds=notice_seconds)
+        instance.instance_action = {"action": "terminate",
+                                    "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        timer = threading.Timer(notice_seconds, self._ec2(instance).terminate_instances,
+                                kwargs={"InstanceIds": [instance_id]})
+        timer.daemon = True
+        timer.start()
+
+    def _ec2(self, instance: SandboxInstance):
+        return self.clients[instance.zone[:-1]]
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                self._reconcile()
+            except Exception as error:  # moto restarting or shutting down: try again
+                self.errors.append(repr(error))
+
+    def _reconcile(self) -> None:
+        live = {}
+        for ec2 in self.clients.values():
+            for page in ec2.get_paginator("describe_instances").paginate():
+                for reservation in page["Reservations"]:
+                    for described in reservation["Instances"]:
+                        if described["State"]["Name"] in ("pending", "running"):
+                            live[described["InstanceId"]] = described
+        for instance_id, described in live.items():
+            if instance_id not in self.instances:
+                self._boot(described)
+        for instance_id, instance in list(self.instances.items()):
+            if instance_id not in live:
+                instance.kill()  # terminated or stopped through the API
+                del self.instances[instance_id]
+            elif instance.process and instance.process.poll() is not None:
+                self._power_off(instance)
+
+    def _boot(self, described: dict) -> None:
+        instance_id = described["InstanceId"]
+        instance_type = described["InstanceType"]
+        ec2 = self.clients[described["Placement"]["AvailabilityZone"][:-1]]
+        if instance_type not in self._vcpus:
+            info = ec2.describe_instance_types(InstanceTypes=[instance_type])
+            self._vcpus[instance_type] = info["InstanceTypes"][0]["VCpuInfo"]["DefaultVCpus"]
+        profile = described.get("IamInstanceProfile", {}).get("Arn", "/sandbox-node")
+        instance = SandboxInstance(
+            instance_id=instance_id, instance_type=instance_type,
+            zone=described["Placement"]["AvailabilityZone"], vcpus=self._vcpus[instance_type],
+            role=profile.rsplit("/", 1)[-1], folder=self.folder / instance_id,
+        )
+        self.instances[instance_id] = instance
+        instance.folder.mkdir(parents=True, exist_ok=True)
+        user_data = ec2.describe_instance_attribute(
+            InstanceId=instance_id, Attribute="userData")["UserData"].get("Value", "")
+        script = instance.folder / "user-data"
+        script.write_bytes(base64.b64decode(user_data) if user_data else b"#!/bin/sh\n")
+        script.chmod(0o700)
+        with open(instance.folder / "console.log", "ab") as console:
+            instance.process = subprocess.Popen(
+                [str(script)], cwd=instance.folder, env=self._instance_env(instance),
+                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: the whole "machine"
+            )
+
+    def _instance_env(self, instance: SandboxInstance) -> dict[str, str]:
+        """The instance sees AWS only through its metadata service and the sandbox network."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AWS_", "BURST_", "DASK_", "PYTHONPATH"))}
+        env.update({
+            "PATH": f"{self.bin_dir}:{Path(sys.executable).parent}:{env.get('PATH', '')}",
+            "HOME": str(instance.folder),
+            "TMPDIR": str(instance.folder),
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.serve_metadata(),
+            "AWS_ENDPOINT_URL": self.endpoint,  # the sandbox's "network" routes AWS to moto
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            # The sandbox image comes with the client's Python and packages baked in, and
+            # the host's cores are shared, so the instance's vCPUs are declared, not counted.
+            "BURST_NODE_PYTHON": sys.executable,
+            "BURST_NODE_VCPUS": str(instance.vcpus),
+        })
+        return env
+
+    def _power_off(self, instance: SandboxInstance) -> None:
+        instance.kill()
+        ec2 = self._ec2(instance)
+        behaviour = ec2.describe_instance_attribute(
+            InstanceId=instance.instance_id, Attribute="instanceInitiatedShutdownBehavior",
+        )["InstanceInitiatedShutdownBehavior"]["Value"]
+        if behaviour == "terminate":
+            ec2.terminate_instances(InstanceIds=[instance.instance_id])
+        else:
+            ec2.stop_instances(InstanceIds=[instance.instance_id])
+
+
+# ------------------------------------------------------------------- sandbox
+
+
+class Sandbox:
+    """moto's server plus the hypervisor, in this process."""
+
+    def __init__(self, folder: Path | None = None):
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._owns_folder = folder is None
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="burst-sandbox-"))
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint = ""
+        self.hypervisor: Hypervisor | None = None
+
+    def start(self) -> Sandbox:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.hypervisor = Hypervisor(self.endpoint, self.folder)
+        self.hypervisor.start()
+        return self
+
+    def stop(self) -> None:
+        if self.hypervisor:
+            self.hypervisor.stop()
+        self._server.stop()
+        if self._owns_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def publish(self) -> None:
+        """Let other burst processes on this machine use this sandbox."""
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"endpoint": self.endpoint, "pid": os.getpid(),
+                                    "folder": str(self.folder)}))
+
+
+def running_sandbox() -> dict | None:
+    """The long-lived sandbox of this machine (`burst sandbox up`), if it answers."""
+    try:
+        state = json.loads(state_file().read_text())
+        session().client("sts", endpoint_url=state["endpoint"]).get_caller_identity()
+        return state
+    except Exception:
+        return None
+
+
+def serve(ready_file: Path | None = None) -> None:
+    """`burst sandbox up` runs this in its own process until SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with Sandbox() as sandbox:
+        sandbox.publish()
+        while not stop.wait(1):
+            pass
+        state_file().unlink(missing_ok=True)
+
+
+def start_detached(timeout: float = 60) -> dict:
+    home = burst_home()
+    home.mkdir(parents=True, exist_ok=True)
+    state_file().unlink(missing_ok=True)
+    with open(home / "sandbox.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "burst.cloud.sandbox"], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = running_sandbox()
+        if state:
+            return state
+        time.sleep(0.2)
+    raise RuntimeError(f"the sandbox did not start in {timeout:.0f}s; see {home / 'sandbox.log'}")
+
+
+def stop_detached(timeout: float = 30) -> bool:
+    try:
+        pid = json.loads(state_file().read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        state_file().unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and state_file().exists():
+        time.sleep(0.2)
+    return True
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,196 @@
+"""BurstCluster: a real `distributed` cluster object whose machines are rented for the job.
+
+    with BurstCluster(cores=8, max_runtime="15m") as cluster, Client(cluster) as client:
+        ...
+
+Creating it plans, provisions and bootstraps; closing it tears everything down and verifies
+that nothing is left (see `teardown_report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from distributed.core import rpc
+from distributed.deploy import Cluster
+
+from burst import bootstrap, tls
+from burst.cloud import sandbox
+from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
+from burst.cloud.base import CloudError, InstanceRecord, TeardownReport
+from burst.plan import Plan, plan
+from burst.spec import JobSpec, parse_spec
+
+EventHandler = Callable[..., None]
+
+
+def new_job_id(name: str) -> str:
+    return f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Teardown must finish: ignore Ctrl-C and SIGTERM while it runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _client_cidr() -> str:
+    """The client's public address, to which alone the scheduler port is opened."""
+    with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
+        return f"{reply.read().decode().strip()}/32"
+
+
+class BurstCluster(Cluster):
+    _supports_scaling = False
+
+    def __init__(self, spec: JobSpec | None = None, *, job_id: str | None = None,
+                 on_event: EventHandler | None = None, boot_timeout: float = 900,
+                 **fields: Any):
+        """Pass a JobSpec, or its fields (cores=..., max_runtime=..., cloud=..., ...)."""
+        self.spec = spec or parse_spec({"name": "notebook", **fields})
+        self.cluster_id = uuid.uuid4().hex[:12]
+        self.job_id = job_id or new_job_id(self.spec.name)
+        self.capacity_plan: Plan = plan(self.spec)
+        self.deadline = datetime.now(UTC) + self.spec.max_runtime + self.spec.grace
+        self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
+        self.instances: dict[str, InstanceRecord] = {}
+        self.timings: dict[str, float] = {}
+        self.teardown_report: TeardownReport | None = None
+        self._emit = on_event or (lambda event, **info: None)
+        self._private_sandbox: sandbox.Sandbox | None = None
+        self._provider: AwsProvider | None = None
+        super().__init__(asynchronous=False, name=self.cluster_id)
+        self._loop_runner.start()
+        self._emit("planned", plan=self.capacity_plan)
+        try:
+            self._provision()
+            self._bootstrap(boot_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ provision
+
+    def _open_provider(self) -> tuple[AwsProvider, str]:
+        if self.spec.cloud == "aws":
+            import boto3
+
+            return AwsProvider(boto3.Session(), self.spec.region), _client_cidr()
+        state = sandbox.running_sandbox()
+        if state is None:
+            self._private_sandbox = sandbox.Sandbox().start()
+            state = {"endpoint": self._private_sandbox.endpoint}
+        self._emit("sandbox", endpoint=state["endpoint"],
+                   private=self._private_sandbox is not None)
+        # All sandbox instances share one host, so their ports are chosen freely.
+        provider = AwsProvider(sandbox.session(), self.spec.region, state["endpoint"],
+                               scheduler_port=0, dashboard_port=0)
+        return provider, "127.0.0.1/32"
+
+    def _provision(self) -> None:
+        started = time.monotonic()
+        self._provider, client_cidr = self._open_provider()
+        credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
+        self.security = credentials.client_security()
+        zones = sorted({line.zone for line in self.capacity_plan.lines})
+        env = self._provider.prepare(self.identity, zones, client_cidr,
+                                     credentials.node_bundle())
+        for line in self.capacity_plan.lines:
+            records = self._provider.launch(
+                self.identity, env, line, self._user_data(line.role, env),
+                fallback_to_on_demand=self.spec.spot == "spot-with-fallback",
+            )
+            self.instances.update({r.instance_id: r for r in records})
+            self._emit("launched", role=line.role, records=records)
+        self.timings["provision"] = time.monotonic() - started
+
+    def _user_data(self, role: str, env: NodeEnvironment) -> str:
+        assert self._provider is not None
+        return bootstrap.render(bootstrap.NodeConfig(
+            role=role, cluster_id=self.cluster_id, deadline=self.deadline,
+            port=self._provider.scheduler_port, dashboard_port=self._provider.dashboard_port,
+        ))
+
+    # ------------------------------------------------------------ bootstrap
+
+    @property
+    def worker_instances(self) -> list[InstanceRecord]:
+        return [r for r in self.instances.values() if r.role == "worker"]
+
+    def _bootstrap(self, timeout: float) -> None:
+        started = time.monotonic()
+        give_up = started + timeout
+        address = None
+        while address is None:
+            self._check_nodes(give_up, "the scheduler to start")
+            address = self._provider.scheduler_address(self.identity)
+            if address is None:
+                time.sleep(0.5)
+        self._emit("scheduler", address=address["public"], dashboard=address.get("dashboard"))
+        self.scheduler_comm = rpc(address["public"],
+                                  connection_args=self.security.get_connection_args("client"))
+        self.sync(self._start)
+        expected = len(self.worker_instances)
+        joined = -1
+        while (count := len(self.scheduler_info["workers"])) < expected:
+            if count != joined:
+                self._emit("workers", joined=count, expected=expected)
+                joined = count
+            self._check_nodes(give_up, f"{expected} workers to join")
+            time.sleep(0.5)
+        self._emit("workers", joined=count, expected=expected)
+        self.timings["bootstrap"] = time.monotonic() - started
+
+    def _check_nodes(self, give_up: float, waiting_for: str) -> None:
+        """Fail fast when a node reports a failure or dies, instead of waiting for nothing."""
+        failures = self._provider.node_failures(self.identity)
+        if failures:
+            raise CloudError("nodes failed to start: " + "; ".join(failures))
+        if time.monotonic() > give_up:
+            raise CloudError(f"timed out waiting for {waiting_for}")
+
+    # ------------------------------------------------------------- teardown
+
+    def close(self, timeout: float | None = None) -> Any:
+        with shielded():
+            try:
+                super().close(timeout)
+            finally:
+                self._teardown()
+                self._loop_runner.stop()
+
+    def _teardown(self) -> None:
+        if self.teardown_report is not None or self._provider is None:
+            return
+        started = time.monotonic()
+        self._emit("teardown")
+        self.teardown_report = self._provider.teardown(self.identity)
+        ended = datetime.now(UTC)
+        for record in self.instances.values():
+            record.state = "terminated"
+            record.end_time = record.end_time or ended
+        self.timings["teardown"] = time.monotonic() - started
+        self._emit("torn_down", report=self.teardown_report)
+        if self._private_sandbox is not None:
+            self._private_sandbox.stop()
+
+    def __repr__(self) -> str:
+        workers = len(self.scheduler_info.get("workers", {}))
+        return (f"BurstCluster({self.cluster_id!r}, cloud={self.spec.cloud!r}, "
+                f"cores={self.spec.cores}, workers={workers}, status={self.status.name})")

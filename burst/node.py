@@ -1,0 +1,191 @@
+"""The node agent: runs ON each instance, started by the user-data script.
+
+It is shipped inside the user data and so imports nothing from burst: only the standard
+library, boto3 and distributed, which the instance's environment has at the client's exact
+versions. It reads the cluster's TLS material from SSM, starts the Dask scheduler or a worker
+over tls://, stops at the deadline even if the client is gone, and retires a worker
+gracefully when a spot interruption notice arrives. When it returns, the user-data script
+powers the instance off (and its shutdown behaviour terminates it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+METADATA_ENDPOINT = "http://169.254.169.254/"
+SPOT_POLL_SECONDS = 5.0
+
+
+class Metadata:
+    """IMDSv2, at the endpoint botocore uses (AWS_EC2_METADATA_SERVICE_ENDPOINT)."""
+
+    def __init__(self) -> None:
+        self.base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", METADATA_ENDPOINT)
+        self.base = self.base.rstrip("/") + "/latest/"
+        request = urllib.request.Request(
+            self.base + "api/token", method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            self.token = reply.read().decode()
+
+    def get(self, path: str) -> str | None:
+        request = urllib.request.Request(
+            self.base + path, headers={"X-aws-ec2-metadata-token": self.token})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.read().decode()
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+
+
+def check_versions(expected: dict[str, str]) -> None:
+    """Dask needs the same versions everywhere; refuse to join a mismatched cluster."""
+    import cloudpickle
+    import dask
+    import distributed
+
+    found = {
+        "python": "{}.{}".format(*sys.version_info[:2]),
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "cloudpickle": cloudpickle.__version__,
+    }
+    wrong = {k: (v, found.get(k)) for k, v in expected.items() if found.get(k) != v}
+    if wrong:
+        details = ", ".join(f"{k} {got} (client has {want})" for k, (want, got) in wrong.items())
+        raise RuntimeError(f"version mismatch with the client: {details}")
+
+
+class Node:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import boto3
+
+        self.args = args
+        self.metadata = Metadata()
+        self.instance_id = self.metadata.get("meta-data/instance-id") or "unknown"
+        self.address = self.metadata.get("meta-data/local-ipv4") or "0.0.0.0"
+        region = self.metadata.get("meta-data/placement/region")
+        self.ssm = boto3.client("ssm", region_name=region)
+        self.path = f"/burst/{args.cluster_id}"
+
+    def security(self):
+        from distributed.security import Security
+
+        secret = self.ssm.get_parameter(Name=f"{self.path}/tls", WithDecryption=True)
+        tls = json.loads(secret["Parameter"]["Value"])
+        return Security(
+            tls_ca_file=tls["ca"],
+            tls_scheduler_cert=tls["cert"], tls_scheduler_key=tls["key"],
+            tls_worker_cert=tls["cert"], tls_worker_key=tls["key"],
+            require_encryption=True,
+        )
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.args.deadline - time.time())
+
+    def report_failure(self, message: str) -> None:
+        """Tell the client why this node will never join, instead of letting it time out."""
+        self.ssm.put_parameter(Name=f"{self.path}/failed/{self.instance_id}",
+                               Value=message[:4000], Type="String", Overwrite=True)
+
+    async def scheduler(self) -> None:
+        from distributed import Scheduler
+
+        async with Scheduler(
+            host=self.address, port=self.args.port, protocol="tls", security=self.security(),
+            dashboard_address=f"{self.address}:{self.args.dashboard_port}",
+            idle_timeout=self.args.idle_timeout,
+        ) as scheduler:
+            port = scheduler.port
+            public = self.metadata.get("meta-data/public-ipv4") or self.address
+            dashboard = scheduler.services.get("dashboard")
+            self.ssm.put_parameter(
+                Name=f"{self.path}/scheduler", Type="String", Overwrite=True,
+                Value=json.dumps({
+                    "private": f"tls://{self.address}:{port}",
+                    "public": f"tls://{public}:{port}",
+                    "dashboard": f"http://{public}:{dashboard.port}/status" if dashboard else None,
+                    "instance_id": self.instance_id,
+                }),
+            )
+            await self._until_deadline(scheduler.finished())
+
+    async def worker(self) -> None:
+        from distributed import Worker
+
+        address = await self._scheduler_address()
+        nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
+        async with Worker(
+            address, nthreads=nthreads, name=self.instance_id, host=self.address,
+            protocol="tls", security=self.security(), dashboard=False,
+            death_timeout=self.args.death_timeout,
+        ) as worker:
+            watch = asyncio.ensure_future(self._spot_notice())
+            try:
+                done = await self._until_deadline(worker.finished(), watch)
+                if watch in done:  # interruption: hand the data to others, then leave
+                    await worker.close_gracefully(reason="spot-interruption")
+            finally:
+                watch.cancel()
+
+    async def _scheduler_address(self) -> str:
+        while self.seconds_left() > 0:
+            try:
+                value = self.ssm.get_parameter(Name=f"{self.path}/scheduler")
+                return json.loads(value["Parameter"]["Value"])["private"]
+            except self.ssm.exceptions.ParameterNotFound:
+                await asyncio.sleep(1)
+        raise RuntimeError("the deadline passed before the scheduler published its address")
+
+    async def _spot_notice(self) -> None:
+        while await asyncio.to_thread(self.metadata.get, "meta-data/spot/instance-action") is None:
+            await asyncio.sleep(SPOT_POLL_SECONDS)
+        print("spot interruption notice: retiring this worker", flush=True)
+
+    async def _until_deadline(self, *awaitables) -> set:
+        tasks = [asyncio.ensure_future(a) for a in awaitables]
+        done, _ = await asyncio.wait(tasks, timeout=self.seconds_left(),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            print("deadline reached: shutting down", flush=True)
+        return done
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="burst-node")
+    parser.add_argument("--role", choices=["scheduler", "worker"], required=True)
+    parser.add_argument("--cluster-id", required=True)
+    parser.add_argument("--deadline", type=float, required=True, help="UNIX time to stop")
+    parser.add_argument("--port", type=int, default=8786)
+    parser.add_argument("--dashboard-port", type=int, default=8787)
+    parser.add_argument("--idle-timeout", default="30m")
+    parser.add_argument("--death-timeout", type=float, default=120.0)
+    parser.add_argument("--versions", type=json.loads, default={})
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    node = Node(args)
+    try:
+        check_versions(args.versions)
+        asyncio.run(node.scheduler() if args.role == "scheduler" else node.worker())
+    except Exception as error:
+        message = f"{args.role} {node.instance_id}: {type(error).__name__}: {error}"
+        print(message, file=sys.stderr, flush=True)
+        node.report_failure(message)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

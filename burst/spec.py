@@ -1,0 +1,242 @@
+"""The job spec: what the scientist asks for, validated before anything is launched."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from burst.catalog import SNAPSHOT, families
+
+
+class SpecError(ValueError):
+    """A spec that cannot run: each line names the field, the value and what is accepted."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'90s', '15m', '2h', '1h30m' or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value)) if isinstance(value, str) and value.strip() else None
+    if not match or not any(match.groups()):
+        raise ValueError("a duration such as '90s', '15m', '2h' or '1h30m' is accepted")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n) or "0s"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskRange(Strict):
+    range: int | list[int] = Field(description="N, [start, stop] or [start, stop, step]")
+
+    @field_validator("range")
+    @classmethod
+    def _shape(cls, v: int | list[int]) -> int | list[int]:
+        bounds = [v] if isinstance(v, int) else v
+        if not 1 <= len(bounds) <= 3 or (len(bounds) == 3 and bounds[2] == 0):
+            raise ValueError("N, [start, stop] or [start, stop, step] with step != 0 is accepted")
+        return v
+
+    def values(self) -> list[int]:
+        bounds = [self.range] if isinstance(self.range, int) else self.range
+        return list(range(*bounds))
+
+
+class TaskFile(Strict):
+    jsonl: str = Field(description="a JSON-lines file, one task per line, relative to the spec")
+
+
+class RunSpec(Strict):
+    function: str = Field(description="'module:callable' found next to the spec")
+    tasks: TaskRange | TaskFile | list[Any]
+    reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
+    retries: int = Field(1, ge=0, le=10)
+
+    @field_validator("function", "reduce")
+    @classmethod
+    def _entry_point(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w.]+:[\w.]+", v):
+            raise ValueError("'module:callable', such as 'pi:sample', is accepted")
+        return v
+
+
+Cloud = Literal["sandbox", "aws"]
+SpotPolicy = Literal["spot", "spot-with-fallback", "on-demand"]
+
+
+class JobSpec(Strict):
+    name: str = Field("job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    cores: int = Field(gt=0, le=100_000)
+    max_runtime: timedelta = Field(timedelta(hours=1))
+    grace: timedelta = Field(timedelta(minutes=5))
+    cloud: Cloud = "sandbox"
+    region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    spot: SpotPolicy = "spot-with-fallback"
+    instance_types: list[str] = Field(default_factory=lambda: ["c5", "c6i", "m5"], min_length=1)
+    scheduler_instance_type: str = "m5.large"
+    run: RunSpec | None = None
+    outputs: str = "results"
+
+    @field_validator("max_runtime", "grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("max_runtime")
+    @classmethod
+    def _runtime_bounds(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= v <= timedelta(days=7):
+            raise ValueError("a duration between 10s and 7d is accepted")
+        return v
+
+    @field_validator("instance_types")
+    @classmethod
+    def _known_types(cls, v: list[str]) -> list[str]:
+        known = families()
+        unknown = [t for t in v if t not in SNAPSHOT and t not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown instance types or families {unknown}; accepted: families "
+                f"{sorted(known)} or exact types such as 'c5.xlarge'"
+            )
+        return v
+
+    @field_validator("scheduler_instance_type")
+    @classmethod
+    def _known_scheduler_type(cls, v: str) -> str:
+        if v not in SNAPSHOT:
+            raise ValueError(f"an exact instance type such as 'm5.large' is accepted, not {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _deadline_sane(self) -> JobSpec:
+        if self.grace > self.max_runtime + timedelta(hours=1):
+            raise ValueError("grace must not exceed max_runtime by more than an hour")
+        return self
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated spec with its code imported: everything needed to run, nothing launched."""
+
+    spec: JobSpec
+    folder: Path
+    function: Callable[[Any], Any]
+    tasks: list[Any]
+    reduce: Callable[[list[Any]], Any] | None
+
+
+def _problems(error: ValidationError) -> list[str]:
+    lines = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "list[")))
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) and e["type"] != "extra_forbidden" else f" (got {got!r})"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = f"unknown field; accepted: {', '.join(_accepted_fields(e['loc']))}"
+        lines.append(f"{field or 'spec'}: {message}{shown}")
+    return lines
+
+
+def _accepted_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        if part == "run":
+            model = RunSpec
+    return sorted(model.model_fields)
+
+
+def parse_spec(data: Any) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError([f"spec: a mapping of fields is accepted (got {type(data).__name__})"])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_problems(error)) from None
+
+
+def import_entry_point(entry: str, folder: Path, field: str) -> Callable:
+    """Import 'module:callable' from the spec's folder (the job's own code ships by value)."""
+    module_name, _, attr = entry.partition(":")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as error:  # any import-time failure is the user's to fix
+        raise SpecError(
+            [f"{field}: cannot import {entry!r} from {folder}: {type(error).__name__}: {error}; "
+             "accepted: 'module:callable' where module.py sits next to the spec"]
+        ) from None
+    if not callable(target):
+        raise SpecError([f"{field}: {entry!r} is not callable"])
+    return target
+
+
+def _load_tasks(run: RunSpec, folder: Path) -> list[Any]:
+    if isinstance(run.tasks, TaskRange):
+        tasks = run.tasks.values()
+    elif isinstance(run.tasks, TaskFile):
+        path = folder / run.tasks.jsonl
+        try:
+            lines = path.read_text().splitlines()
+            tasks = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, json.JSONDecodeError) as error:
+            raise SpecError([f"run.tasks.jsonl: cannot read {str(path)!r}: {error}"]) from None
+    else:
+        tasks = list(run.tasks)
+    if not tasks:
+        raise SpecError(["run.tasks: at least one task is needed (got none)"])
+    return tasks
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
+    """Read a YAML spec, validate it and import its code; raises SpecError, never launches."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise SpecError([f"spec: cannot read {str(path)!r}: {error.strerror}"]) from None
+    except yaml.YAMLError as error:
+        raise SpecError([f"spec: {str(path)!r} is not valid YAML: {error}"]) from None
+    if isinstance(data, dict) and overrides:
+        data = {**data, **overrides}
+    spec = parse_spec(data)
+    return job_from_spec(spec, path.resolve().parent)
+
+
+def job_from_spec(spec: JobSpec, folder: Path) -> Job:
+    if spec.run is None:
+        raise SpecError(["run: a 'run' section with 'function' and 'tasks' is needed to run a job"])
+    function = import_entry_point(spec.run.function, folder, "run.function")
+    reduce = import_entry_point(spec.run.reduce, folder, "run.reduce") if spec.run.reduce else None
+    return Job(spec, folder, function, _load_tasks(spec.run, folder), reduce)
