@@ -51,12 +51,25 @@ def render(config: NodeConfig, packages: list[str] | None = None) -> str:
     python = f"python{versions['python']}"
     pins = [f"{name}=={versions[name]}" for name in ("dask", "distributed", "cloudpickle")]
     install = " ".join(shlex.quote(p) for p in [*pins, "boto3", "bokeh", *(packages or [])])
-    agent_args = " ".join(shlex.quote(a) for a in [
-        "--role", config.role, "--cluster-id", config.cluster_id,
-        "--deadline", str(int(config.deadline.timestamp())),
-        "--port", str(config.port), "--dashboard-port", str(config.dashboard_port),
-        "--idle-timeout", config.idle_timeout, "--versions", json.dumps(versions),
-    ])
+    agent_args = " ".join(
+        shlex.quote(a)
+        for a in [
+            "--role",
+            config.role,
+            "--cluster-id",
+            config.cluster_id,
+            "--deadline",
+            str(int(config.deadline.timestamp())),
+            "--port",
+            str(config.port),
+            "--dashboard-port",
+            str(config.dashboard_port),
+            "--idle-timeout",
+            config.idle_timeout,
+            "--versions",
+            json.dumps(versions),
+        ]
+    )
     script = f"""#!/bin/bash
 # burst {config.role} node of cluster {config.cluster_id}; deadline {config.deadline.isoformat()}
 set -u

@@ -32,20 +32,22 @@ def _types(rows: list[tuple[str, int, float, str, str]]) -> dict[str, InstanceTy
     return {r[0]: InstanceType(r[0], r[1], r[2], r[3], Decimal(r[4])) for r in rows}
 
 
-SNAPSHOT: dict[str, InstanceType] = _types([
-    ("c5.large", 2, 4, "x86_64", "0.085"),
-    ("c5.xlarge", 4, 8, "x86_64", "0.17"),
-    ("c5.2xlarge", 8, 16, "x86_64", "0.34"),
-    ("c5.4xlarge", 16, 32, "x86_64", "0.68"),
-    ("c6i.large", 2, 4, "x86_64", "0.085"),
-    ("c6i.xlarge", 4, 8, "x86_64", "0.17"),
-    ("c6i.2xlarge", 8, 16, "x86_64", "0.34"),
-    ("c6i.4xlarge", 16, 32, "x86_64", "0.68"),
-    ("m5.large", 2, 8, "x86_64", "0.096"),
-    ("m5.xlarge", 4, 16, "x86_64", "0.192"),
-    ("m5.2xlarge", 8, 32, "x86_64", "0.384"),
-    ("m5.4xlarge", 16, 64, "x86_64", "0.768"),
-])
+SNAPSHOT: dict[str, InstanceType] = _types(
+    [
+        ("c5.large", 2, 4, "x86_64", "0.085"),
+        ("c5.xlarge", 4, 8, "x86_64", "0.17"),
+        ("c5.2xlarge", 8, 16, "x86_64", "0.34"),
+        ("c5.4xlarge", 16, 32, "x86_64", "0.68"),
+        ("c6i.large", 2, 4, "x86_64", "0.085"),
+        ("c6i.xlarge", 4, 8, "x86_64", "0.17"),
+        ("c6i.2xlarge", 8, 16, "x86_64", "0.34"),
+        ("c6i.4xlarge", 16, 32, "x86_64", "0.68"),
+        ("m5.large", 2, 8, "x86_64", "0.096"),
+        ("m5.xlarge", 4, 16, "x86_64", "0.192"),
+        ("m5.2xlarge", 8, 32, "x86_64", "0.384"),
+        ("m5.4xlarge", 16, 64, "x86_64", "0.768"),
+    ]
+)
 
 
 def families() -> set[str]:

@@ -59,18 +59,25 @@ def _client_cidr() -> str:
 class BurstCluster(Cluster):
     _supports_scaling = False
 
-    def __init__(self, spec: JobSpec | None = None, *, job_id: str | None = None,
-                 on_event: EventHandler | None = None, boot_timeout: float = 900,
-                 **fields: Any):
+    def __init__(
+        self,
+        spec: JobSpec | None = None,
+        *,
+        job_id: str | None = None,
+        on_event: EventHandler | None = None,
+        boot_timeout: float = 900,
+        **fields: Any,
+    ):
         """Pass a JobSpec, or its fields (cores=..., max_runtime=..., cloud=..., ...)."""
         self.spec = spec or parse_spec({"name": "notebook", **fields})
         self.cluster_id = uuid.uuid4().hex[:12]
         self.job_id = job_id or new_job_id(self.spec.name)
+        started = time.monotonic()
         self.capacity_plan: Plan = plan(self.spec)
+        self.timings: dict[str, float] = {"plan": time.monotonic() - started}
         self.deadline = datetime.now(UTC) + self.spec.max_runtime + self.spec.grace
         self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
         self.instances: dict[str, InstanceRecord] = {}
-        self.timings: dict[str, float] = {}
         self.teardown_report: TeardownReport | None = None
         self._emit = on_event or (lambda event, **info: None)
         self._private_sandbox: sandbox.Sandbox | None = None
@@ -96,11 +103,15 @@ class BurstCluster(Cluster):
         if state is None:
             self._private_sandbox = sandbox.Sandbox().start()
             state = {"endpoint": self._private_sandbox.endpoint}
-        self._emit("sandbox", endpoint=state["endpoint"],
-                   private=self._private_sandbox is not None)
+        self._emit("sandbox", endpoint=state["endpoint"], private=self._private_sandbox is not None)
         # All sandbox instances share one host, so their ports are chosen freely.
-        provider = AwsProvider(sandbox.session(), self.spec.region, state["endpoint"],
-                               scheduler_port=0, dashboard_port=0)
+        provider = AwsProvider(
+            sandbox.session(),
+            self.spec.region,
+            state["endpoint"],
+            scheduler_port=0,
+            dashboard_port=0,
+        )
         return provider, "127.0.0.1/32"
 
     def _provision(self) -> None:
@@ -109,11 +120,13 @@ class BurstCluster(Cluster):
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         zones = sorted({line.zone for line in self.capacity_plan.lines})
-        env = self._provider.prepare(self.identity, zones, client_cidr,
-                                     credentials.node_bundle())
+        env = self._provider.prepare(self.identity, zones, client_cidr, credentials.node_bundle())
         for line in self.capacity_plan.lines:
             records = self._provider.launch(
-                self.identity, env, line, self._user_data(line.role, env),
+                self.identity,
+                env,
+                line,
+                self._user_data(line.role, env),
                 fallback_to_on_demand=self.spec.spot == "spot-with-fallback",
             )
             self.instances.update({r.instance_id: r for r in records})
@@ -122,10 +135,15 @@ class BurstCluster(Cluster):
 
     def _user_data(self, role: str, env: NodeEnvironment) -> str:
         assert self._provider is not None
-        return bootstrap.render(bootstrap.NodeConfig(
-            role=role, cluster_id=self.cluster_id, deadline=self.deadline,
-            port=self._provider.scheduler_port, dashboard_port=self._provider.dashboard_port,
-        ))
+        return bootstrap.render(
+            bootstrap.NodeConfig(
+                role=role,
+                cluster_id=self.cluster_id,
+                deadline=self.deadline,
+                port=self._provider.scheduler_port,
+                dashboard_port=self._provider.dashboard_port,
+            )
+        )
 
     # ------------------------------------------------------------ bootstrap
 
@@ -143,8 +161,9 @@ class BurstCluster(Cluster):
             if address is None:
                 time.sleep(0.5)
         self._emit("scheduler", address=address["public"], dashboard=address.get("dashboard"))
-        self.scheduler_comm = rpc(address["public"],
-                                  connection_args=self.security.get_connection_args("client"))
+        self.scheduler_comm = rpc(
+            address["public"], connection_args=self.security.get_connection_args("client")
+        )
         self.sync(self._start)
         expected = len(self.worker_instances)
         joined = -1
@@ -192,5 +211,7 @@ class BurstCluster(Cluster):
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))
-        return (f"BurstCluster({self.cluster_id!r}, cloud={self.spec.cloud!r}, "
-                f"cores={self.spec.cores}, workers={workers}, status={self.status.name})")
+        return (
+            f"BurstCluster({self.cluster_id!r}, cloud={self.spec.cloud!r}, "
+            f"cores={self.spec.cores}, workers={workers}, status={self.status.name})"
+        )

@@ -30,14 +30,17 @@ class Metadata:
         self.base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", METADATA_ENDPOINT)
         self.base = self.base.rstrip("/") + "/latest/"
         request = urllib.request.Request(
-            self.base + "api/token", method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+            self.base + "api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
+        )
         with urllib.request.urlopen(request, timeout=5) as reply:
             self.token = reply.read().decode()
 
     def get(self, path: str) -> str | None:
         request = urllib.request.Request(
-            self.base + path, headers={"X-aws-ec2-metadata-token": self.token})
+            self.base + path, headers={"X-aws-ec2-metadata-token": self.token}
+        )
         try:
             with urllib.request.urlopen(request, timeout=5) as reply:
                 return reply.read().decode()
@@ -84,8 +87,10 @@ class Node:
         tls = json.loads(secret["Parameter"]["Value"])
         return Security(
             tls_ca_file=tls["ca"],
-            tls_scheduler_cert=tls["cert"], tls_scheduler_key=tls["key"],
-            tls_worker_cert=tls["cert"], tls_worker_key=tls["key"],
+            tls_scheduler_cert=tls["cert"],
+            tls_scheduler_key=tls["key"],
+            tls_worker_cert=tls["cert"],
+            tls_worker_key=tls["key"],
             require_encryption=True,
         )
 
@@ -94,14 +99,21 @@ class Node:
 
     def report_failure(self, message: str) -> None:
         """Tell the client why this node will never join, instead of letting it time out."""
-        self.ssm.put_parameter(Name=f"{self.path}/failed/{self.instance_id}",
-                               Value=message[:4000], Type="String", Overwrite=True)
+        self.ssm.put_parameter(
+            Name=f"{self.path}/failed/{self.instance_id}",
+            Value=message[:4000],
+            Type="String",
+            Overwrite=True,
+        )
 
     async def scheduler(self) -> None:
         from distributed import Scheduler
 
         async with Scheduler(
-            host=self.address, port=self.args.port, protocol="tls", security=self.security(),
+            host=self.address,
+            port=self.args.port,
+            protocol="tls",
+            security=self.security(),
             dashboard_address=f"{self.address}:{self.args.dashboard_port}",
             idle_timeout=self.args.idle_timeout,
         ) as scheduler:
@@ -109,13 +121,19 @@ class Node:
             public = self.metadata.get("meta-data/public-ipv4") or self.address
             dashboard = scheduler.services.get("dashboard")
             self.ssm.put_parameter(
-                Name=f"{self.path}/scheduler", Type="String", Overwrite=True,
-                Value=json.dumps({
-                    "private": f"tls://{self.address}:{port}",
-                    "public": f"tls://{public}:{port}",
-                    "dashboard": f"http://{public}:{dashboard.port}/status" if dashboard else None,
-                    "instance_id": self.instance_id,
-                }),
+                Name=f"{self.path}/scheduler",
+                Type="String",
+                Overwrite=True,
+                Value=json.dumps(
+                    {
+                        "private": f"tls://{self.address}:{port}",
+                        "public": f"tls://{public}:{port}",
+                        "dashboard": f"http://{public}:{dashboard.port}/status"
+                        if dashboard
+                        else None,
+                        "instance_id": self.instance_id,
+                    }
+                ),
             )
             await self._until_deadline(scheduler.finished())
 
@@ -125,8 +143,13 @@ class Node:
         address = await self._scheduler_address()
         nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
         async with Worker(
-            address, nthreads=nthreads, name=self.instance_id, host=self.address,
-            protocol="tls", security=self.security(), dashboard=False,
+            address,
+            nthreads=nthreads,
+            name=self.instance_id,
+            host=self.address,
+            protocol="tls",
+            security=self.security(),
+            dashboard=False,
             death_timeout=self.args.death_timeout,
         ) as worker:
             watch = asyncio.ensure_future(self._spot_notice())
@@ -153,8 +176,9 @@ class Node:
 
     async def _until_deadline(self, *awaitables) -> set:
         tasks = [asyncio.ensure_future(a) for a in awaitables]
-        done, _ = await asyncio.wait(tasks, timeout=self.seconds_left(),
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            tasks, timeout=self.seconds_left(), return_when=asyncio.FIRST_COMPLETED
+        )
         if not done:
             print("deadline reached: shutting down", flush=True)
         return done

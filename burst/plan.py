@@ -84,9 +84,15 @@ def plan(spec: JobSpec, zones: list[str] | None = None) -> Plan:
     hours = Decimal(int((spec.max_runtime + spec.grace).total_seconds())) / 3600
     return Plan(
         lines=(
-            PlanLine("scheduler", scheduler_type, zones[0], "on-demand", 1,
-                     SNAPSHOT[scheduler_type].vcpus,
-                     hourly_price(scheduler_type, zones[0], "on-demand")),
+            PlanLine(
+                "scheduler",
+                scheduler_type,
+                zones[0],
+                "on-demand",
+                1,
+                SNAPSHOT[scheduler_type].vcpus,
+                hourly_price(scheduler_type, zones[0], "on-demand"),
+            ),
             PlanLine("worker", name, zone, market, count, vcpus, price),
         ),
         max_runtime_hours=hours,

@@ -46,7 +46,9 @@ def format_duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
-    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n) or "0s"
+    return (
+        "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n) or "0s"
+    )
 
 
 class Strict(BaseModel):
@@ -158,7 +160,9 @@ def _problems(error: ValidationError) -> list[str]:
     for e in error.errors():
         field = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "list[")))
         got = e.get("input")
-        shown = "" if isinstance(got, dict) and e["type"] != "extra_forbidden" else f" (got {got!r})"
+        shown = (
+            "" if isinstance(got, dict) and e["type"] != "extra_forbidden" else f" (got {got!r})"
+        )
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             message = f"unknown field; accepted: {', '.join(_accepted_fields(e['loc']))}"
@@ -194,8 +198,10 @@ def import_entry_point(entry: str, folder: Path, field: str) -> Callable:
             target = getattr(target, part)
     except Exception as error:  # any import-time failure is the user's to fix
         raise SpecError(
-            [f"{field}: cannot import {entry!r} from {folder}: {type(error).__name__}: {error}; "
-             "accepted: 'module:callable' where module.py sits next to the spec"]
+            [
+                f"{field}: cannot import {entry!r} from {folder}: {type(error).__name__}: {error}; "
+                "accepted: 'module:callable' where module.py sits next to the spec"
+            ]
         ) from None
     if not callable(target):
         raise SpecError([f"{field}: {entry!r} is not callable"])

@@ -43,8 +43,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
     ).decode()
 
 
-def _certificate(subject: str, key, issuer: x509.Name, signer, lifetime: dt.timedelta,
-                 is_ca: bool) -> x509.Certificate:
+def _certificate(
+    subject: str, key, issuer: x509.Name, signer, lifetime: dt.timedelta, is_ca: bool
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()

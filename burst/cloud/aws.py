@@ -93,11 +93,18 @@ def _error_code(error: ClientError) -> str:
 class AwsProvider:
     """One region of one account, reached through a boto3 session and optional endpoint."""
 
-    def __init__(self, session: boto3.Session, region: str, endpoint_url: str | None = None,
-                 scheduler_port: int = 8786, dashboard_port: int = 8787):
+    def __init__(
+        self,
+        session: boto3.Session,
+        region: str,
+        endpoint_url: str | None = None,
+        scheduler_port: int = 8786,
+        dashboard_port: int = 8787,
+    ):
         def client(service: str):
-            return session.client(service, region_name=region, endpoint_url=endpoint_url,
-                                  config=RETRY_CONFIG)
+            return session.client(
+                service, region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG
+            )
 
         self.region = region
         self.ec2 = client("ec2")
@@ -108,14 +115,22 @@ class AwsProvider:
 
     # ----------------------------------------------------------------- set-up
 
-    def prepare(self, ident: ClusterIdentity, zones: list[str], client_cidr: str,
-                node_secret: dict[str, str], architecture: str = "x86_64") -> NodeEnvironment:
+    def prepare(
+        self,
+        ident: ClusterIdentity,
+        zones: list[str],
+        client_cidr: str,
+        node_secret: dict[str, str],
+        architecture: str = "x86_64",
+    ) -> NodeEnvironment:
         vpc_id, subnets = self._default_network(zones)
         group = self._security_group(ident, vpc_id, client_cidr)
         profile = self._node_role(ident)
         self.ssm.put_parameter(
-            Name=f"{ident.parameter_path}/tls", Value=json.dumps(node_secret),
-            Type="SecureString", Tags=ident.tags("secret"),
+            Name=f"{ident.parameter_path}/tls",
+            Value=json.dumps(node_secret),
+            Type="SecureString",
+            Tags=ident.tags("secret"),
         )
         return NodeEnvironment(vpc_id, subnets, group, profile, self._image(architecture))
 
@@ -127,10 +142,12 @@ class AwsProvider:
                 f"--region {self.region}`"
             )
         vpc_id = vpcs[0]["VpcId"]
-        found = self.ec2.describe_subnets(Filters=[
-            {"Name": "vpc-id", "Values": [vpc_id]},
-            {"Name": "availability-zone", "Values": zones},
-        ])["Subnets"]
+        found = self.ec2.describe_subnets(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "availability-zone", "Values": zones},
+            ]
+        )["Subnets"]
         subnets = {s["AvailabilityZone"]: s["SubnetId"] for s in found}
         missing = [z for z in zones if z not in subnets]
         if missing:
@@ -139,37 +156,67 @@ class AwsProvider:
 
     def _security_group(self, ident: ClusterIdentity, vpc_id: str, client_cidr: str) -> str:
         group_id = self.ec2.create_security_group(
-            GroupName=ident.name, VpcId=vpc_id,
+            GroupName=ident.name,
+            VpcId=vpc_id,
             Description=f"burst cluster {ident.cluster_id}: Dask over TLS",
             TagSpecifications=ident.tag_specifications("network", "security-group"),
         )["GroupId"]
         # The scheduler and dashboard only to the client's own address; everything else only
         # between members of this group.
         client_ports = sorted({self.scheduler_port or 8786, self.dashboard_port or 8787})
-        self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": client_ports[0], "ToPort": client_ports[-1],
-             "IpRanges": [{"CidrIp": client_cidr, "Description": "burst client"}]},
-            {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535,
-             "UserIdGroupPairs": [{"GroupId": group_id, "Description": "cluster members"}]},
-        ])
+        self.ec2.authorize_security_group_ingress(
+            GroupId=group_id,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": client_ports[0],
+                    "ToPort": client_ports[-1],
+                    "IpRanges": [{"CidrIp": client_cidr, "Description": "burst client"}],
+                },
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 0,
+                    "ToPort": 65535,
+                    "UserIdGroupPairs": [{"GroupId": group_id, "Description": "cluster members"}],
+                },
+            ],
+        )
         return group_id
 
     def _node_role(self, ident: ClusterIdentity) -> str:
         """A role per cluster that can read and publish only this cluster's parameters."""
-        trust = {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole"}]}
-        policy = {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:PutParameter"],
-            "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*"}]}
-        self.iam.create_role(RoleName=ident.name, AssumeRolePolicyDocument=json.dumps(trust),
-                             Tags=ident.tags("node-role"))
-        self.iam.put_role_policy(RoleName=ident.name, PolicyName="burst-node",
-                                 PolicyDocument=json.dumps(policy))
-        self.iam.create_instance_profile(InstanceProfileName=ident.name,
-                                         Tags=ident.tags("node-role"))
-        self.iam.add_role_to_instance_profile(InstanceProfileName=ident.name,
-                                              RoleName=ident.name)
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["ssm:GetParameter", "ssm:PutParameter"],
+                    "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*",
+                }
+            ],
+        }
+        self.iam.create_role(
+            RoleName=ident.name,
+            AssumeRolePolicyDocument=json.dumps(trust),
+            Tags=ident.tags("node-role"),
+        )
+        self.iam.put_role_policy(
+            RoleName=ident.name, PolicyName="burst-node", PolicyDocument=json.dumps(policy)
+        )
+        self.iam.create_instance_profile(
+            InstanceProfileName=ident.name, Tags=ident.tags("node-role")
+        )
+        self.iam.add_role_to_instance_profile(InstanceProfileName=ident.name, RoleName=ident.name)
         return ident.name
 
     def _image(self, architecture: str) -> str:
@@ -178,42 +225,70 @@ class AwsProvider:
 
     # ------------------------------------------------------------- instances
 
-    def launch(self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine,
-               user_data: str, fallback_to_on_demand: bool = False) -> list[InstanceRecord]:
+    def launch(
+        self,
+        ident: ClusterIdentity,
+        env: NodeEnvironment,
+        line: PlanLine,
+        user_data: str,
+        fallback_to_on_demand: bool = False,
+    ) -> list[InstanceRecord]:
         """Launch one plan line; spot shortfalls go to on-demand when fallback is allowed."""
         records: list[InstanceRecord] = []
         market = line.market
         try:
             records = self._run(ident, env, line, user_data, market, line.count)
         except ClientError as error:
-            if not (market == "spot" and fallback_to_on_demand
-                    and _error_code(error) in SPOT_CAPACITY_ERRORS):
-                raise CloudError(f"launching {line.count} x {line.instance_type} "
-                                 f"({market}) failed: {error}") from error
+            if not (
+                market == "spot"
+                and fallback_to_on_demand
+                and _error_code(error) in SPOT_CAPACITY_ERRORS
+            ):
+                raise CloudError(
+                    f"launching {line.count} x {line.instance_type} ({market}) failed: {error}"
+                ) from error
         if len(records) < line.count and market == "spot" and fallback_to_on_demand:
-            records += self._run(ident, env, line, user_data, "on-demand",
-                                 line.count - len(records))
+            records += self._run(
+                ident, env, line, user_data, "on-demand", line.count - len(records)
+            )
         return records
 
-    def _run(self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine,
-             user_data: str, market: str, count: int) -> list[InstanceRecord]:
+    def _run(
+        self,
+        ident: ClusterIdentity,
+        env: NodeEnvironment,
+        line: PlanLine,
+        user_data: str,
+        market: str,
+        count: int,
+    ) -> list[InstanceRecord]:
         request: dict[str, Any] = dict(
-            ImageId=env.image_id, InstanceType=line.instance_type,
-            MinCount=1, MaxCount=count, UserData=user_data,
-            SubnetId=env.subnets[line.zone], SecurityGroupIds=[env.security_group_id],
+            ImageId=env.image_id,
+            InstanceType=line.instance_type,
+            MinCount=1,
+            MaxCount=count,
+            UserData=user_data,
+            SubnetId=env.subnets[line.zone],
+            SecurityGroupIds=[env.security_group_id],
             IamInstanceProfile={"Name": env.instance_profile},
             InstanceInitiatedShutdownBehavior="terminate",  # the dead-man's switch powers off
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
             TagSpecifications=ident.tag_specifications(line.role, "instance", "volume"),
         )
         if market == "spot":
-            request["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
-                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+            request["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "one-time",
+                    "InstanceInterruptionBehavior": "terminate",
+                },
+            }
         reply = _while_profile_propagates(lambda: self.ec2.run_instances(**request))
-        return [_record(i) for i in reply["Instances"]]
+        return [_record(i, line.vcpus) for i in reply["Instances"]]
 
-    def instances(self, ident: ClusterIdentity, states: list[str] | None = None
-                  ) -> list[InstanceRecord]:
+    def instances(
+        self, ident: ClusterIdentity, states: list[str] | None = None
+    ) -> list[InstanceRecord]:
         filters = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
         if states:
             filters.append({"Name": "instance-state-name", "Values": states})
@@ -233,7 +308,8 @@ class AwsProvider:
     def node_failures(self, ident: ClusterIdentity) -> list[str]:
         """Messages of nodes that gave up before joining (see burst.node.report_failure)."""
         pages = self.ssm.get_paginator("get_parameters_by_path").paginate(
-            Path=f"{ident.parameter_path}/failed")
+            Path=f"{ident.parameter_path}/failed"
+        )
         return [p["Value"] for page in pages for p in page["Parameters"]]
 
     # -------------------------------------------------------------- teardown
@@ -262,19 +338,22 @@ class AwsProvider:
         if not ids:
             return []
         for start in range(0, len(ids), 1000):
-            self.ec2.terminate_instances(InstanceIds=ids[start:start + 1000])
+            self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
         try:
             self.ec2.get_waiter("instance_terminated").wait(
                 Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}],
                 WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(wait_seconds / 2))},
             )
         except WaiterError as error:
-            raise CloudError(f"instances did not terminate in {wait_seconds:.0f}s: {error}") from error
+            raise CloudError(
+                f"instances did not terminate in {wait_seconds:.0f}s: {error}"
+            ) from error
         return ids
 
     def _groups(self, ident: ClusterIdentity) -> list[str]:
         groups = self.ec2.describe_security_groups(
-            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}])
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
+        )
         return [g["GroupId"] for g in groups["SecurityGroups"]]
 
     def _delete_groups(self, ident: ClusterIdentity, wait_seconds: float) -> list[str]:
@@ -295,27 +374,33 @@ class AwsProvider:
 
     def _parameters(self, ident: ClusterIdentity) -> list[str]:
         pages = self.ssm.get_paginator("get_parameters_by_path").paginate(
-            Path=ident.parameter_path, Recursive=True)
+            Path=ident.parameter_path, Recursive=True
+        )
         return [p["Name"] for page in pages for p in page["Parameters"]]
 
     def _delete_parameters(self, ident: ClusterIdentity) -> list[str]:
         names = self._parameters(ident)
         for start in range(0, len(names), 10):
-            self.ssm.delete_parameters(Names=names[start:start + 10])
+            self.ssm.delete_parameters(Names=names[start : start + 10])
         return names
 
     def _delete_role(self, ident: ClusterIdentity) -> list[str]:
         deleted = []
         try:
-            self.iam.remove_role_from_instance_profile(InstanceProfileName=ident.name,
-                                                       RoleName=ident.name)
+            self.iam.remove_role_from_instance_profile(
+                InstanceProfileName=ident.name, RoleName=ident.name
+            )
         except self.iam.exceptions.NoSuchEntityException:
             pass
         for what, delete in (
-            ("instance-profile", lambda: self.iam.delete_instance_profile(
-                InstanceProfileName=ident.name)),
-            ("role-policy", lambda: self.iam.delete_role_policy(
-                RoleName=ident.name, PolicyName="burst-node")),
+            (
+                "instance-profile",
+                lambda: self.iam.delete_instance_profile(InstanceProfileName=ident.name),
+            ),
+            (
+                "role-policy",
+                lambda: self.iam.delete_role_policy(RoleName=ident.name, PolicyName="burst-node"),
+            ),
             ("role", lambda: self.iam.delete_role(RoleName=ident.name)),
         ):
             try:
@@ -327,8 +412,9 @@ class AwsProvider:
 
     def leftovers(self, ident: ClusterIdentity) -> list[str]:
         """Everything of this cluster that still exists (and may still bill)."""
-        found = [f"instance {i.instance_id} ({i.state})"
-                 for i in self.instances(ident, LIVE_STATES)]
+        found = [
+            f"instance {i.instance_id} ({i.state})" for i in self.instances(ident, LIVE_STATES)
+        ]
         found += [f"security-group {g}" for g in self._groups(ident)]
         found += [f"parameter {p}" for p in self._parameters(ident)]
         try:
@@ -344,7 +430,8 @@ class AwsProvider:
         return found
 
 
-def _record(instance: dict) -> InstanceRecord:
+def _record(instance: dict, vcpus: int | None = None) -> InstanceRecord:
+    cpu = instance.get("CpuOptions", {})
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
     return InstanceRecord(
         instance_id=instance["InstanceId"],
@@ -354,6 +441,7 @@ def _record(instance: dict) -> InstanceRecord:
         market="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
         state=instance["State"]["Name"],
         launch_time=instance.get("LaunchTime", datetime.now(UTC)),
+        vcpus=vcpus or cpu.get("CoreCount", 0) * cpu.get("ThreadsPerCore", 1),
     )
 
 
@@ -365,8 +453,10 @@ def _while_profile_propagates(call: Callable[[], dict], seconds: float = 60) -> 
         try:
             return call()
         except ClientError as error:
-            propagating = (_error_code(error) == "InvalidParameterValue"
-                           and "instance profile" in str(error).lower())
+            propagating = (
+                _error_code(error) == "InvalidParameterValue"
+                and "instance profile" in str(error).lower()
+            )
             if not propagating or time.monotonic() > deadline:
                 raise
             time.sleep(3)

@@ -26,6 +26,7 @@ class InstanceRecord:
     market: str
     state: str
     launch_time: datetime
+    vcpus: int = 0
     end_time: datetime | None = None
 
     def to_dict(self) -> dict:

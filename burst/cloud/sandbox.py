@@ -73,7 +73,8 @@ class _Metadata(BaseHTTPRequestHandler):
 
     def do_PUT(self):
         if self.path == "/latest/api/token" and self.headers.get(
-                "X-aws-ec2-metadata-token-ttl-seconds"):
+            "X-aws-ec2-metadata-token-ttl-seconds"
+        ):
             self._reply(200, self.instance.token)
         else:
             self._reply(400)
@@ -100,8 +101,11 @@ class SandboxInstance:
 
     def metadata(self, path: str) -> str | None:
         credentials = {
-            "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "ASIASANDBOXINSTANCE",
-            "SecretAccessKey": "testing", "Token": "testing",
+            "Code": "Success",
+            "Type": "AWS-HMAC",
+            "AccessKeyId": "ASIASANDBOXINSTANCE",
+            "SecretAccessKey": "testing",
+            "Token": "testing",
             "LastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "Expiration": (datetime.now(UTC) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
@@ -114,9 +118,14 @@ class SandboxInstance:
             "meta-data/placement/region": self.zone[:-1],
             "meta-data/iam/security-credentials": self.role,
             f"meta-data/iam/security-credentials/{self.role}": json.dumps(credentials),
-            "dynamic/instance-identity/document": json.dumps({
-                "instanceId": self.instance_id, "instanceType": self.instance_type,
-                "availabilityZone": self.zone, "region": self.zone[:-1]}),
+            "dynamic/instance-identity/document": json.dumps(
+                {
+                    "instanceId": self.instance_id,
+                    "instanceType": self.instance_type,
+                    "availabilityZone": self.zone,
+                    "region": self.zone[:-1],
+                }
+            ),
         }
         if self.instance_action:
             values["meta-data/spot/instance-action"] = json.dumps(self.instance_action)
@@ -159,8 +168,10 @@ class Hypervisor:
     def __init__(self, endpoint: str, folder: Path):
         self.endpoint = endpoint
         self.folder = folder
-        self.clients = {r: session().client("ec2", region_name=r, endpoint_url=endpoint)
-                        for r in SANDBOX_REGIONS}
+        self.clients = {
+            r: session().client("ec2", region_name=r, endpoint_url=endpoint)
+            for r in SANDBOX_REGIONS
+        }
         self.instances: dict[str, SandboxInstance] = {}
         self._vcpus: dict[str, int] = {}
         self._stop = threading.Event()
@@ -185,10 +196,15 @@ class Hypervisor:
         """A spot interruption drill: post the two-minute notice, terminate when it expires."""
         instance = self.instances[instance_id]
         when = datetime.now(UTC) + timedelta(seconds=notice_seconds)
-        instance.instance_action = {"action": "terminate",
-                                    "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        timer = threading.Timer(notice_seconds, self._ec2(instance).terminate_instances,
-                                kwargs={"InstanceIds": [instance_id]})
+        instance.instance_action = {
+            "action": "terminate",
+            "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        timer = threading.Timer(
+            notice_seconds,
+            self._ec2(instance).terminate_instances,
+            kwargs={"InstanceIds": [instance_id]},
+        )
         timer.daemon = True
         timer.start()
 
@@ -229,48 +245,62 @@ class Hypervisor:
             self._vcpus[instance_type] = info["InstanceTypes"][0]["VCpuInfo"]["DefaultVCpus"]
         profile = described.get("IamInstanceProfile", {}).get("Arn", "/sandbox-node")
         instance = SandboxInstance(
-            instance_id=instance_id, instance_type=instance_type,
-            zone=described["Placement"]["AvailabilityZone"], vcpus=self._vcpus[instance_type],
-            role=profile.rsplit("/", 1)[-1], folder=self.folder / instance_id,
+            instance_id=instance_id,
+            instance_type=instance_type,
+            zone=described["Placement"]["AvailabilityZone"],
+            vcpus=self._vcpus[instance_type],
+            role=profile.rsplit("/", 1)[-1],
+            folder=self.folder / instance_id,
         )
         self.instances[instance_id] = instance
         instance.folder.mkdir(parents=True, exist_ok=True)
-        user_data = ec2.describe_instance_attribute(
-            InstanceId=instance_id, Attribute="userData")["UserData"].get("Value", "")
+        user_data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")[
+            "UserData"
+        ].get("Value", "")
         script = instance.folder / "user-data"
         script.write_bytes(base64.b64decode(user_data) if user_data else b"#!/bin/sh\n")
         script.chmod(0o700)
         with open(instance.folder / "console.log", "ab") as console:
             instance.process = subprocess.Popen(
-                [str(script)], cwd=instance.folder, env=self._instance_env(instance),
-                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                [str(script)],
+                cwd=instance.folder,
+                env=self._instance_env(instance),
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: the whole "machine"
             )
 
     def _instance_env(self, instance: SandboxInstance) -> dict[str, str]:
         """The instance sees AWS only through its metadata service and the sandbox network."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AWS_", "BURST_", "DASK_", "PYTHONPATH"))}
-        env.update({
-            "PATH": f"{self.bin_dir}:{Path(sys.executable).parent}:{env.get('PATH', '')}",
-            "HOME": str(instance.folder),
-            "TMPDIR": str(instance.folder),
-            "AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.serve_metadata(),
-            "AWS_ENDPOINT_URL": self.endpoint,  # the sandbox's "network" routes AWS to moto
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            # The sandbox image comes with the client's Python and packages baked in, and
-            # the host's cores are shared, so the instance's vCPUs are declared, not counted.
-            "BURST_NODE_PYTHON": sys.executable,
-            "BURST_NODE_VCPUS": str(instance.vcpus),
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "BURST_", "DASK_", "PYTHONPATH"))
+        }
+        env.update(
+            {
+                "PATH": f"{self.bin_dir}:{Path(sys.executable).parent}:{env.get('PATH', '')}",
+                "HOME": str(instance.folder),
+                "TMPDIR": str(instance.folder),
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.serve_metadata(),
+                "AWS_ENDPOINT_URL": self.endpoint,  # the sandbox's "network" routes AWS to moto
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                # The sandbox image comes with the client's Python and packages baked in, and
+                # the host's cores are shared, so the instance's vCPUs are declared, not counted.
+                "BURST_NODE_PYTHON": sys.executable,
+                "BURST_NODE_VCPUS": str(instance.vcpus),
+            }
+        )
         return env
 
     def _power_off(self, instance: SandboxInstance) -> None:
         instance.kill()
         ec2 = self._ec2(instance)
         behaviour = ec2.describe_instance_attribute(
-            InstanceId=instance.instance_id, Attribute="instanceInitiatedShutdownBehavior",
+            InstanceId=instance.instance_id,
+            Attribute="instanceInitiatedShutdownBehavior",
         )["InstanceInitiatedShutdownBehavior"]["Value"]
         if behaviour == "terminate":
             ec2.terminate_instances(InstanceIds=[instance.instance_id])
@@ -319,8 +349,9 @@ class Sandbox:
         """Let other burst processes on this machine use this sandbox."""
         path = state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"endpoint": self.endpoint, "pid": os.getpid(),
-                                    "folder": str(self.folder)}))
+        path.write_text(
+            json.dumps({"endpoint": self.endpoint, "pid": os.getpid(), "folder": str(self.folder)})
+        )
 
 
 def running_sandbox() -> dict | None:
@@ -350,8 +381,13 @@ def start_detached(timeout: float = 60) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     state_file().unlink(missing_ok=True)
     with open(home / "sandbox.log", "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "burst.cloud.sandbox"], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "burst.cloud.sandbox"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = running_sandbox()
