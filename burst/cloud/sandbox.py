@@ -36,7 +36,7 @@ SANDBOX_REGION = "us-east-1"
 SANDBOX_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 POLL_SECONDS = 0.25
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
-FAKE_SHUTDOWN = "#!/bin/sh\n# sandbox machine image: power off = end this instance's process group\nkill -TERM 0\n"
+FAKE_SHUTDOWN = "#!/bin/sh\nkill -TERM 0\n"
 
 
 def burst_home() -> Path:
