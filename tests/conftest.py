@@ -1,0 +1,73 @@
+"""Shared fixtures: one real sandbox cloud (moto server + hypervisor) for the whole session.
+
+It is published under a private BURST_HOME so that `burst` subprocesses use it too, and the
+tests can then ask moto directly what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from burst.cloud import sandbox as sandbox_module
+
+REPO = Path(__file__).resolve().parents[1]
+BURST = str(Path(sys.executable).parent / "burst")
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    home = tmp_path_factory.mktemp("burst-home")
+    previous = os.environ.get("BURST_HOME")
+    os.environ["BURST_HOME"] = str(home)
+    with sandbox_module.Sandbox() as cloud:
+        cloud.publish()
+        yield cloud
+    if previous is None:
+        os.environ.pop("BURST_HOME", None)
+    else:
+        os.environ["BURST_HOME"] = previous
+
+
+def client(cloud, service: str, region: str = "us-east-1"):
+    return sandbox_module.session().client(service, region_name=region,
+                                           endpoint_url=cloud.endpoint)
+
+
+def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
+    """Everything burst-managed (or of one cluster) that still exists in the sandbox."""
+    key, value = ("burst:cluster", cluster_id) if cluster_id else ("burst:managed", "true")
+    found = []
+    for region in sandbox_module.SANDBOX_REGIONS:
+        ec2 = client(cloud, "ec2", region)
+        tag = [{"Name": f"tag:{key}", "Values": [value]}]
+        live = [{"Name": "instance-state-name",
+                 "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]
+        for reservation in ec2.describe_instances(Filters=tag + live)["Reservations"]:
+            found += [f"instance {i['InstanceId']}" for i in reservation["Instances"]]
+        found += [f"group {g['GroupId']}"
+                  for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]]
+        ssm = client(cloud, "ssm", region)
+        path = f"/burst/{cluster_id}" if cluster_id else "/burst"
+        found += [f"parameter {p['Name']}" for p in ssm.get_parameters_by_path(
+            Path=path, Recursive=True)["Parameters"]]
+    roles = client(cloud, "iam").list_roles()["Roles"]
+    prefix = f"burst-{cluster_id}" if cluster_id else "burst-"
+    found += [f"role {r['RoleName']}" for r in roles if r["RoleName"].startswith(prefix)]
+    # The hypervisor must have killed every instance's processes too.
+    found += [f"process of {i}" for i, inst in cloud.hypervisor.instances.items()
+              if inst.process and inst.process.poll() is None]
+    return found
+
+
+def settled_leftovers(cloud, cluster_id: str | None = None, seconds: float = 15) -> list[str]:
+    """leftovers(), after giving the hypervisor a few polls to reap processes."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (found := leftovers(cloud, cluster_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found

@@ -1,0 +1,129 @@
+"""The whole pipeline on the sandbox: `burst run`, and teardown on every path."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from burst.runner import run
+from tests.conftest import BURST, REPO, settled_leftovers
+
+
+def burst(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([BURST, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_job(folder: Path, module: str, code: str, tasks: str = "{range: 6}",
+              extra: str = "") -> Path:
+    (folder / f"{module}.py").write_text(textwrap.dedent(code))
+    spec = folder / f"{module}.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        name: {module.replace('_', '-')}
+        cores: 4
+        max_runtime: 5m
+        instance_types: [c5.large]
+        run:
+          function: {module}:task
+          tasks: {tasks}
+        """) + extra)
+    return spec
+
+
+def test_pi_runs_end_to_end_with_json_manifest(sandbox, tmp_path):
+    done = burst("run", str(REPO / "jobs" / "pi.yaml"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)  # stdout is the manifest alone
+    assert abs(manifest["result"]["pi"] - math.pi) < 0.01
+    roles = [i["role"] for i in manifest["instances"]]
+    assert roles.count("scheduler") == 1 and roles.count("worker") >= 1
+    assert manifest["cores"]["worker_vcpus"] >= manifest["spec"]["cores"] == 8
+    assert manifest["teardown"]["verified"] and manifest["teardown"]["leftovers"] == []
+    assert set(manifest["timings"]) >= {"plan", "provision", "bootstrap", "run", "teardown"}
+    assert all(i["end_time"] for i in manifest["instances"])
+    folder = tmp_path / "results" / manifest["job_id"]
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 200 and all(json.loads(line)["status"] == "done" for line in lines)
+    assert json.loads((folder / "manifest.json").read_text()) == manifest
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+    assert "Plan" in done.stderr and "workers joined" in done.stderr
+
+
+def test_failing_tasks_exit_1_and_keep_the_others(sandbox, tmp_path):
+    spec = write_job(tmp_path, "sometimes", """
+        def task(x):
+            if x % 3 == 0:
+                raise ValueError(f"bad input {x}")
+            return x * 10
+        """, extra="  retries: 0\n")
+    done = burst("run", str(spec), "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["status"] == "failed"
+    assert manifest["tasks"] == {"total": 6, "done": 4, "failed": 2}
+    assert [f["task"] for f in manifest["failures"]] == [0, 3]
+    assert "ValueError: bad input 3" in manifest["failures"][1]["error"]
+    results = [json.loads(line) for line in
+               (tmp_path / "results" / manifest["job_id"] / "results.jsonl").open()]
+    assert [r.get("result") for r in results if r["status"] == "done"] == [10, 20, 40, 50]
+    assert manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_an_exception_in_burst_itself_still_tears_down(sandbox, tmp_path, monkeypatch):
+    import burst.runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in burst")
+
+    monkeypatch.setattr(burst.runner, "map_tasks", broken)
+    spec = write_job(tmp_path, "fine_job", "def task(x):\n    return x\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="a bug in burst"):
+        run(spec)
+    manifest = json.loads(next((tmp_path / "results").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "error" and manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_tears_down_and_exits_130(sandbox, tmp_path, sig):
+    started = tmp_path / "started"
+    spec = write_job(tmp_path, f"slow_{sig.name.lower()}", f"""
+        import time
+        from pathlib import Path
+
+        def task(x):
+            Path({str(started)!r}).touch()
+            time.sleep(120)
+            return x
+        """)
+    process = subprocess.Popen([BURST, "run", str(spec), "--json"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert started.exists(), "the tasks never started"
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    manifest = json.loads(next((tmp_path / "results").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "interrupted" and manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_fold_finds_a_low_energy_fold(sandbox, tmp_path):
+    done = burst("run", str(REPO / "jobs" / "fold.yaml"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["result"]["energy"] <= -8  # the known optimum is -9
+    assert manifest["result"]["runs"] == 64
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
