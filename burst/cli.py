@@ -44,9 +44,9 @@ out = Console()
 
 
 def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {cause}", highlight=False)
+    err.print(f"[bold red]error:[/] {cause}", highlight=False, soft_wrap=True)
     if fix:
-        err.print(f"[bold]fix:[/] {fix}", highlight=False)
+        err.print(f"[bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -180,7 +180,7 @@ def run(
         job = load_job(spec)
     except SpecError as error:
         for problem in error.problems:
-            err.print(f"[bold red]error:[/] {problem}", highlight=False)
+            err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
         raise fail(
             EXIT_BAD_INPUT,
             f"{spec} is not a valid job spec; nothing was started",

@@ -1,0 +1,95 @@
+"""BurstCluster as a notebook user meets it: a real distributed cluster over TLS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from distributed import Client
+
+from burst import bootstrap
+from burst.cloud.base import CloudError
+from burst.cluster import BurstCluster
+from tests.conftest import client, settled_leftovers
+
+
+def test_cluster_is_a_distributed_cluster_over_tls(sandbox):
+    events = []
+    with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
+                      on_event=lambda event, **info: events.append(event)) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert cluster.dashboard_link.startswith("http://")
+        assert "BurstCluster(" in repr(cluster) and "workers=2" in repr(cluster)
+        with Client(cluster) as c:
+            assert sum(c.nthreads().values()) == 4
+            assert c.submit(sum, [1, 2, 3]).result() == 6
+            names = set(c.run(lambda dask_worker: dask_worker.name).values())
+            assert names == {r.instance_id for r in cluster.worker_instances}
+        # Without the cluster's client certificate the scheduler refuses us.
+        with pytest.raises(Exception):  # noqa: B017 - TLS/comm errors vary by version
+            Client(cluster.scheduler_address, timeout=3)
+        cluster_id = cluster.cluster_id
+    assert cluster.teardown_report.verified
+    assert events[0] == "planned" and events[-1] == "torn_down"
+    assert settled_leftovers(sandbox, cluster_id) == []
+
+
+def test_instances_are_tagged_secured_and_carry_no_secret(sandbox):
+    with BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"]) as cluster:
+        ec2 = client(sandbox, "ec2")
+        reply = ec2.describe_instances(Filters=[
+            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])
+        described = [i for r in reply["Reservations"] for i in r["Instances"]]
+        assert len(described) == 2
+        for instance in described:
+            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+            assert tags["burst:managed"] == "true" and tags["burst:job"] == cluster.job_id
+            assert tags["burst:role"] in ("scheduler", "worker")
+            assert tags["burst:deadline"].startswith(str(cluster.deadline.year))
+            assert instance["MetadataOptions"]["HttpTokens"] == "required"
+            behaviour = ec2.describe_instance_attribute(
+                InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+            assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+            user_data = ec2.describe_instance_attribute(
+                InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
+            assert "PRIVATE KEY" not in user_data and "BEGIN" not in user_data
+        secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
+        assert secret["Parameter"]["Type"] == "SecureString"
+        group = ec2.describe_security_groups(Filters=[
+            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
+        cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]
+        assert cidrs == ["127.0.0.1/32"]  # the client's own address only
+        cluster_id = cluster.cluster_id
+    assert settled_leftovers(sandbox, cluster_id) == []
+
+
+def test_dead_mans_switch_powers_off_at_the_deadline(sandbox):
+    """The client goes silent; the instances terminate themselves at max_runtime + grace."""
+    cluster = BurstCluster(cores=2, max_runtime="10s", grace=0, instance_types=["c5.large"])
+    try:
+        ids = list(cluster.instances)
+        ec2 = client(sandbox, "ec2")
+        deadline = time.monotonic() + 60
+        states: set[str] = set()
+        while time.monotonic() < deadline:
+            reply = ec2.describe_instances(InstanceIds=ids)
+            states = {i["State"]["Name"] for r in reply["Reservations"] for i in r["Instances"]}
+            if states == {"terminated"}:
+                break
+            time.sleep(1)
+        assert states == {"terminated"}
+    finally:
+        cluster.close()
+    assert cluster.teardown_report.verified
+
+
+def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
+    real = bootstrap.client_versions()
+    monkeypatch.setattr(bootstrap, "client_versions", lambda: {**real, "distributed": "0.0.1"})
+    events: list[tuple[str, dict]] = []
+    with pytest.raises(CloudError, match="version mismatch.*distributed"):
+        BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"], boot_timeout=120,
+                     on_event=lambda event, **info: events.append((event, info)))
+    report = next(info["report"] for event, info in events if event == "torn_down")
+    assert report.verified
+    assert settled_leftovers(sandbox) == []
