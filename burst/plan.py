@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from burst.catalog import SNAPSHOT, SNAPSHOT_SOURCE, hourly_price, matching_types
 from burst.spec import JobSpec
@@ -54,7 +54,7 @@ class Plan:
     @property
     def cost_bound(self) -> Decimal:
         """The most the cluster can cost: every instance billed until the deadline."""
-        return (self.hourly * self.max_runtime_hours).quantize(Decimal("0.0001"))
+        return (self.hourly * self.max_runtime_hours).quantize(Decimal("0.0001"), ROUND_CEILING)
 
     def to_dict(self) -> dict:
         return {

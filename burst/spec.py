@@ -33,13 +33,19 @@ def parse_duration(value: Any) -> timedelta:
     """'90s', '15m', '2h', '1h30m' or a number of seconds."""
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    match = _DURATION.match(str(value)) if isinstance(value, str) and value.strip() else None
-    if not match or not any(match.groups()):
-        raise ValueError("a duration such as '90s', '15m', '2h' or '1h30m' is accepted")
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    accepted = "a duration such as '90s', '15m', '2h' or '1h30m' is accepted"
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(accepted)
+            return timedelta(seconds=value)
+        match = _DURATION.match(value) if isinstance(value, str) and value.strip() else None
+        if not match or not any(match.groups()):
+            raise ValueError(accepted)
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{accepted}, up to 7d") from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -81,6 +87,19 @@ class RunSpec(Strict):
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
     retries: int = Field(1, ge=0, le=10)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_form(cls, v: Any) -> Any:
+        """Pick the form by its key, so an error speaks of that form alone."""
+        forms = {"range": TaskRange, "jsonl": TaskFile}
+        if isinstance(v, list):
+            return v
+        if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in forms:
+            return forms[next(iter(v))].model_validate(v)
+        raise ValueError(
+            "accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file} or a list"
+        )
+
     @field_validator("function", "reduce")
     @classmethod
     def _entry_point(cls, v: str | None) -> str | None:
@@ -95,7 +114,7 @@ SpotPolicy = Literal["spot", "spot-with-fallback", "on-demand"]
 
 class JobSpec(Strict):
     name: str = Field("job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-    cores: int = Field(gt=0, le=100_000)
+    cores: int = Field(gt=0, le=100_000, strict=True)
     max_runtime: timedelta = Field(timedelta(hours=1))
     grace: timedelta = Field(timedelta(minutes=5))
     cloud: Cloud = "sandbox"
@@ -159,10 +178,8 @@ def _problems(error: ValidationError) -> list[str]:
     lines = []
     for e in error.errors():
         field = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "list[")))
-        got = e.get("input")
-        shown = (
-            "" if isinstance(got, dict) and e["type"] != "extra_forbidden" else f" (got {got!r})"
-        )
+        got = repr(e.get("input"))
+        shown = "" if e["type"] == "missing" else f" (got {got[:117] + '...' * (len(got) > 120)})"
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             message = f"unknown field; accepted: {', '.join(_accepted_fields(e['loc']))}"
