@@ -93,3 +93,21 @@ def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
     report = next(info["report"] for event, info in events if event == "torn_down")
     assert report.verified
     assert settled_leftovers(sandbox) == []
+
+
+def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox):
+    with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"]) as cluster, \
+            Client(cluster) as c:
+        victim, survivor = (r.instance_id for r in cluster.worker_instances)
+        futures = c.map(lambda x: (time.sleep(0.2), x * x)[1], range(40), pure=False)
+        sandbox.hypervisor.interrupt(victim, notice_seconds=60)
+        assert c.gather(futures) == [x * x for x in range(40)]
+        give_up = time.monotonic() + 30
+        while len(cluster.scheduler_info["workers"]) > 1 and time.monotonic() < give_up:
+            time.sleep(0.5)
+        names = [w["name"] for w in cluster.scheduler_info["workers"].values()]
+        assert names == [survivor]
+        console = (sandbox.folder / victim / "console.log").read_text()
+        assert "spot interruption notice: retiring this worker" in console
+        cluster_id = cluster.cluster_id
+    assert settled_leftovers(sandbox, cluster_id) == []

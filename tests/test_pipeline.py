@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import textwrap
@@ -127,3 +128,30 @@ def test_fold_finds_a_low_energy_fold(sandbox, tmp_path):
     assert manifest["result"]["energy"] <= -8  # the known optimum is -9
     assert manifest["result"]["runs"] == 64
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_sandbox_up_is_used_by_run_then_down(tmp_path):
+    env = {**os.environ, "BURST_HOME": str(tmp_path / "home")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([BURST, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    up = cli("sandbox", "up")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "sandbox running at http://127.0.0.1:" in up.stdout
+        assert cli("sandbox", "status").returncode == 0
+        spec = write_job(tmp_path, "on_long_lived", "def task(x):\n    return x + 1\n",
+                         tasks="[1, 2, 3]")
+        done = cli("run", str(spec), "--json")
+        assert done.returncode == 0, done.stderr
+        assert "sandbox cloud (running)" in done.stderr
+        assert json.loads(done.stdout)["teardown"]["verified"]
+        status = cli("sandbox", "status")
+        assert "0 instances running" in status.stdout
+    finally:
+        down = cli("sandbox", "down")
+    assert down.returncode == 0 and "sandbox stopped" in down.stdout
+    after = cli("sandbox", "status")
+    assert after.returncode == 3 and "not running" in after.stdout
