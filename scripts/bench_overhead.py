@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "jobs"
 SPEC = "jobs/pi.yaml"
 TASKS = 200
-STAGES = ("plan", "provision", "bootstrap", "run", "collect", "teardown")
+STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
 
 
 def log(message: str) -> None:

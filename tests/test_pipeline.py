@@ -47,7 +47,8 @@ def test_pi_runs_end_to_end_with_json_manifest(sandbox, tmp_path):
     assert roles.count("scheduler") == 1 and roles.count("worker") >= 1
     assert manifest["cores"]["worker_vcpus"] >= manifest["spec"]["cores"] == 8
     assert manifest["teardown"]["verified"] and manifest["teardown"]["leftovers"] == []
-    assert set(manifest["timings"]) >= {"plan", "provision", "bootstrap", "run", "teardown"}
+    stages = {"plan", "connect", "provision", "bootstrap", "run", "collect", "teardown"}
+    assert set(manifest["timings"]) == stages
     assert all(i["end_time"] for i in manifest["instances"])
     folder = tmp_path / "results" / manifest["job_id"]
     lines = (folder / "results.jsonl").read_text().splitlines()
