@@ -46,11 +46,11 @@ def _agent_payload() -> str:
     return base64.b64encode(gzip.compress(source, mtime=0)).decode()
 
 
-def render(config: NodeConfig, packages: list[str] | None = None) -> str:
+def render(config: NodeConfig) -> str:
     versions = client_versions()
     python = f"python{versions['python']}"
     pins = [f"{name}=={versions[name]}" for name in ("dask", "distributed", "cloudpickle")]
-    install = " ".join(shlex.quote(p) for p in [*pins, "boto3", "bokeh", *(packages or [])])
+    install = " ".join(shlex.quote(p) for p in [*pins, "boto3", "bokeh"])
     agent_args = " ".join(
         shlex.quote(a)
         for a in [

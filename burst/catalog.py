@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 SNAPSHOT_DATE = "2026-11-01"
+# The regions the sandbox cloud hosts (its hypervisor boots instances there).
+SANDBOX_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 SNAPSHOT_SOURCE = f"snapshot {SNAPSHOT_DATE} (public on-demand list prices, us-east-1)"
 
 

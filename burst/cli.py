@@ -20,14 +20,8 @@ from rich.table import Table
 
 from burst.spec import SpecError, format_duration, load_job
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CLOUD, EXIT_BUDGET, EXIT_INTERRUPTED = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    130,
-)
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CLOUD, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# 4 (budget refused or exceeded) is reserved for the budget check of the capacity work.
 
 app = typer.Typer(
     help="Rent a supercomputer for an afternoon.",
@@ -85,6 +79,7 @@ class Display:
             transient=False,
         )
         self.bars: dict[str, Any] = {}
+        self.manifest: dict | None = None
 
     def bar(self, name: str, total: int | None = None, note: str = ""):
         if name not in self.bars:
@@ -92,7 +87,9 @@ class Display:
         return self.bars[name]
 
     def __call__(self, event: str, **info: Any) -> None:
-        if event == "planned":
+        if event == "manifest":
+            self.manifest = info["manifest"]
+        elif event == "planned":
             err.print(plan_table(info["plan"]))
             self.progress.start()
             plan = info["plan"]
@@ -187,6 +184,8 @@ def run(
             "correct the fields above and run again",
         ) from None
 
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from burst.cloud.base import CloudError
     from burst.runner import run_job
 
@@ -196,37 +195,36 @@ def run(
         f"job [bold]{job.spec.name}[/]: {len(job.tasks)} tasks on {job.spec.cores} cores, "
         f"max {format_duration(job.spec.max_runtime)}, cloud {job.spec.cloud}"
     )
+    code, cause, fix = EXIT_OK, "", None
     try:
         result = run_job(job, on_event=display)
     except KeyboardInterrupt:
-        display.close()
-        raise fail(EXIT_INTERRUPTED, "interrupted; the cluster was torn down") from None
-    except CloudError as error:
-        display.close()
-        raise fail(
-            EXIT_CLOUD, str(error), "see the cloud's message above; the cluster was torn down"
-        ) from None
+        code, cause = EXIT_INTERRUPTED, "interrupted; the cluster was torn down"
+    except (CloudError, ClientError, BotoCoreError) as error:
+        code, cause = EXIT_CLOUD, f"{error}"
+        fix = "check the cloud's message, your credentials and limits; the cluster was torn down"
     except Exception:
-        display.close()
         traceback.print_exc()
-        raise fail(
-            EXIT_JOB_FAILED,
-            "burst itself failed (a bug); the cluster was torn down",
-            "please report the traceback above",
-        ) from None
+        code, cause = EXIT_JOB_FAILED, "burst itself failed (a bug); the cluster was torn down"
+        fix = "please report the traceback above"
     display.close()
-    if as_json:
-        print(json.dumps(result.manifest, indent=2, default=repr))
-    else:
-        out.print(summary(result.manifest))
+    manifest = display.manifest
+    if as_json and manifest:  # the machine contract: the manifest on every exit path
+        print(json.dumps(manifest, indent=2, default=repr))
+    if code:
+        raise fail(code, cause, fix)
+    if not as_json:
+        out.print(summary(manifest))
         out.print(f"results: {result.folder}/", highlight=False)
-    if not result.manifest["teardown"]["verified"]:
+    if not manifest["teardown"]["verified"]:
         raise fail(
             EXIT_CLOUD,
             "teardown could not verify that nothing is left",
-            "run the teardown again or delete the resources listed above",
+            "delete the resources listed in the manifest's teardown.leftovers",
         )
     if not result.ok:
+        if manifest.get("error"):
+            err.print(f"[bold red]error:[/] {manifest['error']}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
@@ -248,8 +246,10 @@ def sandbox_status() -> None:
     if state is None:
         out.print("sandbox: not running (`burst run` starts a private one per run)")
         raise typer.Exit(EXIT_CLOUD)
-    ec2 = sandbox.session().client("ec2", endpoint_url=state["endpoint"])
-    described = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    described = []
+    for region in sandbox.SANDBOX_REGIONS:
+        ec2 = sandbox.session().client("ec2", region_name=region, endpoint_url=state["endpoint"])
+        described += [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     out.print(
         f"sandbox running at {state['endpoint']} (pid {state['pid']}); "
         f"{sum(i['State']['Name'] == 'running' for i in described)} instances running, "

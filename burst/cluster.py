@@ -84,7 +84,7 @@ class BurstCluster(Cluster):
         self._provider: AwsProvider | None = None
         super().__init__(asynchronous=False, name=self.cluster_id)
         self._loop_runner.start()
-        self._emit("planned", plan=self.capacity_plan)
+        self._emit("planned", plan=self.capacity_plan, cluster=self)
         try:
             self._provision()
             self._bootstrap(boot_timeout)
@@ -184,6 +184,13 @@ class BurstCluster(Cluster):
         failures = self._provider.node_failures(self.identity)
         if failures:
             raise CloudError("nodes failed to start: " + "; ".join(failures))
+        gone = self._provider.instances(self.identity, ["shutting-down", "terminated"])
+        if gone:
+            raise CloudError(
+                "instances powered off before joining: "
+                + ", ".join(f"{r.role} {r.instance_id}" for r in gone)
+                + " (on AWS their console output shows why)"
+            )
         if time.monotonic() > give_up:
             raise CloudError(f"timed out waiting for {waiting_for}")
 
@@ -202,15 +209,18 @@ class BurstCluster(Cluster):
             return
         started = time.monotonic()
         self._emit("teardown")
-        self.teardown_report = self._provider.teardown(self.identity)
-        ended = datetime.now(UTC)
-        for record in self.instances.values():
-            record.state = "terminated"
-            record.end_time = record.end_time or ended
-        self.timings["teardown"] = time.monotonic() - started
-        self._emit("torn_down", report=self.teardown_report)
-        if self._private_sandbox is not None:
-            self._private_sandbox.stop()
+        try:
+            self.teardown_report = self._provider.teardown(self.identity)
+            if self.teardown_report.verified:
+                ended = datetime.now(UTC)
+                for record in self.instances.values():
+                    record.state = "terminated"
+                    record.end_time = record.end_time or ended
+            self.timings["teardown"] = time.monotonic() - started
+            self._emit("torn_down", report=self.teardown_report)
+        finally:
+            if self._private_sandbox is not None:
+                self._private_sandbox.stop()
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))

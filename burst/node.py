@@ -21,6 +21,7 @@ import urllib.request
 
 METADATA_ENDPOINT = "http://169.254.169.254/"
 SPOT_POLL_SECONDS = 5.0
+SPOT_NOTICE = "meta-data/spot/instance-action"
 
 
 class Metadata:
@@ -29,25 +30,32 @@ class Metadata:
     def __init__(self) -> None:
         self.base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", METADATA_ENDPOINT)
         self.base = self.base.rstrip("/") + "/latest/"
+        self.token = self._new_token()
+
+    def _new_token(self) -> str:
         request = urllib.request.Request(
             self.base + "api/token",
             method="PUT",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
         )
         with urllib.request.urlopen(request, timeout=5) as reply:
-            self.token = reply.read().decode()
+            return reply.read().decode()
 
     def get(self, path: str) -> str | None:
-        request = urllib.request.Request(
-            self.base + path, headers={"X-aws-ec2-metadata-token": self.token}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                return reply.read().decode()
-        except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return None
-            raise
+        for attempt in range(2):
+            request = urllib.request.Request(
+                self.base + path, headers={"X-aws-ec2-metadata-token": self.token}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as reply:
+                    return reply.read().decode()
+            except urllib.error.HTTPError as error:
+                if error.code == 404:
+                    return None
+                if error.code != 401 or attempt:
+                    raise
+                self.token = self._new_token()  # tokens expire; runs outlive them
+        return None
 
 
 def check_versions(expected: dict[str, str]) -> None:
@@ -155,7 +163,8 @@ class Node:
             watch = asyncio.ensure_future(self._spot_notice())
             try:
                 done = await self._until_deadline(worker.finished(), watch)
-                if watch in done:  # interruption: hand the data to others, then leave
+                # On an interruption notice, hand the data to other workers, then leave.
+                if watch in done and watch.exception() is None:
                     await worker.close_gracefully(reason="spot-interruption")
             finally:
                 watch.cancel()
@@ -170,9 +179,17 @@ class Node:
         raise RuntimeError("the deadline passed before the scheduler published its address")
 
     async def _spot_notice(self) -> None:
-        while await asyncio.to_thread(self.metadata.get, "meta-data/spot/instance-action") is None:
+        """Returns only when the two-minute interruption notice is really there."""
+        while True:
+            try:
+                notice = await asyncio.to_thread(self.metadata.get, SPOT_NOTICE)
+            except OSError as error:  # a metadata hiccup is not an interruption
+                print(f"metadata unavailable ({error}); still watching", flush=True)
+                notice = None
+            if notice is not None:
+                print("spot interruption notice: retiring this worker", flush=True)
+                return
             await asyncio.sleep(SPOT_POLL_SECONDS)
-        print("spot interruption notice: retiring this worker", flush=True)
 
     async def _until_deadline(self, *awaitables) -> set:
         tasks = [asyncio.ensure_future(a) for a in awaitables]
@@ -206,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         message = f"{args.role} {node.instance_id}: {type(error).__name__}: {error}"
         print(message, file=sys.stderr, flush=True)
-        node.report_failure(message)
+        try:
+            node.report_failure(message)
+        except Exception as report_error:  # the client still sees the instance power off
+            print(f"could not report the failure: {report_error}", file=sys.stderr)
         return 1
     return 0
 

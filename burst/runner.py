@@ -22,7 +22,7 @@ import cloudpickle
 from distributed import Client, as_completed
 
 from burst.bootstrap import client_versions
-from burst.cloud.base import InstanceRecord, TeardownReport
+from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
 from burst.spec import Job, JobSpec, job_from_spec, load_job, parse_spec
 
@@ -88,16 +88,18 @@ def _timed(function: Callable[[Any], Any]) -> Callable[[Any], dict]:
     return call
 
 
-def _ship_by_value(*functions: Callable | None) -> None:
-    """Job code lives next to the spec, not on the workers: pickle its modules by value."""
-    for function in functions:
-        module = sys.modules.get(getattr(function, "__module__", ""))
-        if module is not None and not module.__name__.startswith(("burst", "builtins")):
+def _ship_by_value(folder: Path) -> None:
+    """Job code lives next to the spec, not on the workers: pickle every module loaded from
+    the spec's folder by value (the function's module and what it imports from there)."""
+    environment = Path(sys.prefix).resolve()  # a virtualenv may sit inside the folder
+    for module in list(sys.modules.values()):
+        path = Path(getattr(module, "__file__", None) or "/").resolve()
+        if path.is_relative_to(folder) and not path.is_relative_to(environment):
             cloudpickle.register_pickle_by_value(module)
 
 
 def map_tasks(client: Client, job: Job, emit: EventHandler) -> list[TaskOutcome]:
-    _ship_by_value(job.function)
+    _ship_by_value(job.folder)
     retries = job.spec.run.retries if job.spec.run else 0
     futures = client.map(
         _timed(job.function),
@@ -122,6 +124,8 @@ def map_tasks(client: Client, job: Job, emit: EventHandler) -> list[TaskOutcome]
                 worker=reply["worker"],
                 seconds=reply["seconds"],
             )
+        elif future.status != "error":  # cancelled or lost: the cluster, not the task
+            raise CloudError(f"lost task {i} ({future.status}): the cluster went away")
         else:
             error = future.exception()
             tail = "".join(traceback.format_tb(future.traceback())[-3:])
@@ -143,63 +147,55 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
-    """Plan, launch, run, collect and tear down; the teardown runs on every path."""
-    spec = job.spec
+    """Plan, launch, run, collect and tear down; the teardown runs on every path, and the
+    manifest is written on every path that got as far as planning."""
     emit = on_event or (lambda event, **info: None)
-    job_id = new_job_id(spec.name)
-    folder = Path(spec.outputs) / job_id
+    job_id = new_job_id(job.spec.name)
+    folder = Path(job.spec.outputs) / job_id
     started_at = datetime.now(UTC)
-    teardown: list[TeardownReport] = []
-    instances: dict[str, InstanceRecord] = {}
+    made: list[BurstCluster] = []  # the cluster, even when its constructor fails
 
     def observe(event: str, **info: Any) -> None:
-        if event == "torn_down":
-            teardown.append(info["report"])
-        elif event == "launched":
-            instances.update({r.instance_id: r for r in info["records"]})
+        if event == "planned":
+            made.append(info["cluster"])
         emit(event, **info)
 
-    cluster: BurstCluster | None = None
     outcomes: list[TaskOutcome] = []
     reduced = None
-    status = "error"
+    status, problem = "error", None
     timings: dict[str, float] = {}
     manifest: dict = {}
     try:
-        cluster = BurstCluster(spec, job_id=job_id, on_event=observe)
-        with Client(cluster) as client:
+        with (
+            BurstCluster(job.spec, job_id=job_id, on_event=observe) as cluster,
+            Client(cluster) as client,
+        ):
             started = time.monotonic()
             outcomes = map_tasks(client, job, emit)
             timings["run"] = time.monotonic() - started
         started = time.monotonic()
-        failures = [o for o in outcomes if o.status == "failed"]
-        if job.reduce and not failures:
-            reduced = job.reduce([o.result for o in outcomes])
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "results.jsonl", "w") as out:
             for outcome in outcomes:
                 out.write(json.dumps(outcome.to_dict(), default=_json_default) + "\n")
+        failed = any(o.status == "failed" for o in outcomes)
+        if job.reduce and not failed:
+            try:
+                reduced = job.reduce([o.result for o in outcomes])
+            except Exception as error:  # the user's reduce: keep the results, fail the job
+                failed, problem = True, f"run.reduce raised {type(error).__name__}: {error}"
         timings["collect"] = time.monotonic() - started
-        status = "failed" if failures else "succeeded"
+        status = "failed" if failed else "succeeded"
     except KeyboardInterrupt:
-        status = "interrupted"
+        status, problem = "interrupted", "interrupted by Ctrl-C or SIGTERM"
+        raise
+    except BaseException as error:
+        problem = f"{type(error).__name__}: {error}"
         raise
     finally:
-        if cluster is not None:
-            cluster.close()
-            timings = {**cluster.timings, **timings}
-        if instances or teardown:
+        if made:
             manifest = _manifest(
-                job,
-                job_id,
-                cluster,
-                status,
-                outcomes,
-                reduced,
-                timings,
-                list(instances.values()),
-                teardown,
-                started_at,
+                job, job_id, made[0], status, problem, outcomes, reduced, timings, started_at
             )
             folder.mkdir(parents=True, exist_ok=True)
             _write_json(folder / "manifest.json", manifest)
@@ -210,23 +206,23 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
 def _manifest(
     job: Job,
     job_id: str,
-    cluster: BurstCluster | None,
+    cluster: BurstCluster,
     status: str,
+    problem: str | None,
     outcomes: list[TaskOutcome],
     reduced: Any,
     timings: dict[str, float],
-    instances: list[InstanceRecord],
-    teardown: list[TeardownReport],
     started_at: datetime,
 ) -> dict:
     ended_at = datetime.now(UTC)
-    workers = [i for i in instances if i.role == "worker"]
+    instances = list(cluster.instances.values())
     failures = [o for o in outcomes if o.status == "failed"]
-    plan = cluster.capacity_plan if cluster else None
+    report = cluster.teardown_report
     return {
         "job_id": job_id,
-        "cluster_id": cluster.cluster_id if cluster else None,
+        "cluster_id": cluster.cluster_id,
         "status": status,
+        "error": problem,
         "result": reduced,
         "tasks": {
             "total": len(job.tasks),
@@ -234,13 +230,16 @@ def _manifest(
             "failed": len(failures),
         },
         "failures": [{"task": o.task, "input": o.input, "error": o.error} for o in failures[:50]],
-        "cores": {"requested": job.spec.cores, "worker_vcpus": sum(i.vcpus for i in workers)},
+        "cores": {
+            "requested": job.spec.cores,
+            "worker_vcpus": sum(i.vcpus for i in instances if i.role == "worker"),
+        },
         "instances": [i.to_dict() for i in instances],
-        "plan": plan.to_dict() if plan else None,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "teardown": teardown[0].to_dict()
-        if teardown
-        else {"verified": False, "leftovers": ["unknown"]},
+        "plan": cluster.capacity_plan.to_dict(),
+        "timings": {k: round(v, 3) for k, v in {**cluster.timings, **timings}.items()},
+        "teardown": report.to_dict()
+        if report
+        else {"verified": False, "leftovers": ["teardown did not run"]},
         "started_at": started_at.isoformat(),
         "ended_at": ended_at.isoformat(),
         "wall_seconds": round((ended_at - started_at).total_seconds(), 3),

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from burst.catalog import SNAPSHOT, families
+from burst.catalog import SANDBOX_REGIONS, SNAPSHOT, families
 
 
 class SpecError(ValueError):
@@ -135,6 +143,13 @@ class JobSpec(Strict):
     def _runtime_bounds(cls, v: timedelta) -> timedelta:
         if not timedelta(seconds=10) <= v <= timedelta(days=7):
             raise ValueError("a duration between 10s and 7d is accepted")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _sandbox_region(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("cloud", "sandbox") == "sandbox" and v not in SANDBOX_REGIONS:
+            raise ValueError(f"the sandbox hosts {', '.join(SANDBOX_REGIONS)} only")
         return v
 
     @field_validator("instance_types")
@@ -260,6 +275,10 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
 def job_from_spec(spec: JobSpec, folder: Path) -> Job:
     if spec.run is None:
         raise SpecError(["run: a 'run' section with 'function' and 'tasks' is needed to run a job"])
+    # Import the job's code afresh: a notebook re-run, or another spec with a module of the
+    # same name, must not get the module cached by an earlier load.
+    for entry in filter(None, (spec.run.function, spec.run.reduce)):
+        sys.modules.pop(entry.partition(":")[0], None)
     function = import_entry_point(spec.run.function, folder, "run.function")
     reduce = import_entry_point(spec.run.reduce, folder, "run.reduce") if spec.run.reduce else None
     return Job(spec, folder, function, _load_tasks(spec.run, folder), reduce)

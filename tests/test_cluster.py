@@ -111,3 +111,10 @@ def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbo
         assert "spot interruption notice: retiring this worker" in console
         cluster_id = cluster.cluster_id
     assert settled_leftovers(sandbox, cluster_id) == []
+
+
+def test_a_node_that_dies_silently_fails_fast(sandbox, monkeypatch):
+    monkeypatch.setattr(bootstrap, "render", lambda config: "#!/bin/bash\nexit 0\n")
+    with pytest.raises(CloudError, match="powered off before joining"):
+        BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"])
+    assert settled_leftovers(sandbox) == []

@@ -156,3 +156,25 @@ def test_sandbox_up_is_used_by_run_then_down(tmp_path):
     assert down.returncode == 0 and "sandbox stopped" in down.stdout
     after = cli("sandbox", "status")
     assert after.returncode == 3 and "not running" in after.stdout
+
+
+def test_a_failing_reduce_keeps_the_results_and_exits_1(sandbox, tmp_path):
+    (tmp_path / "sibling_helper.py").write_text("def double(x):\n    return 2 * x\n")
+    spec = write_job(tmp_path, "reduce_fails", """
+        from sibling_helper import double  # a sibling module: shipped by value too
+
+        def task(x):
+            return double(x)
+
+        def total(results):
+            raise ZeroDivisionError("reduce broke")
+        """, extra="  reduce: reduce_fails:total\n")
+    done = burst("run", str(spec), "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    manifest = json.loads(done.stdout)  # printed on failure too
+    assert manifest["status"] == "failed" and "run.reduce raised ZeroDivisionError" in (
+        manifest["error"])
+    results = [json.loads(line) for line in
+               (tmp_path / "results" / manifest["job_id"] / "results.jsonl").open()]
+    assert [r["result"] for r in results] == [0, 2, 4, 6, 8, 10]
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []

@@ -172,7 +172,7 @@ def test_worker_pool_respects_instance_types(types: list[str], cores: int) -> No
 
 
 def test_zones_default_to_first_three_of_region() -> None:
-    spec = make_spec(region="eu-west-2", cores=33)
+    spec = make_spec(region="eu-west-2", cloud="aws", cores=33)
     p = plan(spec)
     assert worker(p).zone in {"eu-west-2a", "eu-west-2b", "eu-west-2c"}
     assert scheduler(p).zone == "eu-west-2a"

@@ -752,3 +752,9 @@ def test_unknown_field_in_task_range_lists_range_fields() -> None:
         "run.tasks: accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file} "
         "or a list (got {'range': 5, 'step': 2})"
     ]
+
+
+def test_sandbox_hosts_only_its_regions() -> None:
+    line = line_for(problems_of(minimal(region="ap-south-1")), "region")
+    assert "'ap-south-1'" in line and "us-east-1" in line
+    assert parse_spec(minimal(region="ap-south-1", cloud="aws")).region == "ap-south-1"

@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import ClientError
 
 from burst.cloud.base import (
     TAG_CLUSTER,
@@ -235,22 +235,18 @@ class AwsProvider:
     ) -> list[InstanceRecord]:
         """Launch one plan line; spot shortfalls go to on-demand when fallback is allowed."""
         records: list[InstanceRecord] = []
-        market = line.market
         try:
-            records = self._run(ident, env, line, user_data, market, line.count)
+            records = self._run(ident, env, line, user_data, line.market, line.count)
         except ClientError as error:
-            if not (
-                market == "spot"
-                and fallback_to_on_demand
-                and _error_code(error) in SPOT_CAPACITY_ERRORS
-            ):
-                raise CloudError(
-                    f"launching {line.count} x {line.instance_type} ({market}) failed: {error}"
-                ) from error
-        if len(records) < line.count and market == "spot" and fallback_to_on_demand:
-            records += self._run(
-                ident, env, line, user_data, "on-demand", line.count - len(records)
-            )
+            capacity = _error_code(error) in SPOT_CAPACITY_ERRORS
+            if not (line.market == "spot" and fallback_to_on_demand and capacity):
+                raise _launch_error(line, line.market, error) from error
+        if len(records) < line.count and line.market == "spot" and fallback_to_on_demand:
+            try:
+                missing = line.count - len(records)
+                records += self._run(ident, env, line, user_data, "on-demand", missing)
+            except ClientError as error:
+                raise _launch_error(line, "on-demand fallback", error) from error
         return records
 
     def _run(
@@ -276,6 +272,9 @@ class AwsProvider:
             TagSpecifications=ident.tag_specifications(line.role, "instance", "volume"),
         )
         if market == "spot":
+            request["TagSpecifications"] += ident.tag_specifications(
+                line.role, "spot-instances-request"
+            )
             request["InstanceMarketOptions"] = {
                 "MarketType": "spot",
                 "SpotOptions": {
@@ -314,40 +313,37 @@ class AwsProvider:
 
     # -------------------------------------------------------------- teardown
 
-    def teardown(self, ident: ClusterIdentity, wait_seconds: float = 600) -> TeardownReport:
+    def teardown(self, ident: ClusterIdentity, wait: float = 600) -> TeardownReport:
         """Delete everything of the cluster, found by tag, then prove nothing is left."""
         report = TeardownReport()
-        steps: list[tuple[str, Callable[[], list[str]]]] = [
-            ("terminate instances", lambda: self._terminate(ident, wait_seconds)),
-            ("delete security group", lambda: self._delete_groups(ident, wait_seconds)),
-            ("delete parameters", lambda: self._delete_parameters(ident)),
-            ("delete node role", lambda: self._delete_role(ident)),
+        steps: list[tuple[str, Callable[[], list[str]], list[str]]] = [
+            ("terminate instances", lambda: self._terminate(ident, wait), report.terminated),
+            ("delete security group", lambda: self._delete_groups(ident, wait), report.deleted),
+            ("delete parameters", lambda: self._delete_parameters(ident), report.deleted),
+            ("delete node role", lambda: self._delete_role(ident), report.deleted),
         ]
-        for what, step in steps:
+        for what, step, done in steps:
             try:
-                done = step()
+                done.extend(step())
             except Exception as error:  # keep going: a later step may still free resources
                 report.errors.append(f"{what}: {error}")
-                continue
-            (report.terminated if what == "terminate instances" else report.deleted).extend(done)
-        report.leftovers = self.leftovers(ident)
+        try:
+            report.leftovers = self.leftovers(ident)
+        except Exception as error:  # what cannot be checked is not verified
+            report.errors.append(f"verify: {error}")
         return report
 
-    def _terminate(self, ident: ClusterIdentity, wait_seconds: float) -> list[str]:
+    def _terminate(self, ident: ClusterIdentity, wait: float) -> list[str]:
         ids = [i.instance_id for i in self.instances(ident, LIVE_STATES)]
-        if not ids:
-            return []
         for start in range(0, len(ids), 1000):
             self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
-        try:
-            self.ec2.get_waiter("instance_terminated").wait(
-                Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}],
-                WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(wait_seconds / 2))},
-            )
-        except WaiterError as error:
-            raise CloudError(
-                f"instances did not terminate in {wait_seconds:.0f}s: {error}"
-            ) from error
+        # Poll instead of the instance_terminated waiter, which gives up at once on an
+        # instance still `pending` (common right after a launch).
+        deadline = time.monotonic() + wait
+        while remaining := self.instances(ident, LIVE_STATES):
+            if time.monotonic() > deadline:
+                raise CloudError(f"{len(remaining)} instances not terminated after {wait:.0f}s")
+            time.sleep(2)
         return ids
 
     def _groups(self, ident: ClusterIdentity) -> list[str]:
@@ -356,10 +352,10 @@ class AwsProvider:
         )
         return [g["GroupId"] for g in groups["SecurityGroups"]]
 
-    def _delete_groups(self, ident: ClusterIdentity, wait_seconds: float) -> list[str]:
+    def _delete_groups(self, ident: ClusterIdentity, wait: float) -> list[str]:
         deleted = []
         for group_id in self._groups(ident):
-            deadline = time.monotonic() + wait_seconds
+            deadline = time.monotonic() + wait
             while True:
                 try:
                     self.ec2.delete_security_group(GroupId=group_id)
@@ -428,6 +424,12 @@ class AwsProvider:
         except self.iam.exceptions.NoSuchEntityException:
             pass
         return found
+
+
+def _launch_error(line: PlanLine, market: str, error: ClientError) -> CloudError:
+    return CloudError(
+        f"launching {line.count} x {line.instance_type} in {line.zone} ({market}) failed: {error}"
+    )
 
 
 def _record(instance: dict, vcpus: int | None = None) -> InstanceRecord:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import boto3
 
+from burst.catalog import SANDBOX_REGIONS
+
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SANDBOX_REGION = "us-east-1"
-# Regions whose instances the hypervisor runs (the snapshot's regions).
-SANDBOX_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 POLL_SECONDS = 0.25
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
 FAKE_SHUTDOWN = "#!/bin/sh\nkill -TERM 0\n"
@@ -252,7 +252,6 @@ class Hypervisor:
             role=profile.rsplit("/", 1)[-1],
             folder=self.folder / instance_id,
         )
-        self.instances[instance_id] = instance
         instance.folder.mkdir(parents=True, exist_ok=True)
         user_data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")[
             "UserData"
@@ -260,16 +259,22 @@ class Hypervisor:
         script = instance.folder / "user-data"
         script.write_bytes(base64.b64decode(user_data) if user_data else b"#!/bin/sh\n")
         script.chmod(0o700)
-        with open(instance.folder / "console.log", "ab") as console:
-            instance.process = subprocess.Popen(
-                [str(script)],
-                cwd=instance.folder,
-                env=self._instance_env(instance),
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: the whole "machine"
-            )
+        try:
+            with open(instance.folder / "console.log", "ab") as console:
+                instance.process = subprocess.Popen(
+                    [str(script)],
+                    cwd=instance.folder,
+                    env=self._instance_env(instance),
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: the whole "machine"
+                )
+        except BaseException:
+            instance.kill()  # stops its metadata server; the next poll boots it again
+            raise
+        # Registered only once booted, so a failed boot is retried rather than forgotten.
+        self.instances[instance_id] = instance
 
     def _instance_env(self, instance: SandboxInstance) -> dict[str, str]:
         """The instance sees AWS only through its metadata service and the sandbox network."""
@@ -364,7 +369,7 @@ def running_sandbox() -> dict | None:
         return None
 
 
-def serve(ready_file: Path | None = None) -> None:
+def serve() -> None:
     """`burst sandbox up` runs this in its own process until SIGTERM."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
