@@ -68,6 +68,9 @@ class JobResult:
         return pandas.DataFrame([o.to_dict() for o in self.outcomes])
 
 
+STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
+
+
 def _timed(function: Callable[[Any], Any]) -> Callable[[Any], dict]:
     """Wrap the job's function to report its worker and run time. Defined as a closure so
     cloudpickle ships it by value: workers need no copy of burst."""
@@ -236,7 +239,12 @@ def _manifest(
         },
         "instances": [i.to_dict() for i in instances],
         "plan": cluster.capacity_plan.to_dict(),
-        "timings": {k: round(v, 3) for k, v in {**cluster.timings, **timings}.items()},
+        "timings": {
+            k: round(v, 3)
+            for k, v in sorted(
+                {**cluster.timings, **timings}.items(), key=lambda kv: STAGES.index(kv[0])
+            )
+        },
         "teardown": report.to_dict()
         if report
         else {"verified": False, "leftovers": ["teardown did not run"]},
