@@ -37,8 +37,13 @@ err = Console(stderr=True)
 out = Console()
 
 
+def say_error(text: str) -> None:
+    """One unwrapped line on stderr, so tools can grep it."""
+    err.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+
+
 def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {cause}", highlight=False, soft_wrap=True)
+    say_error(cause)
     if fix:
         err.print(f"[bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -177,7 +182,7 @@ def run(
         job = load_job(spec)
     except SpecError as error:
         for problem in error.problems:
-            err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+            say_error(problem)
         raise fail(
             EXIT_BAD_INPUT,
             f"{spec} is not a valid job spec; nothing was started",
@@ -224,7 +229,7 @@ def run(
         )
     if not result.ok:
         if manifest.get("error"):
-            err.print(f"[bold red]error:[/] {manifest['error']}", highlight=False, soft_wrap=True)
+            say_error(manifest["error"])
         raise typer.Exit(EXIT_JOB_FAILED)
 
 

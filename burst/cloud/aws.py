@@ -306,10 +306,7 @@ class AwsProvider:
 
     def node_failures(self, ident: ClusterIdentity) -> list[str]:
         """Messages of nodes that gave up before joining (see burst.node.report_failure)."""
-        pages = self.ssm.get_paginator("get_parameters_by_path").paginate(
-            Path=f"{ident.parameter_path}/failed"
-        )
-        return [p["Value"] for page in pages for p in page["Parameters"]]
+        return [p["Value"] for p in self._parameters_under(f"{ident.parameter_path}/failed")]
 
     # -------------------------------------------------------------- teardown
 
@@ -368,11 +365,12 @@ class AwsProvider:
             deleted.append(group_id)
         return deleted
 
+    def _parameters_under(self, path: str) -> list[dict]:
+        pages = self.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
+        return [p for page in pages for p in page["Parameters"]]
+
     def _parameters(self, ident: ClusterIdentity) -> list[str]:
-        pages = self.ssm.get_paginator("get_parameters_by_path").paginate(
-            Path=ident.parameter_path, Recursive=True
-        )
-        return [p["Name"] for page in pages for p in page["Parameters"]]
+        return [p["Name"] for p in self._parameters_under(ident.parameter_path)]
 
     def _delete_parameters(self, ident: ClusterIdentity) -> list[str]:
         names = self._parameters(ident)
