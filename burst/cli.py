@@ -103,7 +103,12 @@ class Display:
             kind = "private, for this run" if info["private"] else "running"
             err.print(f"sandbox cloud ({kind}) at {info['endpoint']}", highlight=False)
         elif event == "launched":
-            self.progress.advance(self.bar("instances launched"), len(info["records"]))
+            # Fallback can launch more (smaller) instances than planned: grow the bar.
+            task = self.progress.tasks[self.bar("instances launched")]
+            done = task.completed + len(info["records"])
+            self.progress.update(task.id, completed=done, total=max(task.total or 0, done))
+        elif event == "capacity_error":
+            self.progress.console.print(f"[yellow]no capacity:[/] {info['error']}", highlight=False)
         elif event == "scheduler":
             self.progress.console.print(
                 f"scheduler {info['address']}  dashboard {info['dashboard']}", highlight=False

@@ -25,8 +25,9 @@ from distributed.deploy import Cluster
 from burst import bootstrap, tls
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
-from burst.cloud.base import CloudError, InstanceRecord, TeardownReport
+from burst.cloud.base import CloudError, Fulfilment, InstanceRecord, PoolError, TeardownReport
 from burst.plan import Plan, plan
+from burst.provision import acquire_workers
 from burst.spec import JobSpec, parse_spec
 
 EventHandler = Callable[..., None]
@@ -78,6 +79,7 @@ class BurstCluster(Cluster):
         self.deadline = datetime.now(UTC) + self.spec.max_runtime + self.spec.grace
         self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
         self.instances: dict[str, InstanceRecord] = {}
+        self.capacity_errors: list[PoolError] = []  # pools that EC2 could not fill
         self.teardown_report: TeardownReport | None = None
         self._emit = on_event or (lambda event, **info: None)
         self._private_sandbox: sandbox.Sandbox | None = None
@@ -125,16 +127,32 @@ class BurstCluster(Cluster):
         zones = sorted({line.zone for line in self.capacity_plan.lines})
         env = self._provider.prepare(self.identity, zones, client_cidr, credentials.node_bundle())
         for line in self.capacity_plan.lines:
-            records = self._provider.launch(
-                self.identity,
-                env,
-                line,
-                self._user_data(line.role, env),
-                fallback_to_on_demand=self.spec.spot == "spot-with-fallback",
-            )
-            self.instances.update({r.instance_id: r for r in records})
-            self._emit("launched", role=line.role, records=records)
+            if line.role != "worker":
+                record = self._provider.launch_instance(
+                    self.identity, env, line, self._user_data(line.role, env)
+                )
+                self._launched(Fulfilment([record]))
+        template = self._provider.launch_template(
+            self.identity, env, self._user_data("worker", env)
+        )
+        acquire_workers(
+            self._provider,
+            self.identity,
+            env,
+            template,
+            self.capacity_plan,
+            self.spec,
+            on_launch=self._launched,
+        )
         self.timings["provision"] = time.monotonic() - started
+
+    def _launched(self, got: Fulfilment) -> None:
+        self.instances.update({r.instance_id: r for r in got.records})
+        self.capacity_errors += got.errors
+        for role in sorted({r.role for r in got.records}):
+            self._emit("launched", role=role, records=[r for r in got.records if r.role == role])
+        for error in got.errors:
+            self._emit("capacity_error", error=error)
 
     def _user_data(self, role: str, env: NodeEnvironment) -> str:
         assert self._provider is not None

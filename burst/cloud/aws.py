@@ -6,11 +6,13 @@ endpoint URL and the credentials of the session handed in.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import boto3
@@ -24,7 +26,9 @@ from burst.cloud.base import (
     TAG_MANAGED,
     TAG_ROLE,
     CloudError,
+    Fulfilment,
     InstanceRecord,
+    PoolError,
     TeardownReport,
 )
 from burst.plan import PlanLine
@@ -35,13 +39,10 @@ AMI_PARAMETERS = {
     "x86_64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
     "arm64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
 }
-# Spot capacity errors after which spot-with-fallback moves to on-demand.
-SPOT_CAPACITY_ERRORS = {
-    "InsufficientInstanceCapacity",
-    "SpotMaxPriceTooLow",
-    "MaxSpotInstanceCountExceeded",
-    "InsufficientCapacity",
-}
+# Kept under AWS's limits for one EC2 Fleet (target capacity, and instances an instant fleet
+# launches); larger requests are split into several fleets.
+FLEET_MAX_CAPACITY = 10_000
+FLEET_MAX_INSTANCES = 1_000
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
@@ -225,65 +226,141 @@ class AwsProvider:
 
     # ------------------------------------------------------------- instances
 
-    def launch(
-        self,
-        ident: ClusterIdentity,
-        env: NodeEnvironment,
-        line: PlanLine,
-        user_data: str,
-        fallback_to_on_demand: bool = False,
-    ) -> list[InstanceRecord]:
-        """Launch one plan line; spot shortfalls go to on-demand when fallback is allowed."""
-        records: list[InstanceRecord] = []
-        try:
-            records = self._run(ident, env, line, user_data, line.market, line.count)
-        except ClientError as error:
-            capacity = _error_code(error) in SPOT_CAPACITY_ERRORS
-            if not (line.market == "spot" and fallback_to_on_demand and capacity):
-                raise _launch_error(line, line.market, error) from error
-        if len(records) < line.count and line.market == "spot" and fallback_to_on_demand:
-            try:
-                missing = line.count - len(records)
-                records += self._run(ident, env, line, user_data, "on-demand", missing)
-            except ClientError as error:
-                raise _launch_error(line, "on-demand fallback", error) from error
-        return records
-
-    def _run(
-        self,
-        ident: ClusterIdentity,
-        env: NodeEnvironment,
-        line: PlanLine,
-        user_data: str,
-        market: str,
-        count: int,
-    ) -> list[InstanceRecord]:
-        request: dict[str, Any] = dict(
-            ImageId=env.image_id,
-            InstanceType=line.instance_type,
-            MinCount=1,
-            MaxCount=count,
-            UserData=user_data,
-            SubnetId=env.subnets[line.zone],
-            SecurityGroupIds=[env.security_group_id],
-            IamInstanceProfile={"Name": env.instance_profile},
-            InstanceInitiatedShutdownBehavior="terminate",  # the dead-man's switch powers off
-            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            TagSpecifications=ident.tag_specifications(line.role, "instance", "volume"),
+    def launch_template(self, ident: ClusterIdentity, env: NodeEnvironment, user_data: str) -> str:
+        """The workers' launch template: everything but the instance type and subnet, which
+        the fleet's overrides give. Tags here reach instances, volumes and spot requests."""
+        template = self.ec2.create_launch_template(
+            LaunchTemplateName=f"{ident.name}-worker",
+            LaunchTemplateData={
+                "ImageId": env.image_id,
+                # Unlike RunInstances, botocore does not encode a template's user data.
+                "UserData": base64.b64encode(user_data.encode()).decode(),
+                "IamInstanceProfile": {"Name": env.instance_profile},
+                "SecurityGroupIds": [env.security_group_id],
+                "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
+                "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                "TagSpecifications": ident.tag_specifications(
+                    "worker", "instance", "volume", "spot-instances-request"
+                ),
+            },
+            TagSpecifications=ident.tag_specifications("worker", "launch-template"),
         )
-        if market == "spot":
-            request["TagSpecifications"] += ident.tag_specifications(
-                line.role, "spot-instances-request"
-            )
-            request["InstanceMarketOptions"] = {
-                "MarketType": "spot",
-                "SpotOptions": {
-                    "SpotInstanceType": "one-time",
-                    "InstanceInterruptionBehavior": "terminate",
-                },
+        return template["LaunchTemplate"]["LaunchTemplateId"]
+
+    def launch_fleet(
+        self,
+        ident: ClusterIdentity,
+        env: NodeEnvironment,
+        template_id: str,
+        pools: list[PlanLine],
+        market: str,
+        cores: int,
+        max_hourly: Decimal | None = None,
+    ) -> Fulfilment:
+        """Ask for `cores` vCPUs over the pools in as few `instant` fleets as AWS allows.
+
+        Weights are vCPUs, so the target is in cores; EC2 picks among the pools (spot by
+        price and capacity, on-demand by price) and never spends above `max_hourly`.
+        """
+        subnets = {subnet: zone for zone, subnet in env.subnets.items()}
+        overrides = [
+            {
+                "InstanceType": pool.instance_type,
+                "SubnetId": env.subnets[pool.zone],
+                "WeightedCapacity": float(pool.vcpus),
             }
-        reply = _while_profile_propagates(lambda: self.ec2.run_instances(**request))
-        return [_record(i, line.vcpus) for i in reply["Instances"]]
+            for pool in pools
+        ]
+        prices = {(p.instance_type, p.zone): p.hourly for p in pools}
+        # Each fleet stays under AWS's per-fleet limits on target capacity and instances.
+        chunk = min(FLEET_MAX_CAPACITY, FLEET_MAX_INSTANCES * min(p.vcpus for p in pools))
+        fulfilment = Fulfilment()
+        for start in range(0, cores, chunk):
+            units = min(chunk, cores - start)
+            options: dict[str, Any] = {
+                "AllocationStrategy": "price-capacity-optimized"
+                if market == "spot"
+                else "lowest-price"
+            }
+            if market == "spot":
+                options["InstanceInterruptionBehavior"] = "terminate"
+            if max_hourly is not None:
+                options["MaxTotalPrice"] = str(
+                    (max_hourly * units / cores).quantize(Decimal("0.0001"), ROUND_FLOOR)
+                )
+            reply = self.ec2.create_fleet(
+                Type="instant",
+                LaunchTemplateConfigs=[
+                    {
+                        "LaunchTemplateSpecification": {
+                            "LaunchTemplateId": template_id,
+                            "Version": "$Latest",
+                        },
+                        "Overrides": overrides,
+                    }
+                ],
+                TargetCapacitySpecification={
+                    "TotalTargetCapacity": units,
+                    "DefaultTargetCapacityType": market,
+                    ("SpotTargetCapacity" if market == "spot" else "OnDemandTargetCapacity"): units,
+                },
+                **{("SpotOptions" if market == "spot" else "OnDemandOptions"): options},
+                TagSpecifications=ident.tag_specifications("worker", "fleet"),
+            )
+            for launched in reply.get("Instances", []):
+                chosen = launched.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
+                zone = subnets.get(chosen.get("SubnetId", ""), "")
+                itype = launched["InstanceType"]
+                vcpus = int(chosen.get("WeightedCapacity") or 0)
+                for instance_id in launched["InstanceIds"]:
+                    fulfilment.records.append(
+                        InstanceRecord(
+                            instance_id=instance_id,
+                            role="worker",
+                            instance_type=itype,
+                            zone=zone,
+                            market=launched.get("Lifecycle", market),
+                            state="pending",
+                            launch_time=datetime.now(UTC),
+                            vcpus=vcpus,
+                            hourly=prices.get((itype, zone)),
+                        )
+                    )
+            for error in reply.get("Errors", []):
+                chosen = error.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
+                fulfilment.errors.append(
+                    PoolError(
+                        instance_type=chosen.get("InstanceType", "?"),
+                        zone=subnets.get(chosen.get("SubnetId", ""), "?"),
+                        market=error.get("Lifecycle", market),
+                        code=error.get("ErrorCode", "?"),
+                        message=error.get("ErrorMessage", ""),
+                    )
+                )
+        return fulfilment
+
+    def launch_instance(
+        self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine, user_data: str
+    ) -> InstanceRecord:
+        """One on-demand instance (the scheduler): it holds the job's state, so no spot."""
+        reply = _while_profile_propagates(
+            lambda: self.ec2.run_instances(
+                ImageId=env.image_id,
+                InstanceType=line.instance_type,
+                MinCount=1,
+                MaxCount=1,
+                UserData=user_data,
+                SubnetId=env.subnets[line.zone],
+                SecurityGroupIds=[env.security_group_id],
+                IamInstanceProfile={"Name": env.instance_profile},
+                InstanceInitiatedShutdownBehavior="terminate",  # the dead-man's switch
+                MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                TagSpecifications=ident.tag_specifications(line.role, "instance", "volume"),
+            )
+        )
+        record = _record(reply["Instances"][0], line.vcpus)
+        record.hourly = line.hourly
+        return record
 
     def instances(
         self, ident: ClusterIdentity, states: list[str] | None = None
@@ -314,7 +391,9 @@ class AwsProvider:
         """Delete everything of the cluster, found by tag, then prove nothing is left."""
         report = TeardownReport()
         steps: list[tuple[str, Callable[[], list[str]], list[str]]] = [
+            ("delete fleets", lambda: self._delete_fleets(ident), report.deleted),
             ("terminate instances", lambda: self._terminate(ident, wait), report.terminated),
+            ("delete launch templates", lambda: self._delete_templates(ident), report.deleted),
             ("delete security group", lambda: self._delete_groups(ident, wait), report.deleted),
             ("delete parameters", lambda: self._delete_parameters(ident), report.deleted),
             ("delete node role", lambda: self._delete_role(ident), report.deleted),
@@ -341,6 +420,43 @@ class AwsProvider:
             if time.monotonic() > deadline:
                 raise CloudError(f"{len(remaining)} instances not terminated after {wait:.0f}s")
             time.sleep(2)
+        return ids
+
+    def _fleets(self, ident: ClusterIdentity) -> list[str]:
+        """Fleets not yet deleted. DescribeFleets cannot filter by tag, so filter here."""
+        pages = self.ec2.get_paginator("describe_fleets").paginate()
+        return [
+            f["FleetId"]
+            for page in pages
+            for f in page["Fleets"]
+            if not f["FleetState"].startswith("deleted")
+            and {"Key": TAG_CLUSTER, "Value": ident.cluster_id} in f.get("Tags", [])
+        ]
+
+    def _delete_fleets(self, ident: ClusterIdentity) -> list[str]:
+        """Deleting an instant fleet terminates its instances (at most 1,000 per call, which
+        is why no fleet holds more); one call per fleet."""
+        ids = self._fleets(ident)
+        for fleet_id in ids:
+            try:
+                self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+            except ClientError as error:
+                # moto refuses when every instance of the fleet is already gone.
+                if _error_code(error) != "InvalidParameterCombination":
+                    raise
+                self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
+        return ids
+
+    def _templates(self, ident: ClusterIdentity) -> list[str]:
+        pages = self.ec2.get_paginator("describe_launch_templates").paginate(
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
+        )
+        return [t["LaunchTemplateId"] for page in pages for t in page["LaunchTemplates"]]
+
+    def _delete_templates(self, ident: ClusterIdentity) -> list[str]:
+        ids = self._templates(ident)
+        for template_id in ids:
+            self.ec2.delete_launch_template(LaunchTemplateId=template_id)
         return ids
 
     def _groups(self, ident: ClusterIdentity) -> list[str]:
@@ -409,6 +525,8 @@ class AwsProvider:
         found = [
             f"instance {i.instance_id} ({i.state})" for i in self.instances(ident, LIVE_STATES)
         ]
+        found += [f"fleet {f}" for f in self._fleets(ident)]
+        found += [f"launch-template {t}" for t in self._templates(ident)]
         found += [f"security-group {g}" for g in self._groups(ident)]
         found += [f"parameter {p}" for p in self._parameters(ident)]
         try:
@@ -422,12 +540,6 @@ class AwsProvider:
         except self.iam.exceptions.NoSuchEntityException:
             pass
         return found
-
-
-def _launch_error(line: PlanLine, market: str, error: ClientError) -> CloudError:
-    return CloudError(
-        f"launching {line.count} x {line.instance_type} in {line.zone} ({market}) failed: {error}"
-    )
 
 
 def _record(instance: dict, vcpus: int | None = None) -> InstanceRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 
 class CloudError(RuntimeError):
@@ -28,12 +29,44 @@ class InstanceRecord:
     launch_time: datetime
     vcpus: int = 0
     end_time: datetime | None = None
+    hourly: Decimal | None = None  # the price it was launched at
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["launch_time"] = self.launch_time.isoformat()
         data["end_time"] = self.end_time.isoformat() if self.end_time else None
+        data["hourly"] = str(self.hourly) if self.hourly is not None else None
         return data
+
+
+@dataclass(frozen=True)
+class PoolError:
+    """Why one capacity pool (type x zone x market) gave nothing, as EC2 said it."""
+
+    instance_type: str
+    zone: str
+    market: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.instance_type} in {self.zone} ({self.market}): {self.code} {self.message}"
+
+
+@dataclass
+class Fulfilment:
+    """What a capacity request got, and what each failing pool said."""
+
+    records: list[InstanceRecord] = field(default_factory=list)
+    errors: list[PoolError] = field(default_factory=list)
+
+    @property
+    def cores(self) -> int:
+        return sum(r.vcpus for r in self.records)
+
+    def extend(self, other: Fulfilment) -> None:
+        self.records += other.records
+        self.errors += other.errors
 
 
 @dataclass
