@@ -238,6 +238,7 @@ def _manifest(
             "worker_vcpus": sum(i.vcpus for i in instances if i.role == "worker"),
         },
         "instances": [i.to_dict() for i in instances],
+        "capacity_errors": [str(e) for e in cluster.capacity_errors],
         "plan": cluster.capacity_plan.to_dict(),
         "timings": {
             k: round(v, 3)

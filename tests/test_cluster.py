@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
@@ -46,13 +47,32 @@ def test_instances_are_tagged_secured_and_carry_no_secret(sandbox):
             assert tags["burst:managed"] == "true" and tags["burst:job"] == cluster.job_id
             assert tags["burst:role"] in ("scheduler", "worker")
             assert tags["burst:deadline"].startswith(str(cluster.deadline.year))
-            assert instance["MetadataOptions"]["HttpTokens"] == "required"
-            behaviour = ec2.describe_instance_attribute(
-                InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
-            assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
             user_data = ec2.describe_instance_attribute(
                 InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
             assert "PRIVATE KEY" not in user_data and "BEGIN" not in user_data
+        # The scheduler is launched directly; workers by a fleet from a launch template, whose
+        # settings moto does not copy onto instances: check what burst asked EC2 to apply.
+        scheduler = next(i for i in described if i["InstanceId"] in {
+            r.instance_id for r in cluster.instances.values() if r.role == "scheduler"})
+        assert scheduler["MetadataOptions"]["HttpTokens"] == "required"
+        behaviour = ec2.describe_instance_attribute(
+            InstanceId=scheduler["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+        template = ec2.describe_launch_templates(Filters=[
+            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["LaunchTemplates"]
+        assert len(template) == 1
+        data = ec2.describe_launch_template_versions(
+            LaunchTemplateId=template[0]["LaunchTemplateId"])["LaunchTemplateVersions"][0][
+            "LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+        assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}"
+        assert data["SecurityGroupIds"] == [
+            g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
+        assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
+        fleets = [f for f in ec2.describe_fleets()["Fleets"]
+                  if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
+        assert [f["Type"] for f in fleets] == ["instant"]
         secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
         assert secret["Parameter"]["Type"] == "SecureString"
         group = ec2.describe_security_groups(Filters=[

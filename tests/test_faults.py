@@ -1,10 +1,13 @@
-"""Fault drills: moto has no EC2 faults, so they are injected with botocore event hooks."""
+"""Fault drills: moto has no EC2 faults, so they are injected with botocore event hooks on the
+sessions burst opens, and each drill checks what burst sent and that nothing is left."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
@@ -15,48 +18,173 @@ from burst.runner import run
 from tests.conftest import settled_leftovers
 from tests.test_pipeline import write_job
 
+THROTTLED = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response><Errors><Error><Code>RequestLimitExceeded</Code>
+<Message>Request limit exceeded.</Message></Error></Errors><RequestID>drill</RequestID></Response>"""
+
+
+@dataclass
+class Faults:
+    """What EC2 Fleet should do wrong, and every CreateFleet request burst sent."""
+
+    empty: set[tuple[str, str]] = field(default_factory=set)  # (instance type, market)
+    spot_fill: float = 1.0  # the share of its target a spot fleet fills before running out
+    throttle: int = 0  # how many CreateFleet calls are throttled first
+    refuse: str | None = None  # every CreateFleet fails with this error code
+    sent: list[dict] = field(default_factory=list)
+    throttled: int = 0
+
+    def _market(self, params: dict) -> str:
+        return params["TargetCapacitySpecification"]["DefaultTargetCapacityType"]
+
+    def _errors(self, params: dict, pools: list[dict], code: str) -> list[dict]:
+        template = params["LaunchTemplateConfigs"][0]["LaunchTemplateSpecification"]
+        return [
+            {
+                "LaunchTemplateAndOverrides": {
+                    "LaunchTemplateSpecification": template,
+                    "Overrides": pool,
+                },
+                "Lifecycle": self._market(params),
+                "ErrorCode": code,
+                "ErrorMessage": "There is no capacity in this pool (drill).",
+            }
+            for pool in pools
+        ]
+
+    def before_build(self, params: dict, context: dict, **kwargs) -> None:
+        self.sent.append(json.loads(json.dumps(params)))
+        if self.refuse:
+            raise ClientError({"Error": {"Code": self.refuse, "Message": "drill"}}, "CreateFleet")
+        config = params["LaunchTemplateConfigs"][0]
+        market = self._market(params)
+        empty = [o for o in config["Overrides"] if (o["InstanceType"], market) in self.empty]
+        # EC2 moves on to the pools that have capacity, and names the ones that had none.
+        config["Overrides"] = [o for o in config["Overrides"] if o not in empty]
+        context["drill_errors"] = self._errors(params, empty, "InsufficientInstanceCapacity")
+        if market == "spot" and self.spot_fill < 1.0 and config["Overrides"]:
+            target = params["TargetCapacitySpecification"]
+            units = int(target["TotalTargetCapacity"] * self.spot_fill)
+            for key in ("TotalTargetCapacity", "SpotTargetCapacity", "OnDemandTargetCapacity"):
+                if key in target:
+                    target[key] = units
+            context["drill_errors"] += self._errors(
+                params, config["Overrides"][:1], "InsufficientInstanceCapacity"
+            )
+        if not config["Overrides"]:
+            config["Overrides"] = empty  # a valid request; before_call answers it
+            context["drill_empty"] = True
+
+    def before_call(self, context: dict, **kwargs):
+        if context.get("drill_empty"):
+            # No pool had capacity: EC2 answers with errors and no fleet instances.
+            return AWSResponse(None, 200, {}, None), {
+                "FleetId": "fleet-drill",
+                "Instances": [],
+                "Errors": context["drill_errors"],
+            }
+        return None
+
+    def before_send(self, request, **kwargs):
+        if self.throttled < self.throttle:
+            self.throttled += 1
+            return AWSResponse(request.url, 503, {}, _Raw(THROTTLED))
+        return None
+
+    def after_call(self, parsed: dict, context, **kwargs) -> None:
+        parsed.setdefault("Errors", [])
+        parsed["Errors"] += context.get("drill_errors", [])
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **kwargs):
+        yield self.body
+
 
 @pytest.fixture
-def no_spot_capacity(monkeypatch):
-    """Every spot launch fails as AWS says when a pool is empty; requests are recorded."""
-    sent: list[dict] = []
-
-    def refuse_spot(params, **kwargs):
-        sent.append(dict(params))
-        if params.get("InstanceMarketOptions", {}).get("MarketType") == "spot":
-            raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity",
-                                         "Message": "no spot capacity in this pool"}},
-                              "RunInstances")
-
+def faults(monkeypatch):
+    drill = Faults()
     real_session = sandbox_module.session
 
     def session():
         faulty = real_session()
-        faulty.events.register("before-parameter-build.ec2.RunInstances", refuse_spot)
+        events = faulty.events
+        events.register("before-parameter-build.ec2.CreateFleet", drill.before_build)
+        events.register("before-call.ec2.CreateFleet", drill.before_call)
+        events.register("before-send.ec2.CreateFleet", drill.before_send)
+        events.register("after-call.ec2.CreateFleet", drill.after_call)
         return faulty
 
     monkeypatch.setattr(sandbox_module, "session", session)
-    return sent
+    return drill
 
 
-def test_spot_shortage_falls_back_to_on_demand(sandbox, tmp_path, monkeypatch, no_spot_capacity):
-    spec = write_job(tmp_path, "fallback_job", "def task(x):\n    return -x\n", tasks="[1, 2]")
+def _job(tmp_path, monkeypatch, name: str, extra: str = "") -> str:
     monkeypatch.chdir(tmp_path)
-    result = run(spec)
+    return write_job(tmp_path, name, "def task(x):\n    return -x\n", tasks="[1, 2]", extra=extra)
+
+
+def _workers(result_or_manifest) -> list[dict]:
+    manifest = getattr(result_or_manifest, "manifest", result_or_manifest)
+    return [i for i in manifest["instances"] if i["role"] == "worker"]
+
+
+def test_requests_are_one_weighted_tagged_instant_fleet(sandbox, tmp_path, monkeypatch, faults):
+    result = run(_job(tmp_path, monkeypatch, "fleet_shape", "cores: 8\n"))
     assert result.ok and result.results == [-1, -2]
-    workers = [i for i in result.manifest["instances"] if i["role"] == "worker"]
-    assert workers and {w["market"] for w in workers} == {"on-demand"}
-    markets = [p.get("InstanceMarketOptions", {}).get("MarketType") for p in no_spot_capacity]
-    assert "spot" in markets  # spot was asked for first
+    (request,) = faults.sent
+    assert request["Type"] == "instant"
+    assert request["SpotOptions"]["AllocationStrategy"] == "price-capacity-optimized"
+    assert request["TargetCapacitySpecification"]["TotalTargetCapacity"] == 8
+    plan_pools = {
+        (line["instance_type"], line["vcpus"])
+        for line in result.manifest["plan"]["lines"]
+        if line["role"] == "worker"
+    }
+    overrides = request["LaunchTemplateConfigs"][0]["Overrides"]
+    assert {(o["InstanceType"], int(o["WeightedCapacity"])) for o in overrides} == plan_pools
+    assert {t["ResourceType"] for t in request["TagSpecifications"]} == {"fleet"}
+    assert sum(w["vcpus"] for w in _workers(result)) >= 8
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
 
 
-def test_spot_only_shortage_is_a_cloud_error_and_tears_down(sandbox, tmp_path, monkeypatch,
-                                                            no_spot_capacity):
-    spec = write_job(tmp_path, "spot_only_job", "def task(x):\n    return x\n",
-                     extra="spot: spot\n")
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(CloudError, match="InsufficientInstanceCapacity"):
+def test_spot_shortage_falls_back_to_on_demand(sandbox, tmp_path, monkeypatch, faults):
+    faults.empty = {("c5.large", "spot")}
+    result = run(_job(tmp_path, monkeypatch, "fallback_job"))
+    assert result.ok and result.results == [-1, -2]
+    assert {w["market"] for w in _workers(result)} == {"on-demand"}
+    markets = [r["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for r in faults.sent]
+    assert markets[0] == "spot" and markets[-1] == "on-demand"  # spot was asked for first
+    assert any("InsufficientInstanceCapacity" in e for e in result.manifest["capacity_errors"])
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_partial_spot_fill_is_topped_up_on_demand(sandbox, tmp_path, monkeypatch, faults):
+    faults.spot_fill = 0.5
+    result = run(_job(tmp_path, monkeypatch, "partial_job", "cores: 8\n"))
+    assert result.ok
+    workers = _workers(result)
+    assert {w["market"] for w in workers} == {"spot", "on-demand"}
+    assert sum(w["vcpus"] for w in workers) >= 8
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_throttling_is_retried_by_botocore(sandbox, tmp_path, monkeypatch, faults):
+    faults.throttle = 2
+    result = run(_job(tmp_path, monkeypatch, "throttled_job"))
+    assert result.ok and faults.throttled == 2
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_spot_only_shortage_is_a_cloud_error_and_tears_down(
+    sandbox, tmp_path, monkeypatch, faults
+):
+    faults.empty = {("c5.large", "spot")}
+    spec = _job(tmp_path, monkeypatch, "spot_only_job", "spot: spot\n")
+    with pytest.raises(CloudError, match="c5.large in us-east-1.*InsufficientInstanceCapacity"):
         run(spec)
     manifest = json.loads(next((tmp_path / "results").glob("*/manifest.json")).read_text())
     assert manifest["status"] == "error" and manifest["teardown"]["verified"]
@@ -66,3 +194,17 @@ def test_spot_only_shortage_is_a_cloud_error_and_tears_down(sandbox, tmp_path, m
     assert outcome.exit_code == EXIT_CLOUD
     assert "InsufficientInstanceCapacity" in outcome.output
     assert settled_leftovers(sandbox) == []
+
+
+def test_fleet_error_after_the_network_exists_tears_everything_down(
+    sandbox, tmp_path, monkeypatch, faults
+):
+    faults.refuse = "UnauthorizedOperation"
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        run(_job(tmp_path, monkeypatch, "refused_job"))
+    manifest = json.loads(next((tmp_path / "results").glob("*/manifest.json")).read_text())
+    # The security group, role, template, secret and scheduler existed, and are gone.
+    assert any(d.startswith("sg-") for d in manifest["teardown"]["deleted"])
+    assert any(d.startswith("lt-") for d in manifest["teardown"]["deleted"])
+    assert manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []

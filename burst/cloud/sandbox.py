@@ -174,6 +174,8 @@ class Hypervisor:
         }
         self.instances: dict[str, SandboxInstance] = {}
         self._vcpus: dict[str, int] = {}
+        self._fleets_seen: set[str] = set()
+        self._template_data: dict[str, dict] = {}  # instance id -> its launch template's data
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sandbox-hypervisor", daemon=True)
         self.errors: list[str] = []
@@ -243,7 +245,10 @@ class Hypervisor:
         if instance_type not in self._vcpus:
             info = ec2.describe_instance_types(InstanceTypes=[instance_type])
             self._vcpus[instance_type] = info["InstanceTypes"][0]["VCpuInfo"]["DefaultVCpus"]
-        profile = described.get("IamInstanceProfile", {}).get("Arn", "/sandbox-node")
+        template = self._launch_template_data(ec2, instance_id)
+        profile = described.get("IamInstanceProfile", {}).get("Arn") or template.get(
+            "IamInstanceProfile", {}
+        ).get("Name", "/sandbox-node")
         instance = SandboxInstance(
             instance_id=instance_id,
             instance_type=instance_type,
@@ -276,6 +281,22 @@ class Hypervisor:
         # Registered only once booted, so a failed boot is retried rather than forgotten.
         self.instances[instance_id] = instance
 
+    def _launch_template_data(self, ec2, instance_id: str) -> dict:
+        """moto launches fleet instances without the launch template's instance profile and
+        shutdown behaviour, which EC2 applies; find the template through the fleet."""
+        for fleet in ec2.describe_fleets()["Fleets"]:
+            if fleet["FleetId"] in self._fleets_seen:
+                continue
+            self._fleets_seen.add(fleet["FleetId"])
+            spec = fleet["LaunchTemplateConfigs"][0]["LaunchTemplateSpecification"]
+            versions = ec2.describe_launch_template_versions(
+                LaunchTemplateId=spec["LaunchTemplateId"], Versions=[spec["Version"]]
+            )["LaunchTemplateVersions"]
+            members = ec2.describe_fleet_instances(FleetId=fleet["FleetId"])["ActiveInstances"]
+            for member in members:
+                self._template_data[member["InstanceId"]] = versions[0]["LaunchTemplateData"]
+        return self._template_data.get(instance_id, {})
+
     def _instance_env(self, instance: SandboxInstance) -> dict[str, str]:
         """The instance sees AWS only through its metadata service and the sandbox network."""
         env = {
@@ -303,10 +324,17 @@ class Hypervisor:
     def _power_off(self, instance: SandboxInstance) -> None:
         instance.kill()
         ec2 = self._ec2(instance)
-        behaviour = ec2.describe_instance_attribute(
-            InstanceId=instance.instance_id,
-            Attribute="instanceInitiatedShutdownBehavior",
-        )["InstanceInitiatedShutdownBehavior"]["Value"]
+        behaviour = (
+            self._template_data.get(instance.instance_id, {}).get(
+                "InstanceInitiatedShutdownBehavior"
+            )
+            or (
+                ec2.describe_instance_attribute(
+                    InstanceId=instance.instance_id,
+                    Attribute="instanceInitiatedShutdownBehavior",
+                )["InstanceInitiatedShutdownBehavior"]["Value"]
+            )
+        )
         if behaviour == "terminate":
             ec2.terminate_instances(InstanceIds=[instance.instance_id])
         else:
