@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import traceback
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -155,6 +156,8 @@ def summary(manifest: dict) -> Table:
             f"{i['role']} {i['instance_type']} {i['market']}" for i in manifest["instances"]
         ),
         "stages": "  ".join(f"{k} {v:.1f}s" for k, v in manifest["timings"].items()),
+        "cost": f"${Decimal(manifest['cost']['actual']):.4f} billed "
+        f"(bound ${manifest['cost']['cost_bound']}, {manifest['cost']['price_source']})",
         "teardown": "verified: nothing left"
         if teardown["verified"]
         else f"[red]NOT verified: {teardown['leftovers']} {teardown['errors']}[/]",

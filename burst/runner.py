@@ -24,6 +24,7 @@ from distributed import Client, as_completed
 from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
+from burst.cost import cost_report, instance_cost
 from burst.spec import Job, JobSpec, job_from_spec, load_job, parse_spec
 
 
@@ -141,6 +142,10 @@ def map_tasks(client: Client, job: Job, emit: EventHandler) -> list[TaskOutcome]
     return [outcomes[i] for i in range(len(futures))]
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _json_default(value: Any) -> Any:
     return repr(value)
 
@@ -237,7 +242,10 @@ def _manifest(
             "requested": job.spec.cores,
             "worker_vcpus": sum(i.vcpus for i in instances if i.role == "worker"),
         },
-        "instances": [i.to_dict() for i in instances],
+        "instances": [
+            {**i.to_dict(), "cost": _text(instance_cost(i, ended_at))} for i in instances
+        ],
+        "cost": cost_report(instances, cluster.capacity_plan, ended_at),
         "capacity_errors": [str(e) for e in cluster.capacity_errors],
         "plan": cluster.capacity_plan.to_dict(),
         "timings": {

@@ -20,7 +20,8 @@ from tests.test_pipeline import write_job
 
 THROTTLED = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>RequestLimitExceeded</Code>
-<Message>Request limit exceeded.</Message></Error></Errors><RequestID>drill</RequestID></Response>"""
+<Message>Request limit exceeded.</Message></Error></Errors>
+<RequestID>drill</RequestID></Response>"""
 
 
 @dataclass

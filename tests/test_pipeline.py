@@ -9,6 +9,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,11 @@ def test_pi_runs_end_to_end_with_json_manifest(sandbox, tmp_path):
     assert roles.count("scheduler") == 1 and roles.count("worker") >= 1
     assert manifest["cores"]["worker_vcpus"] >= manifest["spec"]["cores"] == 8
     assert manifest["teardown"]["verified"] and manifest["teardown"]["leftovers"] == []
+    cost = manifest["cost"]  # billed: every instance at least its one-minute minimum
+    assert Decimal(cost["actual"]) >= sum(
+        Decimal(i["hourly"]) / 60 for i in manifest["instances"]
+    ) and cost["actual_complete"] and cost["still_running"] == 0
+    assert all(Decimal(i["cost"]) > 0 for i in manifest["instances"])
     stages = {"plan", "connect", "provision", "bootstrap", "run", "collect", "teardown"}
     assert set(manifest["timings"]) == stages
     assert all(i["end_time"] for i in manifest["instances"])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -138,6 +139,7 @@ class SandboxInstance:
         return f"http://127.0.0.1:{self.server.server_address[1]}/"
 
     def kill(self) -> None:
+        _POWERED.pop(self.instance_id, None)
         if self.process and self.process.poll() is None:
             _kill_group(self.process)
         if self.server:
@@ -160,6 +162,33 @@ def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
 
 
 # ---------------------------------------------------------------- hypervisor
+
+# Process groups of the instances this process runs, by instance id. moto marks an instance
+# terminated at once, where EC2 first shuts it down; so that "terminated" means gone here too,
+# moto's terminate and stop kill the instance's processes before they return.
+_POWERED: dict[str, int] = {}
+
+
+def _power_cut_on_terminate() -> None:
+    from moto.ec2.models.instances import Instance
+
+    if getattr(Instance, "_burst_power_cut", False):
+        return
+
+    def cutting(method):
+        def wrapper(self, *args, **kwargs):
+            group = _POWERED.pop(self.id, None)
+            if group is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    Instance.terminate = cutting(Instance.terminate)
+    Instance.stop = cutting(Instance.stop)
+    Instance._burst_power_cut = True
+
 
 
 class Hypervisor:
@@ -280,6 +309,7 @@ class Hypervisor:
             raise
         # Registered only once booted, so a failed boot is retried rather than forgotten.
         self.instances[instance_id] = instance
+        _POWERED[instance_id] = instance.process.pid
 
     def _launch_template_data(self, ec2, instance_id: str) -> dict:
         """moto launches fleet instances without the launch template's instance profile and
@@ -361,6 +391,7 @@ class Sandbox:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
+        _power_cut_on_terminate()
         self.hypervisor = Hypervisor(self.endpoint, self.folder)
         self.hypervisor.start()
         return self

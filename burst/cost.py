@@ -1,0 +1,44 @@
+"""What a cluster really cost: each instance's price at launch times its billed uptime.
+
+EC2 bills Linux instances per second with a 60-second minimum, on-demand and spot alike.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
+
+from burst.cloud.base import InstanceRecord
+from burst.plan import Plan
+
+MINIMUM_BILLED_SECONDS = 60
+CENT_FRACTION = Decimal("0.000001")
+
+
+def billed_seconds(record: InstanceRecord, now: datetime) -> int:
+    """Until termination, or until now for an instance still running."""
+    ended = record.end_time or now
+    return max(MINIMUM_BILLED_SECONDS, int((ended - record.launch_time).total_seconds()))
+
+
+def instance_cost(record: InstanceRecord, now: datetime) -> Decimal | None:
+    if record.hourly is None:
+        return None
+    cost = record.hourly * billed_seconds(record, now) / 3600
+    return cost.quantize(CENT_FRACTION, ROUND_CEILING)
+
+
+def cost_report(instances: list[InstanceRecord], capacity_plan: Plan, now: datetime) -> dict:
+    """The real cost next to the plan's estimate, each saying where its prices came from."""
+    costs = [instance_cost(r, now) for r in instances]
+    known = [c for c in costs if c is not None]
+    return {
+        "actual": str(sum(known, Decimal(0))),
+        "actual_complete": len(known) == len(costs),  # False if a price was unknown
+        "still_running": sum(1 for r in instances if r.end_time is None),
+        "planned_hourly": str(capacity_plan.hourly),
+        "launched_hourly": str(sum((r.hourly or Decimal(0) for r in instances), Decimal(0))),
+        "cost_bound": str(capacity_plan.cost_bound),
+        "price_source": capacity_plan.price_source,
+        "billing": f"per second, {MINIMUM_BILLED_SECONDS} s minimum",
+    }
