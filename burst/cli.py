@@ -241,6 +241,50 @@ def run(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
+@app.command()
+def gc(
+    yes: Annotated[bool, typer.Option("--yes", help="Delete them (default: only list).")] = False,
+    cloud: Annotated[str, typer.Option(help="sandbox or aws")] = "sandbox",
+    region: Annotated[str, typer.Option(help="The region to sweep.")] = "us-east-1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """List what burst left behind (deadline passed, or no instance running); --yes deletes."""
+    from burst.cloud.aws import AwsProvider
+    from burst.gc import collect_garbage
+
+    if cloud == "aws":
+        import boto3
+
+        provider = AwsProvider(boto3.Session(), region)
+    elif cloud == "sandbox":
+        from burst.cloud import sandbox
+
+        state = sandbox.running_sandbox()
+        if state is None:  # a private sandbox dies with its run and leaves nothing
+            if as_json:
+                print("[]")
+            err.print("sandbox: not running, so nothing is left in it")
+            return
+        provider = AwsProvider(sandbox.session(), region, state["endpoint"])
+    else:
+        raise fail(EXIT_BAD_INPUT, f"--cloud: {cloud!r} is not sandbox or aws")
+    clusters = collect_garbage(provider, delete=yes)
+    if as_json:
+        print(json.dumps([c.to_dict() for c in clusters], indent=2))
+    else:
+        table = Table(title=f"Left behind in {cloud} {region}", title_justify="left")
+        for column in ("cluster", "job", "why", "resources", "deleted"):
+            table.add_column(column)
+        for c in clusters:
+            deleted = "-" if c.teardown is None else "yes" if c.teardown.verified else "[red]NO[/]"
+            table.add_row(c.cluster_id, c.job_id, c.reason, "\n".join(c.resources), deleted)
+        out.print(table)
+        if clusters and not yes:
+            err.print("nothing deleted: run `burst gc --yes` to delete these")
+    if any(c.teardown and not c.teardown.verified for c in clusters):
+        raise fail(EXIT_CLOUD, "some resources could not be deleted", "see the table above")
+
+
 @sandbox_app.command("up")
 def sandbox_up() -> None:
     """Start a long-lived sandbox cloud that `burst run` will use."""

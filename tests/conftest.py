@@ -41,15 +41,23 @@ def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
     """Everything burst-managed (or of one cluster) that still exists in the sandbox."""
     key, value = ("burst:cluster", cluster_id) if cluster_id else ("burst:managed", "true")
     found = []
+    ours = set()  # every instance of the cluster (or of burst), whatever its state
     for region in sandbox_module.SANDBOX_REGIONS:
         ec2 = client(cloud, "ec2", region)
         tag = [{"Name": f"tag:{key}", "Values": [value]}]
+        ours |= {i["InstanceId"] for r in ec2.describe_instances(Filters=tag)["Reservations"]
+                 for i in r["Instances"]}
         live = [{"Name": "instance-state-name",
                  "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]
         for reservation in ec2.describe_instances(Filters=tag + live)["Reservations"]:
             found += [f"instance {i['InstanceId']}" for i in reservation["Instances"]]
         found += [f"group {g['GroupId']}"
                   for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]]
+        found += [f"launch-template {t['LaunchTemplateId']}"
+                  for t in ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"]]
+        found += [f"fleet {f['FleetId']}" for f in ec2.describe_fleets()["Fleets"]
+                  if not f["FleetState"].startswith("deleted")
+                  and {"Key": key, "Value": value} in f.get("Tags", [])]
         ssm = client(cloud, "ssm", region)
         path = f"/burst/{cluster_id}" if cluster_id else "/burst"
         found += [f"parameter {p['Name']}" for p in ssm.get_parameters_by_path(
@@ -59,7 +67,7 @@ def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
     found += [f"role {r['RoleName']}" for r in roles if r["RoleName"].startswith(prefix)]
     # The hypervisor must have killed every instance's processes too.
     found += [f"process of {i}" for i, inst in cloud.hypervisor.instances.items()
-              if inst.process and inst.process.poll() is None]
+              if inst.process and inst.process.poll() is None and (i in ours or not cluster_id)]
     return found
 
 

@@ -24,6 +24,7 @@ from burst.cloud.base import (
     TAG_DEADLINE,
     TAG_JOB,
     TAG_MANAGED,
+    TAG_REGION,
     TAG_ROLE,
     CloudError,
     Fulfilment,
@@ -43,6 +44,7 @@ AMI_PARAMETERS = {
 # launches); larger requests are split into several fleets.
 FLEET_MAX_CAPACITY = 10_000
 FLEET_MAX_INSTANCES = 1_000
+IAM_PATH = "/burst/"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
@@ -206,17 +208,18 @@ class AwsProvider:
                 }
             ],
         }
+        # IAM is global: the region tag keeps `burst gc` in one region off others' roles.
+        tags = ident.tags("node-role") + [{"Key": TAG_REGION, "Value": self.region}]
         self.iam.create_role(
             RoleName=ident.name,
+            Path=IAM_PATH,
             AssumeRolePolicyDocument=json.dumps(trust),
-            Tags=ident.tags("node-role"),
+            Tags=tags,
         )
         self.iam.put_role_policy(
             RoleName=ident.name, PolicyName="burst-node", PolicyDocument=json.dumps(policy)
         )
-        self.iam.create_instance_profile(
-            InstanceProfileName=ident.name, Tags=ident.tags("node-role")
-        )
+        self.iam.create_instance_profile(InstanceProfileName=ident.name, Path=IAM_PATH, Tags=tags)
         self.iam.add_role_to_instance_profile(InstanceProfileName=ident.name, RoleName=ident.name)
         return ident.name
 

@@ -16,6 +16,7 @@ TAG_JOB = "burst:job"
 TAG_ROLE = "burst:role"
 TAG_DEADLINE = "burst:deadline"
 TAG_MANAGED = "burst:managed"
+TAG_REGION = "burst:region"  # on global resources (IAM) only
 
 
 @dataclass

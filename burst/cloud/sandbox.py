@@ -190,7 +190,6 @@ def _power_cut_on_terminate() -> None:
     Instance._burst_power_cut = True
 
 
-
 class Hypervisor:
     """Boots, kills and powers off the sandbox's instances as moto's EC2 state says."""
 

@@ -1,0 +1,148 @@
+"""Finding and deleting what burst left behind in a region.
+
+Tags are the source of truth: every resource burst creates carries `burst:managed=true`, its
+cluster and its deadline. A cluster is garbage when its deadline has passed, or when none of
+its instances is running and it is older than a provisioning could take. Deleting reuses the
+cluster teardown, which finds everything of a cluster by tag and verifies it is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from burst.cloud.aws import LIVE_STATES, AwsProvider, ClusterIdentity
+from burst.cloud.base import (
+    TAG_CLUSTER,
+    TAG_DEADLINE,
+    TAG_JOB,
+    TAG_MANAGED,
+    TAG_REGION,
+    TeardownReport,
+)
+
+# A cluster with no running instance may just be starting: spare it this long.
+STARTING_GRACE = timedelta(minutes=15)
+
+
+@dataclass
+class ClusterRemains:
+    cluster_id: str
+    job_id: str = "?"
+    deadline: datetime | None = None
+    created: datetime | None = None  # the earliest creation time any resource shows
+    running: int = 0  # instances pending or running
+    resources: list[str] = field(default_factory=list)
+    reason: str = ""
+    teardown: TeardownReport | None = None
+
+    def saw(self, resource: str, tags: dict[str, str], created: datetime | None = None) -> None:
+        self.resources.append(resource)
+        self.job_id = tags.get(TAG_JOB, self.job_id)
+        if TAG_DEADLINE in tags and self.deadline is None:
+            self.deadline = datetime.fromisoformat(tags[TAG_DEADLINE])
+        if created is not None and (self.created is None or created < self.created):
+            self.created = created
+
+    def to_dict(self) -> dict:
+        return {
+            "cluster_id": self.cluster_id,
+            "job_id": self.job_id,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+            "reason": self.reason,
+            "resources": self.resources,
+            "teardown": self.teardown.to_dict() if self.teardown else None,
+        }
+
+
+def _tags(items: list[dict] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in items or []}
+
+
+def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
+    """Every burst cluster with anything left in the provider's region, by cluster id."""
+    found: dict[str, ClusterRemains] = {}
+
+    def remains(tags: dict[str, str]) -> ClusterRemains | None:
+        if tags.get(TAG_MANAGED) != "true" or TAG_CLUSTER not in tags:
+            return None
+        cluster_id = tags[TAG_CLUSTER]
+        return found.setdefault(cluster_id, ClusterRemains(cluster_id))
+
+    ec2 = provider.ec2
+    managed = [{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}]
+    live = [{"Name": "instance-state-name", "Values": LIVE_STATES}]
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=managed + live):
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                tags = _tags(instance.get("Tags"))
+                if cluster := remains(tags):
+                    state = instance["State"]["Name"]
+                    cluster.saw(
+                        f"instance {instance['InstanceId']} ({state})",
+                        tags,
+                        instance.get("LaunchTime"),
+                    )
+                    cluster.running += state in ("pending", "running")
+    for page in ec2.get_paginator("describe_fleets").paginate():
+        for fleet in page["Fleets"]:
+            tags = _tags(fleet.get("Tags"))
+            if not fleet["FleetState"].startswith("deleted") and (cluster := remains(tags)):
+                cluster.saw(f"fleet {fleet['FleetId']}", tags, fleet.get("CreateTime"))
+    for page in ec2.get_paginator("describe_launch_templates").paginate(Filters=managed):
+        for template in page["LaunchTemplates"]:
+            tags = _tags(template.get("Tags"))
+            if cluster := remains(tags):
+                cluster.saw(
+                    f"launch-template {template['LaunchTemplateId']}",
+                    tags,
+                    template.get("CreateTime"),
+                )
+    for page in ec2.get_paginator("describe_security_groups").paginate(Filters=managed):
+        for group in page["SecurityGroups"]:
+            tags = _tags(group.get("Tags"))
+            if cluster := remains(tags):
+                cluster.saw(f"security-group {group['GroupId']}", tags)
+    for page in provider.iam.get_paginator("list_roles").paginate(PathPrefix="/burst/"):
+        for role in page["Roles"]:
+            tags = _tags(provider.iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
+            if tags.get(TAG_REGION) != provider.region:
+                continue
+            if cluster := remains(tags):
+                cluster.saw(f"role {role['RoleName']}", tags, role.get("CreateDate"))
+    for parameter in provider._parameters_under("/burst"):
+        cluster_id = parameter["Name"].split("/")[2]
+        found.setdefault(cluster_id, ClusterRemains(cluster_id)).saw(
+            f"parameter {parameter['Name']}", {TAG_CLUSTER: cluster_id}
+        )
+    return found
+
+
+def garbage(provider: AwsProvider, now: datetime | None = None) -> list[ClusterRemains]:
+    """The clusters to delete, each with why."""
+    now = now or datetime.now(UTC)
+    chosen = []
+    for cluster in survey(provider).values():
+        if cluster.deadline is not None and cluster.deadline <= now:
+            cluster.reason = f"deadline {cluster.deadline.isoformat()} has passed"
+        elif cluster.running == 0 and (
+            cluster.created is None or now - cluster.created > STARTING_GRACE
+        ):
+            cluster.reason = "no instance running"
+        else:
+            continue
+        chosen.append(cluster)
+    return chosen
+
+
+def collect_garbage(
+    provider: AwsProvider, delete: bool = False, now: datetime | None = None
+) -> list[ClusterRemains]:
+    """List the garbage; with `delete`, tear each cluster down and verify (see `teardown`)."""
+    clusters = garbage(provider, now)
+    if delete:
+        for cluster in clusters:
+            deadline = cluster.deadline or datetime.now(UTC)
+            ident = ClusterIdentity(cluster.cluster_id, cluster.job_id, deadline)
+            cluster.teardown = provider.teardown(ident, wait=300)
+    return clusters

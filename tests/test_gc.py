@@ -1,0 +1,81 @@
+"""`burst gc`: what a vanished client left behind is found by tag, listed, and deleted."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from typer.testing import CliRunner
+
+from burst import tls
+from burst.cli import app
+from burst.cloud import sandbox as sandbox_module
+from burst.cloud.aws import AwsProvider, ClusterIdentity
+from burst.gc import collect_garbage
+from burst.plan import plan
+from burst.spec import parse_spec
+from tests.conftest import settled_leftovers
+
+SLEEPER = "#!/bin/sh\nsleep 600\n"
+
+
+def abandon(cloud, cluster_id: str, deadline: datetime, instances: bool = True) -> None:
+    """What a client killed with SIGKILL leaves: everything, still running."""
+    provider = AwsProvider(sandbox_module.session(), "us-east-1", cloud.endpoint)
+    ident = ClusterIdentity(cluster_id, f"job-{cluster_id}", deadline)
+    spec = parse_spec(
+        {
+            "name": "gc",
+            "cores": 4,
+            "max_runtime": "5m",
+            "instance_types": ["c5.large"],
+            "run": {"function": "m:f", "tasks": [1]},
+        }
+    )
+    capacity = plan(spec)
+    env = provider.prepare(
+        ident,
+        ["us-east-1a", "us-east-1b", "us-east-1c"],
+        "127.0.0.1/32",
+        tls.issue(cluster_id, timedelta(minutes=5)).node_bundle(),
+    )
+    if instances:
+        provider.launch_instance(ident, env, capacity.lines[0], SLEEPER)
+        template = provider.launch_template(ident, env, SLEEPER)
+        worker = capacity.workers[0]
+        provider.launch_fleet(ident, env, template, [worker], "spot", 4)
+
+
+def test_gc_lists_then_deletes_expired_and_idle_clusters_only(sandbox):
+    now = datetime.now(UTC)
+    abandon(sandbox, "gcexpired0001", now - timedelta(minutes=1))
+    abandon(sandbox, "gclive0000001", now + timedelta(hours=1))
+    abandon(sandbox, "gcidle0000001", now + timedelta(hours=1), instances=False)
+    provider = AwsProvider(sandbox_module.session(), "us-east-1", sandbox.endpoint)
+
+    listed = CliRunner().invoke(app, ["gc", "--json"])
+    assert listed.exit_code == 0, listed.output
+    found = {c["cluster_id"]: c for c in json.loads(listed.stdout)}
+    assert "gclive0000001" not in found  # running and within its deadline
+    assert "has passed" in found["gcexpired0001"]["reason"]
+    kinds = {r.split()[0] for r in found["gcexpired0001"]["resources"]}
+    assert kinds == {"instance", "fleet", "launch-template", "security-group", "role", "parameter"}
+    # Without --yes nothing is touched.
+    assert settled_leftovers(sandbox, "gcexpired0001", seconds=0)
+
+    # The idle cluster (no instance) is young: spared unless it is old enough.
+    assert "gcidle0000001" not in found
+    later = now + timedelta(hours=0, minutes=30)
+    assert {c.cluster_id for c in collect_garbage(provider, now=later)} >= {"gcidle0000001"}
+
+    deleted = CliRunner().invoke(app, ["gc", "--yes", "--json"])
+    assert deleted.exit_code == 0, deleted.output
+    report = {c["cluster_id"]: c for c in json.loads(deleted.stdout)}
+    assert report["gcexpired0001"]["teardown"]["verified"]
+    assert settled_leftovers(sandbox, "gcexpired0001") == []
+    assert settled_leftovers(sandbox, "gclive0000001", seconds=0)  # still there
+
+    for cluster in collect_garbage(provider, delete=True, now=now + timedelta(hours=2)):
+        assert cluster.teardown.verified
+    assert settled_leftovers(sandbox, "gclive0000001") == []
+    assert settled_leftovers(sandbox, "gcidle0000001") == []
