@@ -76,6 +76,8 @@ class BurstCluster(Cluster):
                 f"BurstCluster takes a JobSpec or keyword fields such as cores=8, "
                 f"max_runtime='30m' (got {type(spec).__name__} {spec!r})"
             )
+        if fields.pop("asynchronous", False):
+            raise TypeError("BurstCluster is synchronous: use `with`, not `async with`")
         self.spec = spec or parse_spec({"name": "notebook", **fields})
         self.cluster_id = uuid.uuid4().hex[:12]
         self.job_id = job_id or new_job_id(self.spec.name)

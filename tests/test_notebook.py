@@ -100,9 +100,11 @@ def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch):
     assert result.results == [1]
 
 
-def test_cluster_refuses_a_positional_core_count():
+def test_cluster_refuses_a_positional_core_count_and_async_use():
     with pytest.raises(TypeError, match="cores=8"):
         burst.BurstCluster(8)
+    with pytest.raises(TypeError, match="synchronous"):
+        burst.BurstCluster(cores=2, asynchronous=True)
 
 
 def _kernel(tmp_path: Path, monkeypatch) -> str:
