@@ -76,9 +76,9 @@ def _fake_airflow(monkeypatch) -> type[Exception]:
     declared: list = []
     modules = {
         "airflow": types.ModuleType("airflow"),
-        "airflow.exceptions": types.SimpleNamespace(
-            AirflowException=AirflowException, AirflowFailException=AirflowFailException),
         "airflow.sdk": types.SimpleNamespace(dag=dag, task=task),
+        "airflow.sdk.exceptions": types.SimpleNamespace(
+            AirflowException=AirflowException, AirflowFailException=AirflowFailException),
     }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)

@@ -16,12 +16,12 @@ import os
 import subprocess
 from datetime import datetime, timedelta
 
-from airflow.exceptions import AirflowException, AirflowFailException
-
 try:  # Airflow 3
     from airflow.sdk import dag, task
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
 except ImportError:  # Airflow 2
     from airflow.decorators import dag, task
+    from airflow.exceptions import AirflowException, AirflowFailException
 
 SPEC = os.environ.get("BURST_SPEC", "jobs/pi.yaml")
 
