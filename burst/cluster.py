@@ -9,7 +9,9 @@ that nothing is left (see `teardown_report`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import html
 import signal
 import threading
 import time
@@ -70,6 +72,13 @@ class BurstCluster(Cluster):
         **fields: Any,
     ):
         """Pass a JobSpec, or its fields (cores=..., max_runtime=..., cloud=..., ...)."""
+        if spec is not None and not isinstance(spec, JobSpec):
+            raise TypeError(
+                f"BurstCluster takes a JobSpec or keyword fields such as cores=8, "
+                f"max_runtime='30m' (got {type(spec).__name__} {spec!r})"
+            )
+        if fields.pop("asynchronous", False):
+            raise TypeError("BurstCluster is synchronous: use `with`, not `async with`")
         self.spec = spec or parse_spec({"name": "notebook", **fields})
         self.cluster_id = uuid.uuid4().hex[:12]
         self.job_id = job_id or new_job_id(self.spec.name)
@@ -87,6 +96,8 @@ class BurstCluster(Cluster):
         super().__init__(asynchronous=False, name=self.cluster_id)
         self._loop_runner.start()
         self._emit("planned", plan=self.capacity_plan, cluster=self)
+        # A notebook kernel restarted with the cluster open still tears it down.
+        atexit.register(self.close)
         try:
             self._provision()
             self._bootstrap(boot_timeout)
@@ -215,6 +226,7 @@ class BurstCluster(Cluster):
     # ------------------------------------------------------------- teardown
 
     def close(self, timeout: float | None = None) -> Any:
+        atexit.unregister(self.close)
         with shielded():
             try:
                 super().close(timeout)
@@ -246,3 +258,29 @@ class BurstCluster(Cluster):
             f"BurstCluster({self.cluster_id!r}, cloud={self.spec.cloud!r}, "
             f"cores={self.spec.cores}, workers={workers}, status={self.status.name})"
         )
+
+    def _repr_html_(self, cluster_status: Any = None) -> str:
+        """distributed's cluster card, then what was rented and what it may cost."""
+        plan = self.capacity_plan
+        rented = ", ".join(
+            f"{line.count} × {line.instance_type} {line.market} ({line.role})"
+            for line in plan.lines
+        )
+        rows = {
+            "cloud": f"{self.spec.cloud} {self.spec.region}",
+            "instances": rented,
+            "cost": f"${plan.hourly:.4f}/h, at most ${plan.cost_bound:.4f} ({plan.price_source})",
+            "deadline": f"{self.deadline:%Y-%m-%d %H:%M:%S} UTC (instances power off then)",
+        }
+        if self.teardown_report is not None:
+            rows["teardown"] = (
+                "verified: nothing left"
+                if self.teardown_report.verified
+                else f"NOT verified: {self.teardown_report.leftovers}"
+            )
+        table = "".join(
+            f"<tr><th style='text-align:left'>{key}</th><td style='text-align:left'>"
+            f"{html.escape(value)}</td></tr>"
+            for key, value in rows.items()
+        )
+        return super()._repr_html_(cluster_status) + f"<table>{table}</table>"

@@ -7,6 +7,7 @@ written on every path that got as far as launching, success or not.
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import cloudpickle
 from distributed import Client, as_completed
 
 from burst.bootstrap import client_versions
+from burst.catalog import hourly_price
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
 from burst.cost import cost_report, instance_cost
@@ -63,10 +66,63 @@ class JobResult:
     def failures(self) -> list[TaskOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
 
-    def to_dataframe(self):
-        import pandas
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage (plan, connect, provision, bootstrap, run, collect, teardown)."""
+        return dict(self.manifest.get("timings", {}))
 
-        return pandas.DataFrame([o.to_dict() for o in self.outcomes])
+    @property
+    def cost(self) -> dict:
+        """What the job cost, in dollars: `estimate` (instance-hours at the plan's prices),
+        `hourly` and `bound` (the plan's), and `reported`, the manifest's own cost record when
+        it has one (None otherwise)."""
+        return {**job_cost(self.manifest), "reported": self.manifest.get("cost")}
+
+    def to_dataframe(self):
+        """One row per task, indexed by task number: status, input, result, error, worker and
+        seconds; dict inputs and results are spread into `input.<key>` and `result.<key>`."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError(
+                "JobResult.to_dataframe() needs pandas: pip install pandas "
+                "(or pip install 'burst[notebook]'); .results and .failures need nothing"
+            ) from None
+        rows = [o.to_dict() for o in self.outcomes]
+        frame = pandas.json_normalize(rows, max_level=1) if rows else pandas.DataFrame()
+        first = ["task", "status"]
+        return frame[first + [c for c in frame.columns if c not in first]].set_index("task")
+
+    def _repr_html_(self) -> str:
+        tasks = self.manifest.get("tasks", {})
+        teardown = self.manifest.get("teardown", {})
+        return (
+            f"<b>Job {html.escape(self.job_id)}</b>: {html.escape(self.status)}; "
+            f"{tasks.get('done', 0)} done, {tasks.get('failed', 0)} failed of "
+            f"{tasks.get('total', 0)}; about ${self.cost['estimate']:.4f}; teardown "
+            f"{'verified' if teardown.get('verified') else 'NOT verified'}; results in "
+            f"<code>{html.escape(str(self.folder))}</code>"
+        )
+
+
+def job_cost(manifest: dict) -> dict:
+    """Cost of a job from its manifest: each instance's hours at its market's snapshot price."""
+    plan = manifest.get("plan", {})
+    estimate = Decimal(0)
+    for instance in manifest.get("instances", []):
+        if not instance.get("end_time"):
+            continue
+        ended = datetime.fromisoformat(instance["end_time"])
+        seconds = (ended - datetime.fromisoformat(instance["launch_time"])).total_seconds()
+        hours = Decimal(max(seconds, 0)) / 3600
+        price = hourly_price(instance["instance_type"], instance["zone"], instance["market"])
+        estimate += price * hours
+    return {
+        "estimate": estimate.quantize(Decimal("0.0001")),
+        "hourly": Decimal(plan.get("hourly", "0")),
+        "bound": Decimal(plan.get("cost_bound", "0")),
+        "price_source": plan.get("price_source"),
+    }
 
 
 STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
@@ -269,10 +325,14 @@ def run(
     spec: str | Path | JobSpec | dict,
     on_event: EventHandler | None = None,
     folder: str | Path = ".",
+    overrides: dict[str, Any] | None = None,
 ) -> JobResult:
-    """The notebook entry point: run a spec (a path, a JobSpec or a dict) to completion."""
+    """The notebook entry point: run a spec (a path, a JobSpec or a dict) to completion.
+
+    `overrides` changes a spec file's fields, nested ones too: `{"run": {"tasks": [1, 2]}}`
+    keeps the file's function. A dict spec's modules are found in `folder`."""
     if isinstance(spec, str | Path):
-        return run_job(load_job(spec), on_event)
+        return run_job(load_job(spec, overrides), on_event)
     if isinstance(spec, dict):
         spec = parse_spec(spec)
     return run_job(job_from_spec(spec, Path(folder).resolve()), on_event)

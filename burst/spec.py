@@ -257,6 +257,17 @@ def _load_tasks(run: RunSpec, folder: Path) -> list[Any]:
     return tasks
 
 
+def _merged(base: dict, overrides: dict) -> dict:
+    """`overrides` over `base`; a section (such as `run`) is merged field by field, so that
+    `{"run": {"tasks": [1, 2]}}` keeps the spec's function. A field's value is replaced whole."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return merged
+
+
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
     """Read a YAML spec, validate it and import its code; raises SpecError, never launches."""
     path = Path(path)
@@ -267,7 +278,7 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
     except yaml.YAMLError as error:
         raise SpecError([f"spec: {str(path)!r} is not valid YAML: {error}"]) from None
     if isinstance(data, dict) and overrides:
-        data = {**data, **overrides}
+        data = _merged(data, overrides)
     spec = parse_spec(data)
     return job_from_spec(spec, path.resolve().parent)
 
