@@ -24,7 +24,6 @@ import cloudpickle
 from distributed import Client, as_completed
 
 from burst.bootstrap import client_versions
-from burst.catalog import hourly_price
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
 from burst.cost import cost_report, instance_cost
@@ -73,10 +72,20 @@ class JobResult:
 
     @property
     def cost(self) -> dict:
-        """What the job cost, in dollars: `estimate` (instance-hours at the plan's prices),
-        `hourly` and `bound` (the plan's), and `reported`, the manifest's own cost record when
-        it has one (None otherwise)."""
-        return {**job_cost(self.manifest), "reported": self.manifest.get("cost")}
+        """In dollars (Decimal): `actual` (billed per second, 60 s minimum, at the prices the
+        instances were launched at), `hourly` (what was launched), `planned_hourly`, `bound`
+        (the plan's cost bound) and `price_source`. Empty if the job never planned."""
+        cost = self.manifest.get("cost")
+        if not cost:
+            return {}
+        return {
+            "actual": Decimal(cost["actual"]),
+            "complete": cost["actual_complete"],
+            "hourly": Decimal(cost["launched_hourly"]),
+            "planned_hourly": Decimal(cost["planned_hourly"]),
+            "bound": Decimal(cost["cost_bound"]),
+            "price_source": cost["price_source"],
+        }
 
     def to_dataframe(self):
         """One row per task, indexed by task number: status, input, result, error, worker and
@@ -103,26 +112,6 @@ class JobResult:
             f"{'verified' if teardown.get('verified') else 'NOT verified'}; results in "
             f"<code>{html.escape(str(self.folder))}</code>"
         )
-
-
-def job_cost(manifest: dict) -> dict:
-    """Cost of a job from its manifest: each instance's hours at its market's snapshot price."""
-    plan = manifest.get("plan", {})
-    estimate = Decimal(0)
-    for instance in manifest.get("instances", []):
-        if not instance.get("end_time"):
-            continue
-        ended = datetime.fromisoformat(instance["end_time"])
-        seconds = (ended - datetime.fromisoformat(instance["launch_time"])).total_seconds()
-        hours = Decimal(max(seconds, 0)) / 3600
-        price = hourly_price(instance["instance_type"], instance["zone"], instance["market"])
-        estimate += price * hours
-    return {
-        "estimate": estimate.quantize(Decimal("0.0001")),
-        "hourly": Decimal(plan.get("hourly", "0")),
-        "bound": Decimal(plan.get("cost_bound", "0")),
-        "price_source": plan.get("price_source"),
-    }
 
 
 STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")

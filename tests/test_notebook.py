@@ -54,9 +54,9 @@ def test_run_a_dict_spec_gives_results_failures_cost_timings_and_a_dataframe(
     assert result.timings == result.manifest["timings"]
     cost = result.cost
     assert cost["price_source"] == result.manifest["plan"]["price_source"]
-    assert cost["hourly"] == Decimal(result.manifest["plan"]["hourly"]) > 0
-    assert 0 < cost["estimate"] <= cost["bound"] == Decimal(result.manifest["plan"]["cost_bound"])
-    assert cost["reported"] == result.manifest.get("cost")
+    assert cost["planned_hourly"] == Decimal(result.manifest["plan"]["hourly"]) > 0
+    assert cost["hourly"] > 0 and cost["complete"]
+    assert 0 < cost["actual"] <= cost["bound"] == Decimal(result.manifest["plan"]["cost_bound"])
 
     frame = result.to_dataframe()
     assert isinstance(frame, pandas.DataFrame)
@@ -71,25 +71,16 @@ def test_run_a_dict_spec_gives_results_failures_cost_timings_and_a_dataframe(
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
 
 
-def test_cost_uses_the_manifest_cost_when_there_is_one():
+def test_cost_reads_the_manifest_as_decimals():
     manifest = {
-        "plan": {"hourly": "0.5", "cost_bound": "0.75", "price_source": "snapshot"},
-        "instances": [
-            {"instance_type": "c5.large", "zone": "us-east-1a", "market": "on-demand",
-             "launch_time": "2026-01-01T00:00:00+00:00", "end_time": "2026-01-01T02:00:00+00:00"},
-            {"instance_type": "c5.large", "zone": "us-east-1a", "market": "on-demand",
-             "launch_time": "2026-01-01T00:00:00+00:00", "end_time": None},
-        ],
-        "cost": {"total": "0.1234", "source": "billing"},
+        "cost": {"actual": "0.1234", "actual_complete": True, "still_running": 0,
+                 "planned_hourly": "0.5", "launched_hourly": "0.6", "cost_bound": "0.75",
+                 "price_source": "snapshot", "billing": "per second, 60 s minimum"},
     }
     cost = JobResult("j", "succeeded", Path("."), manifest).cost
-    from burst.catalog import hourly_price
-
-    # Two hours of the one instance that ended; the one still running is not yet costed.
-    assert cost["estimate"] == 2 * hourly_price("c5.large", "us-east-1a", "on-demand")
-    assert cost["bound"] == Decimal("0.75") and cost["hourly"] == Decimal("0.5")
-    assert cost["reported"] == {"total": "0.1234", "source": "billing"}
-    assert JobResult("j", "error", Path("."), {}).cost["reported"] is None
+    assert cost["actual"] == Decimal("0.1234") and cost["bound"] == Decimal("0.75")
+    assert cost["hourly"] == Decimal("0.6") and cost["planned_hourly"] == Decimal("0.5")
+    assert JobResult("j", "error", Path("."), {}).cost == {}
 
 
 def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch):
