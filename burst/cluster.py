@@ -26,7 +26,7 @@ from burst import bootstrap, tls
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
 from burst.cloud.base import CloudError, InstanceRecord, TeardownReport
-from burst.plan import Plan, plan
+from burst.plan import Plan, plan_within_budget
 from burst.spec import JobSpec, parse_spec
 
 EventHandler = Callable[..., None]
@@ -73,7 +73,8 @@ class BurstCluster(Cluster):
         self.cluster_id = uuid.uuid4().hex[:12]
         self.job_id = job_id or new_job_id(self.spec.name)
         started = time.monotonic()
-        self.capacity_plan: Plan = plan(self.spec)
+        # Planned (and refused when over budget) before any cloud call: nothing to tear down.
+        self.capacity_plan: Plan = plan_within_budget(self.spec)
         self.timings: dict[str, float] = {"plan": time.monotonic() - started}
         self.deadline = datetime.now(UTC) + self.spec.max_runtime + self.spec.grace
         self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
