@@ -325,7 +325,9 @@ def share_cap(offer: Offer, cores: int, share: float) -> int:
     return max(1, math.floor(Fraction(repr(share)) * cores / offer.vcpus))
 
 
-def plan(spec: JobSpec, zones: list[str] | None = None, *, offers: Sequence[Offer] | None = None):
+def plan(
+    spec: JobSpec, zones: list[str] | None = None, *, offers: Sequence[Offer] | None = None
+) -> Plan:
     """The least-$/h plan for the spec's cores over the offers (default: the snapshot's for
     the spec's region, in `zones`, default the region's first three). The scheduler is one
     on-demand `scheduler_instance_type`. Raises PlanError when no offer fits the constraints;
