@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from burst.spec import SpecError, format_duration, load_job
+from burst.spec import JobSpec, SpecError, format_duration, load_job, load_spec
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CLOUD, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-# 4 (budget refused or exceeded) is reserved for the budget check of the capacity work.
+EXIT_BUDGET = 4  # the plan is over the spec's max_cost or max_hourly: nothing was launched
 
 app = typer.Typer(
     help="Rent a supercomputer for an afternoon.",
@@ -52,8 +52,9 @@ def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
 
 def plan_table(plan) -> Table:
     table = Table(title="Plan", title_justify="left")
-    for column in ("role", "type", "zone", "market", "count", "vCPUs", "$/h"):
-        table.add_column(column, justify="right" if column in ("count", "vCPUs", "$/h") else "left")
+    columns = ("role", "type", "zone", "market", "count", "vCPUs", "GiB", "$/h")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:4] else "right")
     for line in plan.lines:
         table.add_row(
             line.role,
@@ -62,13 +63,47 @@ def plan_table(plan) -> Table:
             line.market,
             str(line.count),
             str(line.cores),
+            f"{line.memory_gib * line.count:g}",
             f"{line.total_hourly:.4f}",
         )
+    wanted = f" ({plan.cores} requested)" if plan.cores else ""
+    share = (
+        f", at most {plan.max_pool_share:.0%} of the cores per spot pool"
+        if plan.max_pool_share
+        else ""
+    )
     table.caption = (
-        f"{plan.worker_cores} worker cores, ${plan.hourly:.4f}/h, "
-        f"cost bound ${plan.cost_bound:.4f}  ({plan.price_source})"
+        f"{plan.worker_cores} worker cores{wanted} on {plan.instances} instances{share}; "
+        f"${plan.hourly:.4f}/h, cost bound ${plan.cost_bound:.4f} "
+        f"({format_duration_hours(plan.max_runtime_hours)} incl. grace)\n"
+        f"prices: {plan.price_source}" + "".join(f"\nnote: {note}" for note in plan.notes)
     )
     return table
+
+
+def format_duration_hours(hours) -> str:
+    from datetime import timedelta
+
+    return format_duration(timedelta(seconds=round(float(hours) * 3600)))
+
+
+def refuse_budget(refusal, as_json: bool, show_plan: bool = True) -> typer.Exit:
+    """Exit 4: on stdout the refusal as JSON (with --json), else the refused plan on stderr."""
+    if as_json:
+        print(json.dumps(refusal.to_dict(), indent=2))
+    elif show_plan:
+        err.print(plan_table(refusal.plan))
+    return fail(EXIT_BUDGET, refusal.cause, refusal.fix)
+
+
+def bad_spec(spec: Path, error: SpecError) -> typer.Exit:
+    for problem in error.problems:
+        say_error(problem)
+    return fail(
+        EXIT_BAD_INPUT,
+        f"{spec} is not a valid job spec; nothing was started",
+        "correct the fields above and run again",
+    )
 
 
 class Display:
@@ -186,16 +221,17 @@ def run(
     ] = False,
 ) -> None:
     """Plan, launch, run, collect and tear down one job."""
+    from burst.plan import BudgetError, plan_within_budget
+
     try:
         job = load_job(spec)
+        # Plan (pure) before anything else: a plan over budget is refused before any cloud
+        # call, any launch and any results folder.
+        plan_within_budget(job.spec)
     except SpecError as error:
-        for problem in error.problems:
-            say_error(problem)
-        raise fail(
-            EXIT_BAD_INPUT,
-            f"{spec} is not a valid job spec; nothing was started",
-            "correct the fields above and run again",
-        ) from None
+        raise bad_spec(spec, error) from None
+    except BudgetError as refusal:
+        raise refuse_budget(refusal, as_json) from None
 
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -213,6 +249,8 @@ def run(
         result = run_job(job, on_event=display)
     except KeyboardInterrupt:
         code, cause = EXIT_INTERRUPTED, "interrupted; the cluster was torn down"
+    except BudgetError as refusal:  # planned again by the cluster: the same refusal
+        code, cause, fix = EXIT_BUDGET, refusal.cause, refusal.fix
     except (CloudError, ClientError, BotoCoreError) as error:
         code, cause = EXIT_CLOUD, f"{error}"
         fix = "check the cloud's message, your credentials and limits; the cluster was torn down"
@@ -283,6 +321,47 @@ def gc(
             err.print("nothing deleted: run `burst gc --yes` to delete these")
     if any(c.teardown and not c.teardown.verified for c in clusters):
         raise fail(EXIT_CLOUD, "some resources could not be deleted", "see the table above")
+
+
+def _offers(spec: JobSpec, offline: bool):
+    if offline:
+        return None
+    from burst.catalog import offers_for
+
+    return offers_for(spec, warn=lambda note: err.print(note, highlight=False))
+
+
+@app.command("plan")
+def plan_command(
+    spec: Annotated[Path, typer.Argument(help="The job spec (YAML).")],
+    cores: Annotated[
+        int | None, typer.Option("--cores", help="Plan for this many cores instead.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan alone on stdout, as JSON.")
+    ] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use the snapshot's prices even on AWS.")
+    ] = False,
+) -> None:
+    """Plan the capacity and its cost; launches nothing. Exit 4 when over budget."""
+    from burst.plan import BudgetError, check_budget, plan
+
+    try:
+        job_spec = load_spec(spec, {"cores": cores} if cores is not None else None)
+        offers = _offers(job_spec, offline)
+        capacity = plan(job_spec, offers=offers)
+        check_budget(job_spec, capacity, offers=offers)
+    except SpecError as error:
+        raise bad_spec(spec, error) from None
+    except BudgetError as refusal:
+        if not as_json:
+            out.print(plan_table(refusal.plan))
+        raise refuse_budget(refusal, as_json, show_plan=False) from None
+    if as_json:
+        print(json.dumps(capacity.to_dict(), indent=2))
+    else:
+        out.print(plan_table(capacity))
 
 
 @sandbox_app.command("up")

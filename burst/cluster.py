@@ -25,10 +25,11 @@ from distributed.core import rpc
 from distributed.deploy import Cluster
 
 from burst import bootstrap, tls
+from burst.catalog import default_zones, offers_for
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
 from burst.cloud.base import CloudError, Fulfilment, InstanceRecord, PoolError, TeardownReport
-from burst.plan import Plan, plan
+from burst.plan import Plan, plan_within_budget
 from burst.provision import acquire_workers
 from burst.spec import JobSpec, parse_spec
 
@@ -83,7 +84,10 @@ class BurstCluster(Cluster):
         self.cluster_id = uuid.uuid4().hex[:12]
         self.job_id = job_id or new_job_id(self.spec.name)
         started = time.monotonic()
-        self.capacity_plan: Plan = plan(self.spec)
+        # Planned (and refused when over budget) before any cloud call: nothing to tear down.
+        # On AWS, today's spot prices (read-only calls); the sandbox plans with the snapshot.
+        self.offers = offers_for(self.spec)
+        self.capacity_plan: Plan = plan_within_budget(self.spec, offers=self.offers)
         self.timings: dict[str, float] = {"plan": time.monotonic() - started}
         self.deadline = datetime.now(UTC) + self.spec.max_runtime + self.spec.grace
         self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
@@ -135,7 +139,9 @@ class BurstCluster(Cluster):
         started = time.monotonic()
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
-        zones = sorted({line.zone for line in self.capacity_plan.lines})
+        # Every zone the planner may use, so that re-plans after capacity errors have subnets.
+        offered = {o.zone for o in self.offers or ()} or set(default_zones(self.spec.region))
+        zones = sorted(offered | {line.zone for line in self.capacity_plan.lines})
         env = self._provider.prepare(self.identity, zones, client_cidr, credentials.node_bundle())
         for line in self.capacity_plan.lines:
             if line.role != "worker":
@@ -153,6 +159,7 @@ class BurstCluster(Cluster):
             template,
             self.capacity_plan,
             self.spec,
+            offers=self.offers,
             on_launch=self._launched,
         )
         self.timings["provision"] = time.monotonic() - started

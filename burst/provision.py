@@ -1,23 +1,23 @@
-"""Getting the workers' cores: the plan's spot pools, then the pools that did not fail, then
-on-demand for what spot could not fill (`spot-with-fallback`), never above the budget.
+"""Getting the workers' cores: the plan's pools first, then the next cheapest pools for what
+they could not fill, then (`spot-with-fallback`) on-demand, never above the budget.
 
-EC2 Fleet already moves between the pools of one request; the rounds here drop the pools that
-reported errors (no capacity, price too low) and ask the others for the shortfall.
+One EC2 Fleet request already moves between the pools it names; the later rounds re-plan the
+shortfall without the pools that reported errors (no capacity, price too low, ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
-from burst.catalog import hourly_price
+from burst.catalog import Offer
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
 from burst.cloud.base import CloudError, Fulfilment
-from burst.plan import Plan, PlanLine
+from burst.plan import Plan, PlanError, PlanLine, fallback_plan
 from burst.spec import JobSpec
 
-ROUNDS_PER_MARKET = 2
+# Requests per market: the plan's pools, then up to two re-plans without the failed pools.
+ROUNDS_PER_MARKET = 3
 
 
 def acquire_workers(
@@ -27,63 +27,74 @@ def acquire_workers(
     template_id: str,
     capacity_plan: Plan,
     spec: JobSpec,
+    offers: Sequence[Offer] | None = None,
     on_launch: Callable[[Fulfilment], None] = lambda got: None,
 ) -> Fulfilment:
-    """Launch the plan's workers; raise CloudError (after nothing is left to try) when fewer
-    than the spec's minimum cores came up. The caller tears down what was launched."""
+    """Launch the plan's workers; raise CloudError when fewer than `min_cores` came up once
+    every round is spent. The caller tears down what was launched either way."""
     got = Fulfilment()
-    hourly_budget = _hourly_budget(capacity_plan, spec)
-    for market, pools, cap in _markets(capacity_plan, spec, hourly_budget):
-        for _ in range(ROUNDS_PER_MARKET):
+    budget = _hourly_budget(capacity_plan, spec)
+    zones = sorted(env.subnets)
+    first = capacity_plan.workers
+    market = first[0].market
+    markets = [market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
+    for market in markets:
+        failed: set[tuple[str, str, str]] = set()
+        for round_number in range(ROUNDS_PER_MARKET):
             missing = spec.cores - got.cores
-            if missing <= 0 or not pools:
-                break
             spent = sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))
-            limit = None if cap is None else cap - spent
-            if limit is not None and limit <= 0:
+            if missing <= 0 or (budget is not None and budget - spent <= 0):
                 break
-            fleet = provider.launch_fleet(ident, env, template_id, pools, market, missing, limit)
+            if round_number == 0 and market == first[0].market:
+                # The plan's own pools, capped at the plan's $/h: EC2 may pick among them but
+                # not spend more than the plan said.
+                pools, cap = first, sum((p.total_hourly for p in first), Decimal(0))
+                cap = cap if budget is None else min(cap, budget)
+            else:
+                try:
+                    pools = fallback_plan(
+                        spec, missing, failed, market=market, zones=zones, offers=offers
+                    ).workers
+                except PlanError:
+                    break  # no pool left in this market
+                cap = budget
+            fleet = provider.launch_fleet(
+                ident,
+                env,
+                template_id,
+                _cheapest_first(pools),
+                market,
+                missing,
+                None if cap is None else cap - spent,
+            )
             got.extend(fleet)
             on_launch(fleet)
-            failed = {(e.instance_type, e.zone) for e in fleet.errors}
-            pools = [p for p in pools if (p.instance_type, p.zone) not in failed]
             if not fleet.errors:
-                break  # EC2 gave all it would without a pool failing (e.g. the price cap)
-    minimum = min(getattr(spec, "min_cores", None) or spec.cores, spec.cores)
-    if got.cores < minimum:
+                break  # EC2 gave what it would without a pool failing (e.g. the price cap)
+            failed |= {(e.instance_type, e.zone, e.market) for e in fleet.errors}
+    if got.cores < spec.min_cores:
         reasons = "; ".join(str(e) for e in got.errors) or "EC2 stopped at the price cap"
         raise CloudError(
-            f"only {got.cores} of the {minimum} cores needed came up ({reasons}); "
+            f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons}); "
             "fix: allow more instance types or zones, use spot-with-fallback, or lower min_cores"
         )
     return got
 
 
+def _cheapest_first(pools: list[PlanLine]) -> list[PlanLine]:
+    return sorted(pools, key=lambda p: (p.hourly / p.vcpus, p.instance_type, p.zone))
+
+
 def _hourly_budget(capacity_plan: Plan, spec: JobSpec) -> Decimal | None:
-    """What the workers may cost per hour so the whole cluster stays within max_cost."""
-    max_cost = getattr(spec, "max_cost", None)
-    if max_cost is None:
+    """What the workers may cost per hour so the whole cluster stays within the budget."""
+    limits = []
+    if spec.max_cost is not None:
+        limits.append(Decimal(str(spec.max_cost)) / capacity_plan.max_runtime_hours)
+    if spec.max_hourly is not None:
+        limits.append(Decimal(str(spec.max_hourly)))
+    if not limits:
         return None
     schedulers = sum(
         (line.total_hourly for line in capacity_plan.lines if line.role != "worker"), Decimal(0)
     )
-    return Decimal(str(max_cost)) / capacity_plan.max_runtime_hours - schedulers
-
-
-def _markets(
-    capacity_plan: Plan, spec: JobSpec, hourly_budget: Decimal | None
-) -> list[tuple[str, list[PlanLine], Decimal | None]]:
-    """(market, pools, $/h cap for the workers) in the order to try them."""
-    pools = sorted(capacity_plan.workers, key=lambda p: p.hourly / p.vcpus)
-    market = pools[0].market
-    planned = sum((p.total_hourly for p in pools), Decimal(0))
-    first_cap = planned if hourly_budget is None else min(planned, hourly_budget)
-    markets = [(market, pools, first_cap)]
-    if spec.spot == "spot-with-fallback":
-        od = "on-demand"
-        on_demand = [
-            replace(p, market=od, hourly=hourly_price(p.instance_type, p.zone, od)) for p in pools
-        ]
-        on_demand.sort(key=lambda p: p.hourly / p.vcpus)
-        markets.append(("on-demand", on_demand, hourly_budget))
-    return markets
+    return min(limits) - schedulers

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from burst.catalog import SANDBOX_REGIONS, SNAPSHOT, families
+from burst.catalog import SANDBOX_REGIONS, SNAPSHOT, families, matching_types
 
 
 class SpecError(ValueError):
@@ -118,6 +119,7 @@ class RunSpec(Strict):
 
 Cloud = Literal["sandbox", "aws"]
 SpotPolicy = Literal["spot", "spot-with-fallback", "on-demand"]
+Architecture = Literal["x86_64", "arm64"]
 
 
 class JobSpec(Strict):
@@ -130,8 +132,31 @@ class JobSpec(Strict):
     spot: SpotPolicy = "spot-with-fallback"
     instance_types: list[str] = Field(default_factory=lambda: ["c5", "c6i", "m5"], min_length=1)
     scheduler_instance_type: str = "m5.large"
+    architecture: Architecture = "x86_64"  # of the workers; the sandbox and its AMI are x86
+    min_memory_per_core: float | None = Field(None, gt=0, le=1024)  # GiB per vCPU
+    max_pool_share: float = Field(0.4, gt=0, le=1)  # of the cores, per spot pool
+    min_cores: int | None = Field(None, gt=0, le=100_000, strict=True)  # default: cores
+    max_hourly: Decimal | None = Field(None, gt=0, le=10_000_000)  # USD per hour, whole cluster
+    max_cost: Decimal | None = Field(None, gt=0, le=100_000_000)  # USD, the cost bound's limit
     run: RunSpec | None = None
     outputs: str = "results"
+
+    @field_validator(
+        "min_memory_per_core", "max_pool_share", "max_hourly", "max_cost", mode="before"
+    )
+    @classmethod
+    def _number_not_boolean(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("a number is accepted, not true or false")
+        return v
+
+    @field_validator("min_cores")
+    @classmethod
+    def _min_cores_within_cores(cls, v: int | None, info: ValidationInfo) -> int | None:
+        cores = info.data.get("cores")
+        if v is not None and cores is not None and v > cores:
+            raise ValueError(f"a number of cores between 1 and cores ({cores}) is accepted")
+        return v
 
     @field_validator("max_runtime", "grace", mode="before")
     @classmethod
@@ -177,6 +202,47 @@ class JobSpec(Strict):
             raise ValueError("grace must not exceed max_runtime by more than an hour")
         return self
 
+    @model_validator(mode="after")
+    def _min_cores_default(self) -> JobSpec:
+        if self.min_cores is None:  # frozen: set the default once, here
+            object.__setattr__(self, "min_cores", self.cores)
+        return self
+
+
+def capacity_problems(spec: JobSpec) -> list[str]:
+    """Constraints no instance type of the snapshot can meet (architecture, memory per core),
+    as problem lines naming the field, the value and what would be accepted."""
+    types = matching_types(spec.instance_types)
+    shaped = [t for t in types if t.architecture == spec.architecture]
+    if not shaped:
+        others = sorted({t.architecture for t in types})
+        suited = sorted(
+            {t.family for t in SNAPSHOT.values() if t.architecture == spec.architecture}
+        )
+        return [
+            f"architecture: no type in instance_types {spec.instance_types} is "
+            f"{spec.architecture} (got {spec.architecture!r}); accepted: "
+            f"{' or '.join(repr(a) for a in others)} with these types, or {spec.architecture} "
+            f"families such as {', '.join(suited)}"
+        ]
+    wanted = spec.min_memory_per_core
+    if wanted is not None and not any(t.memory_gib / t.vcpus >= wanted for t in shaped):
+        most = max(t.memory_gib / t.vcpus for t in shaped)
+        roomy = sorted(
+            {
+                t.family
+                for t in SNAPSHOT.values()
+                if t.architecture == spec.architecture and t.memory_gib / t.vcpus >= wanted
+            }
+        )
+        hint = f", or families such as {', '.join(roomy)}" if roomy else ""
+        return [
+            f"min_memory_per_core: no {spec.architecture} type in instance_types "
+            f"{spec.instance_types} has {wanted:g} GiB per vCPU (got {wanted!r}); accepted: "
+            f"up to {most:g} with these types{hint}"
+        ]
+    return []
+
 
 @dataclass(frozen=True)
 class Job:
@@ -214,9 +280,13 @@ def parse_spec(data: Any) -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError([f"spec: a mapping of fields is accepted (got {type(data).__name__})"])
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as error:
         raise SpecError(_problems(error)) from None
+    problems = capacity_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
 
 
 def import_entry_point(entry: str, folder: Path, field: str) -> Callable:
@@ -268,8 +338,8 @@ def _merged(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
-    """Read a YAML spec, validate it and import its code; raises SpecError, never launches."""
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a YAML spec without importing its code; raises SpecError."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -279,8 +349,12 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
         raise SpecError([f"spec: {str(path)!r} is not valid YAML: {error}"]) from None
     if isinstance(data, dict) and overrides:
         data = _merged(data, overrides)
-    spec = parse_spec(data)
-    return job_from_spec(spec, path.resolve().parent)
+    return parse_spec(data)
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
+    """Read a YAML spec, validate it and import its code; raises SpecError, never launches."""
+    return job_from_spec(load_spec(path, overrides), Path(path).resolve().parent)
 
 
 def job_from_spec(spec: JobSpec, folder: Path) -> Job:

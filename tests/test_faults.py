@@ -29,7 +29,9 @@ class Faults:
     """What EC2 Fleet should do wrong, and every CreateFleet request burst sent."""
 
     empty: set[tuple[str, str]] = field(default_factory=set)  # (instance type, market)
-    spot_fill: float = 1.0  # the share of its target a spot fleet fills before running out
+    first_spot_pools_empty: bool = False  # the pools of the first spot request have nothing
+    spot_fill: float = 1.0  # the share of its target the first spot fleet fills
+    empty_pools: set[tuple[str, str]] = field(default_factory=set)  # (type, subnet) found empty
     throttle: int = 0  # how many CreateFleet calls are throttled first
     refuse: str | None = None  # every CreateFleet fails with this error code
     sent: list[dict] = field(default_factory=list)
@@ -59,11 +61,19 @@ class Faults:
             raise ClientError({"Error": {"Code": self.refuse, "Message": "drill"}}, "CreateFleet")
         config = params["LaunchTemplateConfigs"][0]
         market = self._market(params)
-        empty = [o for o in config["Overrides"] if (o["InstanceType"], market) in self.empty]
+        first_spot = market == "spot" and not any(self._market(r) == "spot" for r in self.sent[:-1])
+        if first_spot and self.first_spot_pools_empty:
+            self.empty_pools |= {(o["InstanceType"], o["SubnetId"]) for o in config["Overrides"]}
+        empty = [
+            o
+            for o in config["Overrides"]
+            if (o["InstanceType"], market) in self.empty
+            or (market == "spot" and (o["InstanceType"], o["SubnetId"]) in self.empty_pools)
+        ]
         # EC2 moves on to the pools that have capacity, and names the ones that had none.
         config["Overrides"] = [o for o in config["Overrides"] if o not in empty]
         context["drill_errors"] = self._errors(params, empty, "InsufficientInstanceCapacity")
-        if market == "spot" and self.spot_fill < 1.0 and config["Overrides"]:
+        if first_spot and self.spot_fill < 1.0 and config["Overrides"]:
             target = params["TargetCapacitySpecification"]
             units = int(target["TotalTargetCapacity"] * self.spot_fill)
             for key in ("TotalTargetCapacity", "SpotTargetCapacity", "OnDemandTargetCapacity"):
@@ -93,8 +103,9 @@ class Faults:
         return None
 
     def after_call(self, parsed: dict, context, **kwargs) -> None:
-        parsed.setdefault("Errors", [])
-        parsed["Errors"] += context.get("drill_errors", [])
+        if not context.get("drill_empty"):  # else before_call answered with the errors
+            parsed.setdefault("Errors", [])
+            parsed["Errors"] += context.get("drill_errors", [])
 
 
 class _Raw:
@@ -163,14 +174,42 @@ def test_spot_shortage_falls_back_to_on_demand(sandbox, tmp_path, monkeypatch, f
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
 
 
-def test_partial_spot_fill_is_topped_up_on_demand(sandbox, tmp_path, monkeypatch, faults):
+def test_capacity_errors_on_the_first_pools_move_to_other_pools(
+    sandbox, tmp_path, monkeypatch, faults
+):
+    faults.first_spot_pools_empty = True
+    result = run(_job(tmp_path, monkeypatch, "next_pools_job", "spot: spot\n"))
+    assert result.ok and result.results == [-1, -2]
+    first, *later = faults.sent
+    tried = {(o["InstanceType"], o["SubnetId"]) for o in _overrides(first)}
+    assert later and all(tried.isdisjoint(_pools(r)) for r in later)  # never asked again
+    workers = _workers(result)
+    assert {w["market"] for w in workers} == {"spot"}
+    assert sum(w["vcpus"] for w in workers) >= 4
+    assert len(result.manifest["capacity_errors"]) == len(tried)
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_partial_spot_fill_is_topped_up_from_other_pools(sandbox, tmp_path, monkeypatch, faults):
     faults.spot_fill = 0.5
     result = run(_job(tmp_path, monkeypatch, "partial_job", "cores: 8\n"))
     assert result.ok
+    first, second, *_ = faults.sent
+    # 8 asked, 4 filled (the drill) with an error on the first pool: 4 asked elsewhere.
+    assert first["TargetCapacitySpecification"]["TotalTargetCapacity"] == 8
+    assert second["TargetCapacitySpecification"]["TotalTargetCapacity"] == 4
+    assert _pools(first) - _pools(second)  # the pool that ran dry is not asked again
     workers = _workers(result)
-    assert {w["market"] for w in workers} == {"spot", "on-demand"}
     assert sum(w["vcpus"] for w in workers) >= 8
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def _overrides(request: dict) -> list[dict]:
+    return request["LaunchTemplateConfigs"][0]["Overrides"]
+
+
+def _pools(request: dict) -> set[tuple[str, str]]:
+    return {(o["InstanceType"], o["SubnetId"]) for o in _overrides(request)}
 
 
 def test_throttling_is_retried_by_botocore(sandbox, tmp_path, monkeypatch, faults):
@@ -180,9 +219,7 @@ def test_throttling_is_retried_by_botocore(sandbox, tmp_path, monkeypatch, fault
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
 
 
-def test_spot_only_shortage_is_a_cloud_error_and_tears_down(
-    sandbox, tmp_path, monkeypatch, faults
-):
+def test_spot_only_shortage_is_a_cloud_error_and_tears_down(sandbox, tmp_path, monkeypatch, faults):
     faults.empty = {("c5.large", "spot")}
     spec = _job(tmp_path, monkeypatch, "spot_only_job", "spot: spot\n")
     with pytest.raises(CloudError, match="c5.large in us-east-1.*InsufficientInstanceCapacity"):

@@ -178,6 +178,11 @@ def test_minimal_spec_gets_defaults() -> None:
     assert spec.scheduler_instance_type == "m5.large"
     assert spec.run is None
     assert spec.outputs == "results"
+    assert spec.architecture == "x86_64"
+    assert spec.min_memory_per_core is None
+    assert spec.max_pool_share == 0.4
+    assert spec.min_cores == 8  # defaults to the cores
+    assert spec.max_hourly is None and spec.max_cost is None
 
 
 def test_full_spec_is_parsed() -> None:
@@ -758,3 +763,70 @@ def test_sandbox_hosts_only_its_regions() -> None:
     line = line_for(problems_of(minimal(region="ap-south-1")), "region")
     assert "'ap-south-1'" in line and "us-east-1" in line
     assert parse_spec(minimal(region="ap-south-1", cloud="aws")).region == "ap-south-1"
+
+
+# ------------------------------------------------------------- capacity and budget fields
+
+
+def test_capacity_and_budget_fields_are_parsed() -> None:
+    from decimal import Decimal
+
+    spec = parse_spec(
+        minimal(
+            cores=64,
+            min_cores=48,
+            architecture="arm64",
+            instance_types=["c7g", "m7g"],
+            min_memory_per_core=3,
+            max_pool_share=0.25,
+            max_hourly=12.5,
+            max_cost="40.10",
+        )
+    )
+    assert spec.min_cores == 48 and spec.architecture == "arm64"
+    assert spec.min_memory_per_core == 3.0 and spec.max_pool_share == 0.25
+    assert spec.max_hourly == Decimal("12.5") and spec.max_cost == Decimal("40.10")
+    assert isinstance(spec.max_cost, Decimal)
+    assert parse_spec(minimal(cores=5, min_cores=5)).min_cores == 5
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "shown", "accepted"),
+    [
+        ({"min_cores": 9}, "min_cores", "9", "between 1 and cores (8)"),
+        ({"min_cores": 0}, "min_cores", "0", "greater than 0"),
+        ({"min_cores": True}, "min_cores", "True", "valid integer"),
+        ({"architecture": "sparc"}, "architecture", "'sparc'", "'x86_64' or 'arm64'"),
+        ({"min_memory_per_core": -1}, "min_memory_per_core", "-1", "greater than 0"),
+        ({"min_memory_per_core": "lots"}, "min_memory_per_core", "'lots'", "valid number"),
+        ({"max_pool_share": 0}, "max_pool_share", "0", "greater than 0"),
+        ({"max_pool_share": 1.5}, "max_pool_share", "1.5", "less than or equal to 1"),
+        ({"max_pool_share": True}, "max_pool_share", "True", "a number is accepted"),
+        ({"max_hourly": 0}, "max_hourly", "0", "greater than 0"),
+        ({"max_hourly": "cheap"}, "max_hourly", "'cheap'", "valid decimal"),
+        ({"max_cost": -5}, "max_cost", "-5", "greater than 0"),
+        ({"max_cost": False}, "max_cost", "False", "a number is accepted"),
+        ({"max_cost": "nan"}, "max_cost", "'nan'", "finite number"),
+    ],
+)
+def test_bad_capacity_field_names_field_value_and_what_is_accepted(
+    fields: dict[str, Any], field: str, shown: str, accepted: str
+) -> None:
+    line = line_for(problems_of(minimal(**fields)), field)
+    assert f"(got {shown})" in line and accepted in line, line
+
+
+def test_architecture_no_type_offers_is_one_line() -> None:
+    problems = problems_of(minimal(instance_types=["c5", "m5"], architecture="arm64"))
+    assert problems == [
+        "architecture: no type in instance_types ['c5', 'm5'] is arm64 (got 'arm64'); "
+        "accepted: 'x86_64' with these types, or arm64 families such as c7g, m7g"
+    ]
+
+
+def test_memory_no_type_offers_is_one_line() -> None:
+    problems = problems_of(minimal(instance_types=["c6i", "m6i"], min_memory_per_core=6))
+    assert problems == [
+        "min_memory_per_core: no x86_64 type in instance_types ['c6i', 'm6i'] has 6 GiB per "
+        "vCPU (got 6.0); accepted: up to 4 with these types, or families such as r6i, r7i"
+    ]
