@@ -17,6 +17,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from burst import storage
 from burst.cloud.base import (
     TAG_CLUSTER,
     TAG_DEADLINE,
@@ -110,6 +111,7 @@ class AwsProvider:
         self.ec2 = client("ec2")
         self.ssm = client("ssm")
         self.iam = client("iam")
+        self.s3 = client("s3")
         self.scheduler_port = scheduler_port
         self.dashboard_port = dashboard_port
 
@@ -122,10 +124,12 @@ class AwsProvider:
         client_cidr: str,
         node_secret: dict[str, str],
         architecture: str = "x86_64",
+        read_objects: list[str] | None = None,
     ) -> NodeEnvironment:
         vpc_id, subnets = self._default_network(zones)
         group = self._security_group(ident, vpc_id, client_cidr)
-        profile = self._node_role(ident)
+        profile = self._node_role(ident, read_objects or [])
+        storage.create_bucket(self.s3, ident, self.region)
         self.ssm.put_parameter(
             Name=f"{ident.parameter_path}/tls",
             Value=json.dumps(node_secret),
@@ -183,8 +187,9 @@ class AwsProvider:
         )
         return group_id
 
-    def _node_role(self, ident: ClusterIdentity) -> str:
-        """A role per cluster that can read and publish only this cluster's parameters."""
+    def _node_role(self, ident: ClusterIdentity, read_objects: list[str]) -> str:
+        """A role per cluster that can read and publish only this cluster's parameters, use
+        its bucket and read the s3:// inputs of the job."""
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -202,7 +207,8 @@ class AwsProvider:
                     "Effect": "Allow",
                     "Action": ["ssm:GetParameter", "ssm:PutParameter"],
                     "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*",
-                }
+                },
+                *storage.node_policy_statements(ident, read_objects),
             ],
         }
         self.iam.create_role(
@@ -317,6 +323,7 @@ class AwsProvider:
             ("terminate instances", lambda: self._terminate(ident, wait), report.terminated),
             ("delete security group", lambda: self._delete_groups(ident, wait), report.deleted),
             ("delete parameters", lambda: self._delete_parameters(ident), report.deleted),
+            ("delete bucket", lambda: storage.delete_bucket(self.s3, ident), report.deleted),
             ("delete node role", lambda: self._delete_role(ident), report.deleted),
         ]
         for what, step, done in steps:
@@ -411,6 +418,7 @@ class AwsProvider:
         ]
         found += [f"security-group {g}" for g in self._groups(ident)]
         found += [f"parameter {p}" for p in self._parameters(ident)]
+        found += storage.leftovers(self.s3, ident)
         try:
             self.iam.get_role(RoleName=ident.name)
             found.append(f"role {ident.name}")
