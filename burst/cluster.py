@@ -22,7 +22,7 @@ from typing import Any
 from distributed.core import rpc
 from distributed.deploy import Cluster
 
-from burst import bootstrap, tls
+from burst import bootstrap, storage, tls
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
 from burst.cloud.base import CloudError, InstanceRecord, TeardownReport
@@ -123,7 +123,13 @@ class BurstCluster(Cluster):
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         zones = sorted({line.zone for line in self.capacity_plan.lines})
-        env = self._provider.prepare(self.identity, zones, client_cidr, credentials.node_bundle())
+        env = self._provider.prepare(
+            self.identity,
+            zones,
+            client_cidr,
+            credentials.node_bundle(),
+            read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
+        )
         for line in self.capacity_plan.lines:
             records = self._provider.launch(
                 self.identity,
@@ -145,7 +151,16 @@ class BurstCluster(Cluster):
                 deadline=self.deadline,
                 port=self._provider.scheduler_port,
                 dashboard_port=self._provider.dashboard_port,
+                pip=tuple(self.spec.software.pip) if self.spec.software else (),
             )
+        )
+
+    @property
+    def bucket(self) -> storage.Bucket:
+        """The cluster's S3 bucket (job code, inputs, task outputs), deleted at teardown."""
+        assert self._provider is not None
+        return storage.Bucket(
+            self._provider.s3, storage.bucket_name(self.identity), self._provider.region
         )
 
     # ------------------------------------------------------------ bootstrap
