@@ -95,6 +95,16 @@ def _timed(function: Callable[[Any], Any]) -> Callable[[Any], dict]:
     return call
 
 
+def by_value(target: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A closure cannot be pickled by reference, so distributed hands the task to cloudpickle,
+    which then honours register_pickle_by_value for the target (workers have no burst)."""
+
+    def call(item: Any) -> Any:
+        return target(item)
+
+    return call
+
+
 def _ship_by_value(folder: Path) -> None:
     """Job code lives next to the spec, not on the workers: pickle every module loaded from
     the spec's folder by value (the function's module and what it imports from there)."""
@@ -131,7 +141,7 @@ def map_tasks(
     client.register_plugin(taskrun.AttemptCounter())  # a fresh count for this job
     retries = job.spec.run.retries if job.spec.run else 0
     futures = client.map(
-        command or _timed(job.function),
+        by_value(command) if command else _timed(job.function),
         list(enumerate(job.tasks)) if command else job.tasks,
         retries=retries,
         pure=False,

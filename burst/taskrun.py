@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -60,6 +61,16 @@ def _read_only(root: Path) -> None:
             continue
         mode = path.stat().st_mode
         path.chmod(mode & ~0o222 if path.is_file() else 0o555)
+
+
+def _fingerprint(root: Path) -> dict[str, list[int]]:
+    """Size, mtime and inode of every file: enough to notice a task that wrote an input."""
+    found = {}
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            stat = path.stat()
+            found[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return found
 
 
 def _writable(root: Path) -> None:
@@ -114,8 +125,24 @@ class CommandTask:
                         s3.download_file(item["bucket"], item["key"], str(target))
             _read_only(cache / "code")
             _read_only(cache / "inputs")
-            done.touch()
+            done.write_text(json.dumps(_fingerprint(cache)))
         return cache
+
+    def check_unchanged(self, cache: Path) -> str | None:
+        """Root ignores read-only modes: a task that changed the shared inputs or job files
+        fails, and the next task on this worker fetches a fresh copy."""
+        done = cache / ".complete"
+        try:
+            before = json.loads(done.read_text())
+        except (OSError, ValueError):
+            return None  # already invalidated by another task
+        now = _fingerprint(cache)
+        now.pop(".complete", None)
+        changed = sorted(set(before) ^ set(now) | {k for k in before if now.get(k) != before[k]})
+        if not changed:
+            return None
+        done.unlink(missing_ok=True)
+        return f"changed the read-only {changed[0]!r} (write to $BURST_OUTPUT, not the inputs)"
 
     def __call__(self, item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
         from distributed import get_worker
@@ -188,6 +215,8 @@ class CommandTask:
             "stdout_tail": tail(scratch / "stdout"),
             "stderr_tail": tail(scratch / "stderr"),
         }
+        if cause is None:
+            cause = self.check_unchanged(cache)
         if cause is None and code_ != 0:
             cause = (
                 f"killed by signal {-code_}"
