@@ -204,3 +204,25 @@ def test_a_missing_input_is_a_spec_error_before_any_cloud_call(sandbox, tmp_path
         run(tmp_path / "s.yaml")
     assert {b["Name"] for b in client(sandbox, "s3").list_buckets()["Buckets"]} == before
     assert not (tmp_path / "results").exists()
+
+
+def test_retries_of_a_function_job_are_counted(sandbox, tmp_path, monkeypatch):
+    marker = tmp_path / "failed-once"
+    (tmp_path / "flaky_fn.py").write_text(textwrap.dedent(f"""
+        from pathlib import Path
+
+        def task(x):
+            if x == 2 and not Path({str(marker)!r}).exists():
+                Path({str(marker)!r}).touch()
+                raise RuntimeError("first attempt fails")
+            return x
+        """))
+    (tmp_path / "flaky.yaml").write_text(yaml.safe_dump({
+        "name": "flaky", "cores": 2, "max_runtime": "5m", "instance_types": ["c5.large"],
+        "run": {"function": "flaky_fn:task", "tasks": [1, 2, 3], "retries": 2}}))
+    monkeypatch.chdir(tmp_path)
+    result = run(tmp_path / "flaky.yaml")
+    assert result.ok and result.results == [1, 2, 3]
+    assert result.manifest["tasks"] == {"total": 3, "done": 3, "failed": 0, "retried": 1}
+    assert [o.attempts for o in result.outcomes] == [1, 2, 1]
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
