@@ -223,3 +223,23 @@ def test_cli_refuses_a_missing_input_before_any_cloud_call(tmp_path: Path) -> No
     assert "inputs: 'absent.dat' does not exist" in done.stderr and done.stdout == ""
     assert not (tmp_path / "results").exists() and not home.exists()
     json.dumps(done.stderr)
+
+
+def test_the_summary_shows_retries_and_each_failures_stderr() -> None:
+    from rich.console import Console
+
+    from burst.cli import summary
+
+    manifest = {
+        "job_id": "j", "status": "failed", "result": None,
+        "tasks": {"total": 6, "done": 3, "failed": 3, "retried": 3},
+        "cores": {"requested": 4, "worker_vcpus": 4}, "instances": [], "timings": {"run": 1.0},
+        "teardown": {"verified": True, "leftovers": [], "errors": []},
+        "failures": [{"task": 1, "input": {"temp": 0}, "error": "exit code 2", "exit_code": 2,
+                      "stderr_tail": "warming up\ntemperature must be positive, got 0.0"}],
+    }
+    console = Console(width=200, record=True)
+    console.print(summary(manifest))
+    text = console.export_text()
+    assert "3 done, 3 failed, 3 retried of 6" in text
+    assert "exit code 2: temperature must be positive, got 0.0" in text
