@@ -225,7 +225,12 @@ class JobSpec(Strict):
 
     @field_validator("inputs")
     @classmethod
-    def _input_forms(cls, v: list[str]) -> list[str]:
+    def _input_forms(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        run = info.data.get("run")
+        if v and run is not None and run.command is None:
+            raise ValueError(
+                "inputs go with run.command; a run.function receives its data as task arguments"
+            )
         for item in v:
             if item.startswith("s3://"):
                 bucket, _, key = item[5:].partition("/")

@@ -243,3 +243,11 @@ def test_the_summary_shows_retries_and_each_failures_stderr() -> None:
     text = console.export_text()
     assert "3 done, 3 failed, 3 retried of 6" in text
     assert "exit code 2: temperature must be positive, got 0.0" in text
+
+
+def test_inputs_are_refused_for_a_function_job(tmp_path: Path) -> None:
+    (tmp_path / "data.bin").write_text("x")
+    with pytest.raises(SpecError) as info:
+        parse_spec({"cores": 2, "inputs": ["data.bin"],
+                    "run": {"function": "m:f", "tasks": [1]}})
+    assert info.value.problems[0].startswith("inputs: inputs go with run.command")
