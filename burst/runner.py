@@ -115,15 +115,16 @@ def _ship_by_value(folder: Path) -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-def _failure(i: int, task: Any, future) -> TaskOutcome:
+def _failure(i: int, task: Any, future, command: bool) -> TaskOutcome:
     error = future.exception()
-    if isinstance(error, RuntimeError) and len(error.args) == 2 and isinstance(error.args[1], dict):
-        details = error.args[1]  # a failed command (burst.taskrun): its cause and output tails
+    details = error.args[1] if command and len(error.args) == 2 else None
+    if isinstance(error, RuntimeError) and isinstance(details, dict) and "cause" in details:
+        # a failed command (burst.taskrun.CommandTask): its cause and output tails
         return TaskOutcome(
             i,
             task,
             "failed",
-            error=details.get("cause", str(error.args[0])),
+            error=details["cause"],
             worker=details.get("worker"),
             exit_code=details.get("exit_code"),
             stderr_tail=details.get("stderr_tail", ""),
@@ -167,7 +168,7 @@ def map_tasks(
         elif future.status != "error":  # cancelled or lost: the cluster, not the task
             raise CloudError(f"lost task {i} ({future.status}): the cluster went away")
         else:
-            outcomes[i] = _failure(i, job.tasks[i], future)
+            outcomes[i] = _failure(i, job.tasks[i], future, command is not None)
             failed += 1
         emit("tasks", done=len(outcomes) - failed, failed=failed, total=len(futures))
         future.release()

@@ -94,16 +94,19 @@ class ParamFile(Strict):
     jsonl: str | None = Field(None, description="a JSON-lines file, one object per task")
 
 
-Scalar = str | int | float | bool
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
 
 
 class RunSpec(Strict):
     function: str | None = Field(None, description="'module:callable' found next to the spec")
     command: str | None = Field(None, description="a command template: 'prog --seed {seed}'")
     tasks: TaskRange | TaskFile | list[Any] | None = None
-    params: dict[str, list[Scalar] | TaskRange] | ParamFile | list[dict[str, Scalar]] | None = (
-        Field(None, description="the command's parameters: a grid, a file or a list of rows")
+    params: Any = Field(
+        None, description="the command's parameters: a grid of names, a file or a list of rows"
     )
     timeout: timedelta | None = Field(None, description="per command task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
@@ -112,23 +115,48 @@ class RunSpec(Strict):
     @field_validator("params", mode="before")
     @classmethod
     def _param_form(cls, v: Any) -> Any:
-        """{csv: file} and {jsonl: file} are files; any other mapping is a grid of names."""
+        """{csv: file} and {jsonl: file} are files; any other mapping is a grid of names; a
+        list holds the rows themselves. One message per problem, in the form that was meant."""
+        if v is None:
+            return None
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("csv", "jsonl"):
             if isinstance(next(iter(v.values())), str):
                 return ParamFile.model_validate(v)
-        if isinstance(v, dict):
-            bad = [k for k in v if not isinstance(k, str) or not re.fullmatch(PARAM_NAME, k)]
-            if bad:
-                raise ValueError(f"parameter names are identifiers such as 'seed', not {bad}")
-            empty = [k for k, values in v.items() if values == []]
-            if empty:
-                raise ValueError(f"parameters {empty} have no values")
-        if v is not None and not isinstance(v, dict | list):
-            raise ValueError(
-                "accepted: a mapping of names to lists or {range: ...} (their product), "
-                "{csv: file}, {jsonl: file} or a list of rows"
-            )
-        return v
+        if isinstance(v, dict) and v:
+            grid: dict[str, Any] = {}
+            for name, values in v.items():
+                if not isinstance(name, str) or not re.fullmatch(PARAM_NAME, name):
+                    raise ValueError(
+                        f"parameter names are identifiers such as 'seed', not {name!r}"
+                    )
+                if isinstance(values, dict) and set(values) == {"range"}:
+                    try:
+                        grid[name] = TaskRange.model_validate(values)
+                    except ValidationError as error:
+                        message = error.errors()[0]["msg"].removeprefix("Value error, ")
+                        raise ValueError(f"{name}.range: {message}") from None
+                elif isinstance(values, list) and values and all(map(_scalar, values)):
+                    grid[name] = values
+                else:
+                    raise ValueError(
+                        f"{name}: a non-empty list of strings or numbers, or {{range: ...}}, is "
+                        f"accepted (got {values!r:.80})"
+                    )
+            return grid
+        if isinstance(v, list) and v:
+            for number, row in enumerate(v):
+                if not isinstance(row, dict) or not all(
+                    isinstance(k, str) and _scalar(x) for k, x in row.items()
+                ):
+                    raise ValueError(
+                        f"row {number} is not a mapping of names to strings or numbers "
+                        f"(got {row!r:.80})"
+                    )
+            return v
+        raise ValueError(
+            "accepted: a mapping of names to lists or {range: ...} (their product), "
+            "{csv: file}, {jsonl: file} or a non-empty list of rows"
+        )
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -80,7 +80,7 @@ def test_a_value_stays_one_literal_argument() -> None:
         ({"command": "sim", "params": {"a": [1]}, "tasks": [1]}, "run", ["not 'tasks'"]),
         ({"command": "sim", "params": {"a": [1]}, "timeout": "0s"}, "run.timeout", ["1s and 7d"]),
         ({"command": "sim", "params": {"a b": [1]}}, "run.params", ["identifiers"]),
-        ({"command": "sim", "params": {"a": []}}, "run.params", ["no values"]),
+        ({"command": "sim", "params": {"a": []}}, "run.params", ["a: a non-empty list"]),
         ({"command": "sim", "params": "seed"}, "run.params", ["accepted"]),
         ({"command": "sim", "params": {"csv": "absent.csv"}}, "run.params.csv",
          ["cannot read", "absent.csv"]),
