@@ -128,21 +128,29 @@ class CommandTask:
             done.write_text(json.dumps(_fingerprint(cache)))
         return cache
 
-    def check_unchanged(self, cache: Path) -> str | None:
-        """Root ignores read-only modes: a task that changed the shared inputs or job files
-        fails, and the next task on this worker fetches a fresh copy."""
-        done = cache / ".complete"
-        try:
-            before = json.loads(done.read_text())
-        except (OSError, ValueError):
-            return None  # already invalidated by another task
+    def fetched(self, base: Path) -> tuple[Path, dict[str, list[int]]]:
+        """The cache, and the fingerprint of its files as fetched."""
+        while True:
+            cache = self.fetch(base)
+            try:
+                return cache, json.loads((cache / ".complete").read_text())
+            except (OSError, ValueError):
+                continue  # invalidated just now by another task: fetch afresh
+
+    def check_unchanged(self, cache: Path, before: dict[str, list[int]]) -> str | None:
+        """Root ignores read-only modes. When the shared inputs or job files changed while a
+        task ran, which task wrote them cannot be told apart: every task that ran meanwhile
+        fails (retries apply), and the next task on this worker fetches a fresh copy."""
         now = _fingerprint(cache)
         now.pop(".complete", None)
         changed = sorted(set(before) ^ set(now) | {k for k in before if now.get(k) != before[k]})
         if not changed:
             return None
-        done.unlink(missing_ok=True)
-        return f"changed the read-only {changed[0]!r} (write to $BURST_OUTPUT, not the inputs)"
+        (cache / ".complete").unlink(missing_ok=True)
+        return (
+            f"the read-only {changed[0]!r} changed while this task ran (this task or another "
+            "on the same worker wrote to it; write to $BURST_OUTPUT instead)"
+        )
 
     def __call__(self, item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
         from distributed import get_worker
@@ -150,16 +158,22 @@ class CommandTask:
         index, row = item
         worker = get_worker()
         base = Path(worker.local_directory) / "burst"
-        cache = self.fetch(base)
+        cache, fingerprint = self.fetched(base)
         scratch = Path(tempfile.mkdtemp(prefix=f"task-{index}-", dir=base))
         try:
-            return self._run(index, row, cache, scratch, worker.name)
+            return self._run(index, row, cache, fingerprint, scratch, worker.name)
         finally:
             _writable(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _run(
-        self, index: int, row: dict[str, Any], cache: Path, scratch: Path, worker: str
+        self,
+        index: int,
+        row: dict[str, Any],
+        cache: Path,
+        fingerprint: dict[str, list[int]],
+        scratch: Path,
+        worker: str,
     ) -> dict[str, Any]:
         work, output = scratch / "work", scratch / "output"
         work.mkdir()
@@ -216,7 +230,7 @@ class CommandTask:
             "stderr_tail": tail(scratch / "stderr"),
         }
         if cause is None:
-            cause = self.check_unchanged(cache)
+            cause = self.check_unchanged(cache, fingerprint)
         if cause is None and code_ != 0:
             cause = (
                 f"killed by signal {-code_}"
