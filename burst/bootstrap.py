@@ -39,6 +39,7 @@ class NodeConfig:
     port: int = 8786
     dashboard_port: int = 8787
     idle_timeout: str = "30m"
+    pip: tuple[str, ...] = ()  # the job's software.pip, installed with the exact Dask stack
 
 
 def _agent_payload() -> str:
@@ -50,7 +51,7 @@ def render(config: NodeConfig) -> str:
     versions = client_versions()
     python = f"python{versions['python']}"
     pins = [f"{name}=={versions[name]}" for name in ("dask", "distributed", "cloudpickle")]
-    install = " ".join(shlex.quote(p) for p in [*pins, "boto3", "bokeh"])
+    install = " ".join(shlex.quote(p) for p in [*config.pip, *pins, "boto3", "bokeh"])
     agent_args = " ".join(
         shlex.quote(a)
         for a in [

@@ -184,7 +184,8 @@ def summary(manifest: dict) -> Table:
     teardown = manifest["teardown"]
     rows = {
         "result": json.dumps(manifest["result"], default=repr),
-        "tasks": f"{tasks['done']} done, {tasks['failed']} failed of {tasks['total']}",
+        "tasks": f"{tasks['done']} done, {tasks['failed']} failed, "
+        f"{tasks.get('retried', 0)} retried of {tasks['total']}",
         "cores": f"{manifest['cores']['worker_vcpus']} worker vCPUs "
         f"({manifest['cores']['requested']} requested)",
         "instances": ", ".join(
@@ -198,7 +199,9 @@ def summary(manifest: dict) -> Table:
         else f"[red]NOT verified: {teardown['leftovers']} {teardown['errors']}[/]",
     }
     for failure in manifest["failures"][:5]:
-        rows[f"task {failure['task']}"] = f"[red]{failure['error'].splitlines()[0]}[/]"
+        stderr = (failure.get("stderr_tail") or "").strip().splitlines()
+        last = f": {stderr[-1][:120]}" if stderr else ""
+        rows[f"task {failure['task']}"] = f"[red]{failure['error'].splitlines()[0]}{last}[/]"
     for key, value in rows.items():
         table.add_row(key, value)
     return table

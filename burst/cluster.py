@@ -24,7 +24,7 @@ from typing import Any
 from distributed.core import rpc
 from distributed.deploy import Cluster
 
-from burst import bootstrap, tls
+from burst import bootstrap, storage, tls
 from burst.catalog import default_zones, offers_for
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
@@ -142,7 +142,13 @@ class BurstCluster(Cluster):
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.
         offered = {o.zone for o in self.offers or ()} or set(default_zones(self.spec.region))
         zones = sorted(offered | {line.zone for line in self.capacity_plan.lines})
-        env = self._provider.prepare(self.identity, zones, client_cidr, credentials.node_bundle())
+        env = self._provider.prepare(
+            self.identity,
+            zones,
+            client_cidr,
+            credentials.node_bundle(),
+            read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
+        )
         for line in self.capacity_plan.lines:
             if line.role != "worker":
                 record = self._provider.launch_instance(
@@ -181,7 +187,16 @@ class BurstCluster(Cluster):
                 deadline=self.deadline,
                 port=self._provider.scheduler_port,
                 dashboard_port=self._provider.dashboard_port,
+                pip=tuple(self.spec.software.pip) if self.spec.software else (),
             )
+        )
+
+    @property
+    def bucket(self) -> storage.Bucket:
+        """The cluster's S3 bucket (job code, inputs, task outputs), deleted at teardown."""
+        assert self._provider is not None
+        return storage.Bucket(
+            self._provider.s3, storage.bucket_name(self.identity), self._provider.region
         )
 
     # ------------------------------------------------------------ bootstrap

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from botocore.exceptions import ClientError
+
 from burst.cloud.aws import LIVE_STATES, AwsProvider, ClusterIdentity
 from burst.cloud.base import (
     TAG_CLUSTER,
@@ -110,6 +112,16 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
                 continue
             if cluster := remains(tags):
                 cluster.saw(f"role {role['RoleName']}", tags, role.get("CreateDate"))
+    for bucket in provider.s3.list_buckets()["Buckets"]:
+        if not bucket["Name"].startswith("burst-"):
+            continue
+        try:
+            where = provider.s3.get_bucket_location(Bucket=bucket["Name"])["LocationConstraint"]
+            tags = _tags(provider.s3.get_bucket_tagging(Bucket=bucket["Name"])["TagSet"])
+        except ClientError:  # deleted meanwhile, or not burst's: no tags
+            continue
+        if (where or "us-east-1") == provider.region and (cluster := remains(tags)):
+            cluster.saw(f"bucket {bucket['Name']}", tags, bucket.get("CreationDate"))
     for parameter in provider._parameters_under("/burst"):
         cluster_id = parameter["Name"].split("/")[2]
         found.setdefault(cluster_id, ClusterRemains(cluster_id)).saw(

@@ -23,6 +23,7 @@ from typing import Any
 import cloudpickle
 from distributed import Client, as_completed
 
+from burst import sweep, taskrun
 from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
@@ -39,6 +40,9 @@ class TaskOutcome:
     error: str | None = None
     worker: str | None = None
     seconds: float | None = None
+    attempts: int | None = None  # how often the task was handed to a worker
+    exit_code: int | None = None  # command tasks
+    stderr_tail: str | None = None  # command tasks that failed
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -137,6 +141,16 @@ def _timed(function: Callable[[Any], Any]) -> Callable[[Any], dict]:
     return call
 
 
+def by_value(target: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A closure cannot be pickled by reference, so distributed hands the task to cloudpickle,
+    which then honours register_pickle_by_value for the target (workers have no burst)."""
+
+    def call(item: Any) -> Any:
+        return target(item)
+
+    return call
+
+
 def _ship_by_value(folder: Path) -> None:
     """Job code lives next to the spec, not on the workers: pickle every module loaded from
     the spec's folder by value (the function's module and what it imports from there)."""
@@ -147,12 +161,35 @@ def _ship_by_value(folder: Path) -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-def map_tasks(client: Client, job: Job, emit: EventHandler) -> list[TaskOutcome]:
+def _failure(i: int, task: Any, future, command: bool) -> TaskOutcome:
+    error = future.exception()
+    details = error.args[1] if command and len(error.args) == 2 else None
+    if isinstance(error, RuntimeError) and isinstance(details, dict) and "cause" in details:
+        # a failed command (burst.taskrun.CommandTask): its cause and output tails
+        return TaskOutcome(
+            i,
+            task,
+            "failed",
+            error=details["cause"],
+            worker=details.get("worker"),
+            exit_code=details.get("exit_code"),
+            stderr_tail=details.get("stderr_tail", ""),
+        )
+    tail = "".join(traceback.format_tb(future.traceback())[-3:])
+    return TaskOutcome(i, task, "failed", error=f"{type(error).__name__}: {error}\n{tail}".strip())
+
+
+def map_tasks(
+    client: Client, job: Job, emit: EventHandler, command: taskrun.CommandTask | None = None
+) -> list[TaskOutcome]:
+    """Run every task (the job's function, or its command); count each task's attempts."""
     _ship_by_value(job.folder)
+    cloudpickle.register_pickle_by_value(taskrun)  # the nodes have no copy of burst
+    client.register_plugin(taskrun.AttemptCounter())  # a fresh count for this job
     retries = job.spec.run.retries if job.spec.run else 0
     futures = client.map(
-        _timed(job.function),
-        job.tasks,
+        by_value(command) if command else _timed(job.function),
+        list(enumerate(job.tasks)) if command else job.tasks,
         retries=retries,
         pure=False,
         key=[f"task-{i}" for i in range(len(job.tasks))],
@@ -172,18 +209,18 @@ def map_tasks(client: Client, job: Job, emit: EventHandler) -> list[TaskOutcome]
                 reply["value"],
                 worker=reply["worker"],
                 seconds=reply["seconds"],
+                exit_code=reply["value"]["exit_code"] if command else None,
             )
         elif future.status != "error":  # cancelled or lost: the cluster, not the task
             raise CloudError(f"lost task {i} ({future.status}): the cluster went away")
         else:
-            error = future.exception()
-            tail = "".join(traceback.format_tb(future.traceback())[-3:])
-            outcomes[i] = TaskOutcome(
-                i, job.tasks[i], "failed", error=f"{type(error).__name__}: {error}\n{tail}".strip()
-            )
+            outcomes[i] = _failure(i, job.tasks[i], future, command is not None)
             failed += 1
         emit("tasks", done=len(outcomes) - failed, failed=failed, total=len(futures))
         future.release()
+    attempts = client.run_on_scheduler(taskrun.attempts_on)
+    for key, i in index.items():
+        outcomes[i].attempts = attempts.get(str(key), 1)
     return [outcomes[i] for i in range(len(futures))]
 
 
@@ -224,9 +261,16 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
             Client(cluster) as client,
         ):
             started = time.monotonic()
-            outcomes = map_tasks(client, job, emit)
+            command = None
+            if job.command is not None:  # its files and inputs go to S3, not the scheduler
+                command = sweep.command_task(job, cluster.bucket, job_id)
+            outcomes = map_tasks(client, job, emit, command)
             timings["run"] = time.monotonic() - started
-        started = time.monotonic()
+            started = time.monotonic()
+            if command is not None:  # before teardown deletes the bucket
+                sweep.download_outputs(cluster.bucket, job_id, folder / "outputs")
+            downloading = time.monotonic() - started
+        started = time.monotonic() - downloading
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "results.jsonl", "w") as out:
             for outcome in outcomes:
@@ -281,8 +325,23 @@ def _manifest(
             "total": len(job.tasks),
             "done": len(outcomes) - len(failures),
             "failed": len(failures),
+            "retried": sum((o.attempts or 1) > 1 for o in outcomes),
         },
-        "failures": [{"task": o.task, "input": o.input, "error": o.error} for o in failures[:50]],
+        "failures": [
+            {
+                k: v
+                for k, v in {
+                    "task": o.task,
+                    "input": o.input,
+                    "error": o.error,
+                    "exit_code": o.exit_code,
+                    "stderr_tail": o.stderr_tail,
+                    "attempts": o.attempts,
+                }.items()
+                if v is not None or k == "exit_code" and o.stderr_tail is not None
+            }
+            for o in failures[:50]
+        ],
         "cores": {
             "requested": job.spec.cores,
             "worker_vcpus": sum(i.vcpus for i in instances if i.role == "worker"),

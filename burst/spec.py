@@ -90,11 +90,100 @@ class TaskFile(Strict):
     jsonl: str = Field(description="a JSON-lines file, one task per line, relative to the spec")
 
 
+class ParamFile(Strict):
+    csv: str | None = Field(None, description="a CSV file with a header row, one task per row")
+    jsonl: str | None = Field(None, description="a JSON-lines file, one object per task")
+
+
+PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
 class RunSpec(Strict):
-    function: str = Field(description="'module:callable' found next to the spec")
-    tasks: TaskRange | TaskFile | list[Any]
+    function: str | None = Field(None, description="'module:callable' found next to the spec")
+    command: str | None = Field(None, description="a command template: 'prog --seed {seed}'")
+    tasks: TaskRange | TaskFile | list[Any] | None = None
+    params: Any = Field(
+        None, description="the command's parameters: a grid of names, a file or a list of rows"
+    )
+    timeout: timedelta | None = Field(None, description="per command task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
     retries: int = Field(1, ge=0, le=10)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _param_form(cls, v: Any) -> Any:
+        """{csv: file} and {jsonl: file} are files; any other mapping is a grid of names; a
+        list holds the rows themselves. One message per problem, in the form that was meant."""
+        if v is None:
+            return None
+        if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("csv", "jsonl"):
+            if isinstance(next(iter(v.values())), str):
+                return ParamFile.model_validate(v)
+        if isinstance(v, dict) and v:
+            grid: dict[str, Any] = {}
+            for name, values in v.items():
+                if not isinstance(name, str) or not re.fullmatch(PARAM_NAME, name):
+                    raise ValueError(
+                        f"parameter names are identifiers such as 'seed', not {name!r}"
+                    )
+                if isinstance(values, dict) and set(values) == {"range"}:
+                    try:
+                        grid[name] = TaskRange.model_validate(values)
+                    except ValidationError as error:
+                        message = error.errors()[0]["msg"].removeprefix("Value error, ")
+                        raise ValueError(f"{name}.range: {message}") from None
+                elif isinstance(values, list) and values and all(map(_scalar, values)):
+                    grid[name] = values
+                else:
+                    raise ValueError(
+                        f"{name}: a non-empty list of strings or numbers, or {{range: ...}}, is "
+                        f"accepted (got {values!r:.80})"
+                    )
+            return grid
+        if isinstance(v, list) and v:
+            for number, row in enumerate(v):
+                if not isinstance(row, dict) or not all(
+                    isinstance(k, str) and _scalar(x) for k, x in row.items()
+                ):
+                    raise ValueError(
+                        f"row {number} is not a mapping of names to strings or numbers "
+                        f"(got {row!r:.80})"
+                    )
+            return v
+        raise ValueError(
+            "accepted: a mapping of names to lists or {range: ...} (their product), "
+            "{csv: file}, {jsonl: file} or a non-empty list of rows"
+        )
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> timedelta | None:
+        if v is None:
+            return None
+        value = parse_duration(v)
+        if not timedelta(seconds=1) <= value <= timedelta(days=7):
+            raise ValueError("a duration between 1s and 7d is accepted")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RunSpec:
+        if (self.function is None) == (self.command is None):
+            raise ValueError(
+                "exactly one of 'function' (module:callable) and 'command' (a template) is needed"
+            )
+        if self.function is not None and self.tasks is None:
+            raise ValueError("'function' needs 'tasks'")
+        if self.function is not None and (self.params is not None or self.timeout is not None):
+            raise ValueError("'params' and 'timeout' go with 'command'; 'function' takes 'tasks'")
+        if self.command is not None and self.params is None:
+            raise ValueError("'command' needs 'params' (one task per row of parameters)")
+        if self.command is not None and self.tasks is not None:
+            raise ValueError("'command' takes 'params', not 'tasks'")
+        return self
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -115,6 +204,31 @@ class RunSpec(Strict):
         if v is not None and not re.fullmatch(r"[\w.]+:[\w.]+", v):
             raise ValueError("'module:callable', such as 'pi:sample', is accepted")
         return v
+
+
+class Software(Strict):
+    pip: list[str] = Field(default_factory=list, description="requirements, such as 'numpy>=1.26'")
+    python: str | None = Field(None, description="must be the client's minor version, '3.11'")
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _python(cls, v: Any) -> str | None:
+        from burst.software import check_python
+
+        return None if v is None else check_python(str(v))
+
+    @field_validator("pip")
+    @classmethod
+    def _pins(cls, v: list[str]) -> list[str]:
+        from burst.software import check_requirements
+
+        check_requirements(v)
+        return v
+
+
+def input_name(item: str) -> str:
+    """What a task calls an input: $BURST_INPUT/<name>."""
+    return item.rstrip("/").rsplit("/", 1)[-1]
 
 
 Cloud = Literal["sandbox", "aws"]
@@ -140,6 +254,49 @@ class JobSpec(Strict):
     max_cost: Decimal | None = Field(None, gt=0, le=100_000_000)  # USD, the cost bound's limit
     run: RunSpec | None = None
     outputs: str = "results"
+    inputs: list[str] = Field(
+        default_factory=list, description="local files or folders next to the spec, or s3://"
+    )
+    software: Software | None = None
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_forms(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        run = info.data.get("run")
+        if v and run is not None and run.command is None:
+            raise ValueError(
+                "inputs go with run.command; a run.function receives its data as task arguments"
+            )
+        for item in v:
+            if item.startswith("s3://"):
+                bucket, _, key = item[5:].partition("/")
+                if not bucket or not key or key.endswith("/"):
+                    raise ValueError(f"{item!r}: s3://bucket/key of one object is accepted")
+            elif not item.strip() or Path(item).is_absolute() or ".." in Path(item).parts:
+                raise ValueError(
+                    f"{item!r}: a path inside the spec's folder or s3://bucket/key is accepted"
+                )
+        names = [input_name(item) for item in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two inputs share the name {twice}; tasks see them by name")
+        return v
+
+    @field_validator("software")
+    @classmethod
+    def _software_here(cls, v: Software | None, info: ValidationInfo) -> Software | None:
+        """Sandbox nodes run the client's own interpreter: what it lacks, they lack."""
+        if v is not None and info.data.get("cloud", "sandbox") == "sandbox":
+            from burst.software import missing_locally
+
+            missing = missing_locally(v.pip)
+            if missing:
+                raise ValueError(
+                    "sandbox nodes run this Python environment, which lacks "
+                    + "; ".join(missing)
+                    + f" (install them into {sys.prefix}, or use cloud: aws)"
+                )
+        return v
 
     @field_validator(
         "min_memory_per_core", "max_pool_share", "max_hourly", "max_cost", mode="before"
@@ -246,13 +403,18 @@ def capacity_problems(spec: JobSpec) -> list[str]:
 
 @dataclass(frozen=True)
 class Job:
-    """A validated spec with its code imported: everything needed to run, nothing launched."""
+    """A validated spec with its code imported: everything needed to run, nothing launched.
+
+    A command job has no function: its tasks are rows of parameters and `command` holds the
+    template's argv tokens (see burst.sweep)."""
 
     spec: JobSpec
     folder: Path
-    function: Callable[[Any], Any]
+    function: Callable[[Any], Any] | None
     tasks: list[Any]
     reduce: Callable[[list[Any]], Any] | None
+    command: list[str] | None = None
+    files: list[Path] | None = None  # the spec folder's files shipped with a command job
 
 
 def _problems(error: ValidationError) -> list[str]:
@@ -271,8 +433,7 @@ def _problems(error: ValidationError) -> list[str]:
 def _accepted_fields(loc: tuple) -> list[str]:
     model: type[BaseModel] = JobSpec
     for part in loc[:-1]:
-        if part == "run":
-            model = RunSpec
+        model = {"run": RunSpec, "software": Software}.get(str(part), model)
     return sorted(model.model_fields)
 
 
@@ -360,6 +521,20 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
 def job_from_spec(spec: JobSpec, folder: Path) -> Job:
     if spec.run is None:
         raise SpecError(["run: a 'run' section with 'function' and 'tasks' is needed to run a job"])
+    from burst import sweep
+
+    missing = sweep.missing_inputs(spec.inputs, folder)
+    if missing:
+        raise SpecError(missing)
+    if spec.run.command is not None:
+        rows = sweep.load_params(spec.run.params, folder)
+        argv = sweep.check_template(spec.run.command, rows)
+        reduce = None
+        if spec.run.reduce:
+            sys.modules.pop(spec.run.reduce.partition(":")[0], None)
+            reduce = import_entry_point(spec.run.reduce, folder, "run.reduce")
+        files = sweep.job_files(folder, spec)
+        return Job(spec, folder, None, rows, reduce, command=argv, files=files)
     # Import the job's code afresh: a notebook re-run, or another spec with a module of the
     # same name, must not get the module cached by an earlier load.
     for entry in filter(None, (spec.run.function, spec.run.reduce)):

@@ -65,6 +65,8 @@ def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
     roles = client(cloud, "iam").list_roles()["Roles"]
     prefix = f"burst-{cluster_id}" if cluster_id else "burst-"
     found += [f"role {r['RoleName']}" for r in roles if r["RoleName"].startswith(prefix)]
+    buckets = client(cloud, "s3").list_buckets()["Buckets"]
+    found += [f"bucket {b['Name']}" for b in buckets if b["Name"].startswith(prefix)]
     # The hypervisor must have killed every instance's processes too.
     found += [f"process of {i}" for i, inst in cloud.hypervisor.instances.items()
               if inst.process and inst.process.poll() is None and (i in ours or not cluster_id)]

@@ -59,7 +59,15 @@ def test_gc_lists_then_deletes_expired_and_idle_clusters_only(sandbox):
     assert "gclive0000001" not in found  # running and within its deadline
     assert "has passed" in found["gcexpired0001"]["reason"]
     kinds = {r.split()[0] for r in found["gcexpired0001"]["resources"]}
-    assert kinds == {"instance", "fleet", "launch-template", "security-group", "role", "parameter"}
+    assert kinds == {
+        "instance",
+        "fleet",
+        "launch-template",
+        "security-group",
+        "role",
+        "parameter",
+        "bucket",
+    }
     # Without --yes nothing is touched.
     assert settled_leftovers(sandbox, "gcexpired0001", seconds=0)
 

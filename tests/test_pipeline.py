@@ -75,7 +75,7 @@ def test_failing_tasks_exit_1_and_keep_the_others(sandbox, tmp_path):
     assert done.returncode == 1, done.stderr
     manifest = json.loads(done.stdout)
     assert manifest["status"] == "failed"
-    assert manifest["tasks"] == {"total": 6, "done": 4, "failed": 2}
+    assert manifest["tasks"] == {"total": 6, "done": 4, "failed": 2, "retried": 0}
     assert [f["task"] for f in manifest["failures"]] == [0, 3]
     assert "ValueError: bad input 3" in manifest["failures"][1]["error"]
     results = [json.loads(line) for line in

@@ -339,8 +339,8 @@ def test_missing_cores_is_named() -> None:
 
 
 def test_missing_function_in_run_is_named() -> None:
-    line = line_for(problems_of(minimal(run={"tasks": [1]})), "run.function")
-    assert "required" in line.lower()
+    line = line_for(problems_of(minimal(run={"tasks": [1]})), "run")
+    assert "exactly one of 'function'" in line and "'command'" in line
 
 
 def test_every_bad_field_is_reported_at_once() -> None:

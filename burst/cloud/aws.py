@@ -19,6 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from burst import storage
 from burst.cloud.base import (
     TAG_CLUSTER,
     TAG_DEADLINE,
@@ -113,6 +114,7 @@ class AwsProvider:
         self.ec2 = client("ec2")
         self.ssm = client("ssm")
         self.iam = client("iam")
+        self.s3 = client("s3")
         self.scheduler_port = scheduler_port
         self.dashboard_port = dashboard_port
 
@@ -125,10 +127,12 @@ class AwsProvider:
         client_cidr: str,
         node_secret: dict[str, str],
         architecture: str = "x86_64",
+        read_objects: list[str] | None = None,
     ) -> NodeEnvironment:
         vpc_id, subnets = self._default_network(zones)
         group = self._security_group(ident, vpc_id, client_cidr)
-        profile = self._node_role(ident)
+        profile = self._node_role(ident, read_objects or [])
+        storage.create_bucket(self.s3, ident, self.region)
         self.ssm.put_parameter(
             Name=f"{ident.parameter_path}/tls",
             Value=json.dumps(node_secret),
@@ -186,8 +190,9 @@ class AwsProvider:
         )
         return group_id
 
-    def _node_role(self, ident: ClusterIdentity) -> str:
-        """A role per cluster that can read and publish only this cluster's parameters."""
+    def _node_role(self, ident: ClusterIdentity, read_objects: list[str]) -> str:
+        """A role per cluster that can read and publish only this cluster's parameters, use
+        its bucket and read the s3:// inputs of the job."""
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -205,7 +210,8 @@ class AwsProvider:
                     "Effect": "Allow",
                     "Action": ["ssm:GetParameter", "ssm:PutParameter"],
                     "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*",
-                }
+                },
+                *storage.node_policy_statements(ident, read_objects),
             ],
         }
         # IAM is global: the region tag keeps `burst gc` in one region off others' roles.
@@ -399,6 +405,7 @@ class AwsProvider:
             ("delete launch templates", lambda: self._delete_templates(ident), report.deleted),
             ("delete security group", lambda: self._delete_groups(ident, wait), report.deleted),
             ("delete parameters", lambda: self._delete_parameters(ident), report.deleted),
+            ("delete bucket", lambda: storage.delete_bucket(self.s3, ident), report.deleted),
             ("delete node role", lambda: self._delete_role(ident), report.deleted),
         ]
         for what, step, done in steps:
@@ -532,6 +539,7 @@ class AwsProvider:
         found += [f"launch-template {t}" for t in self._templates(ident)]
         found += [f"security-group {g}" for g in self._groups(ident)]
         found += [f"parameter {p}" for p in self._parameters(ident)]
+        found += storage.leftovers(self.s3, ident)
         try:
             self.iam.get_role(RoleName=ident.name)
             found.append(f"role {ident.name}")

@@ -1,0 +1,127 @@
+"""The cluster's S3 bucket: job code, inputs and task outputs travel through it, never
+through the scheduler.
+
+One bucket per cluster, named after the cluster id and tagged like every burst resource,
+created at provisioning and deleted (emptied first) at teardown. The nodes' role may read and
+write this bucket only (plus the s3:// inputs a spec names, read-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from burst.cloud.aws import ClusterIdentity
+
+
+def bucket_name(ident: ClusterIdentity) -> str:
+    return ident.name.lower()  # bucket names are lowercase; the cluster id is hex already
+
+
+def create_bucket(s3: Any, ident: ClusterIdentity, region: str) -> str:
+    name = bucket_name(ident)
+    request: dict[str, Any] = {"Bucket": name}
+    if region != "us-east-1":  # S3 refuses an explicit us-east-1 location constraint
+        request["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**request)
+    s3.put_bucket_tagging(
+        Bucket=name,
+        Tagging={"TagSet": [t for t in ident.tags("storage") if t["Key"] != "Name"]},
+    )
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    return name
+
+
+def node_policy_statements(ident: ClusterIdentity, read_objects: list[str]) -> list[dict]:
+    """What the nodes' role may do in S3: this cluster's bucket, and read the named inputs."""
+    arn = f"arn:aws:s3:::{bucket_name(ident)}"
+    statements = [
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": arn},
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": f"{arn}/*",
+        },
+    ]
+    if read_objects:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{o.removeprefix('s3://')}" for o in read_objects],
+            }
+        )
+    return statements
+
+
+def _missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404", "NotFound")
+
+
+def delete_bucket(s3: Any, ident: ClusterIdentity) -> list[str]:
+    name = bucket_name(ident)
+    try:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+            doomed = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
+            if doomed:
+                s3.delete_objects(Bucket=name, Delete={"Objects": doomed, "Quiet": True})
+        s3.delete_bucket(Bucket=name)
+    except ClientError as error:
+        if _missing(error):
+            return []
+        raise
+    return [f"bucket/{name}"]
+
+
+def leftovers(s3: Any, ident: ClusterIdentity) -> list[str]:
+    try:
+        s3.head_bucket(Bucket=bucket_name(ident))
+    except ClientError as error:
+        if _missing(error):
+            return []
+        raise
+    return [f"bucket {bucket_name(ident)}"]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The client's handle on the cluster's bucket."""
+
+    s3: Any
+    name: str
+    region: str
+
+    def upload(self, path: Path, key: str) -> None:
+        self.s3.upload_file(str(path), self.name, key)  # multipart for large files
+
+    def download_prefix(self, prefix: str, folder: Path) -> list[Path]:
+        """Every object under prefix, to the same relative path under folder."""
+        prefix = prefix.rstrip("/") + "/"
+        root = folder.resolve()
+        written = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=prefix
+        ):
+            for item in page.get("Contents", []):
+                target = (root / item["Key"][len(prefix) :]).resolve()
+                if not target.is_relative_to(root) or item["Key"].endswith("/"):
+                    continue  # never write outside the results folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(self.name, item["Key"], str(target))
+                written.append(target)
+        return written

@@ -1,0 +1,206 @@
+"""Command sweeps on the client: parameter rows, the command template, the files that ship
+with the job, and the uploads and downloads around a run (the worker side is burst.taskrun).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import shlex
+import string
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from burst.spec import JobSpec, ParamFile, SpecError, TaskRange, input_name
+from burst.storage import Bucket
+from burst.taskrun import CommandTask, format_argv
+
+MAX_JOB_FILES = 2000
+MAX_JOB_BYTES = 50 * 1024 * 1024
+
+
+def missing_inputs(inputs: list[str], folder: Path) -> list[str]:
+    return [
+        f"inputs: {item!r} does not exist in {folder}"
+        for item in inputs
+        if not item.startswith("s3://") and not (folder / item).exists()
+    ]
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
+    """The rows of a command job, one per task: a grid's product, a file's rows or a list."""
+    if isinstance(params, ParamFile):
+        kind, name = ("csv", params.csv) if params.csv else ("jsonl", params.jsonl)
+        path = folder / name
+        field = f"run.params.{kind}"
+        try:
+            text = path.read_text()
+            if kind == "csv":
+                rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
+            else:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
+            raise SpecError([f"{field}: cannot read {str(path)!r}: {error}"]) from None
+        for number, row in enumerate(rows, 1):
+            if not isinstance(row, dict) or not all(_scalar(v) for v in row.values()):
+                raise SpecError(
+                    [
+                        f"{field}: row {number} of {name} is not a mapping of names to "
+                        f"strings or numbers (got {row!r:.80})"
+                    ]
+                )
+            if None in row:
+                raise SpecError([f"{field}: row {number} of {name} has more cells than headers"])
+    elif isinstance(params, dict):
+        names = list(params)
+        columns = [v.values() if isinstance(v, TaskRange) else list(v) for v in params.values()]
+        rows = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*columns)]
+    else:
+        rows = [dict(r) for r in params]
+    if not rows:
+        raise SpecError(["run.params: at least one task is needed (got none)"])
+    return rows
+
+
+def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Split the template as a shell would (once, here), then check every placeholder."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError as error:
+        raise SpecError([f"run.command: cannot split {command!r}: {error}"]) from None
+    if not tokens:
+        raise SpecError(["run.command: an empty command (got '')"])
+    names = set()
+    try:
+        for token in tokens:
+            for _, field, _, _ in string.Formatter().parse(token):
+                if field is not None:
+                    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field):
+                        raise SpecError(
+                            [
+                                f"run.command: placeholder {{{field}}} is not accepted; "
+                                "{name} of a parameter is (write {{ and }} for literal braces)"
+                            ]
+                        )
+                    names.add(field)
+    except ValueError as error:
+        raise SpecError([f"run.command: {error} in {command!r}"]) from None
+    for number, row in enumerate(rows, 1):
+        unknown = sorted(names - set(row))
+        if unknown:
+            raise SpecError(
+                [
+                    f"run.command: unknown placeholder {{{unknown[0]}}} (task {number - 1}); "
+                    f"the parameters are {', '.join(sorted(row)) or 'none'}"
+                ]
+            )
+        try:
+            format_argv(tokens, row)
+        except (ValueError, TypeError) as error:
+            raise SpecError(
+                [f"run.command: cannot format {command!r} with {row}: {error}"]
+            ) from None
+    return tokens
+
+
+def _is_environment(path: Path) -> bool:
+    return (path / "pyvenv.cfg").exists() or (path / "conda-meta").exists()
+
+
+def job_files(folder: Path, spec: JobSpec) -> list[Path]:
+    """The spec folder's files that ship with a command job (its programs and small data):
+    no hidden files, caches, environments, results, or inputs (those ship on their own)."""
+    skip = {(folder / i).resolve() for i in spec.inputs if not i.startswith("s3://")}
+    skip.add(Path(spec.outputs).resolve())
+    files: list[Path] = []
+    size = 0
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d != "__pycache__"
+            and (here / d).resolve() not in skip
+            and not _is_environment(here / d)
+        )
+        for name in sorted(names):
+            path = here / name
+            if name.startswith(".") or path.resolve() in skip or not path.is_file():
+                continue
+            files.append(path.relative_to(folder))
+            size += path.stat().st_size
+            if len(files) > MAX_JOB_FILES or size > MAX_JOB_BYTES:
+                raise SpecError(
+                    [
+                        f"run.command: the spec's folder {folder} holds more than "
+                        f"{MAX_JOB_FILES} files or {MAX_JOB_BYTES >> 20} MB, all of which would "
+                        "ship with the job; keep the spec and its programs in a folder of their "
+                        "own and name large data in 'inputs'"
+                    ]
+                )
+    return files
+
+
+def prefix(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+def command_task(job, bucket: Bucket, job_id: str) -> CommandTask:
+    """Upload the job's files and local inputs to the cluster's bucket; the task fetches them."""
+    base = prefix(job_id)
+    inputs = []
+    with tempfile.TemporaryDirectory(prefix="burst-upload-") as tmp:
+        code = Path(tmp) / "code.tar.gz"
+        with tarfile.open(code, "w:gz") as tar:
+            for rel in job.files or []:
+                tar.add(job.folder / rel, arcname=rel.as_posix(), recursive=False)
+        bucket.upload(code, f"{base}/code.tar.gz")
+        for item in job.spec.inputs:
+            name = input_name(item)
+            if item.startswith("s3://"):
+                source_bucket, _, key = item[5:].partition("/")
+                inputs.append({"name": name, "kind": "object", "bucket": source_bucket, "key": key})
+                continue
+            path = job.folder / item
+            key = f"{base}/inputs/{name}"
+            if path.is_dir():
+                archive = Path(tmp) / f"{name}.tar"
+                with tarfile.open(archive, "w") as tar:
+                    tar.add(path, arcname=name)
+                bucket.upload(archive, key + ".tar")
+                archive.unlink()
+                inputs.append(
+                    {"name": name, "kind": "tar", "bucket": bucket.name, "key": key + ".tar"}
+                )
+            else:
+                bucket.upload(path, key)
+                inputs.append({"name": name, "kind": "object", "bucket": bucket.name, "key": key})
+    timeout = job.spec.run.timeout
+    return CommandTask(
+        {
+            "bucket": bucket.name,
+            "region": bucket.region,
+            "prefix": base,
+            "job_id": job_id,
+            "argv": job.command,
+            "timeout": timeout.total_seconds() if timeout else None,
+            "code": f"{base}/code.tar.gz",
+            "inputs": inputs,
+        }
+    )
+
+
+def download_outputs(bucket: Bucket, job_id: str, folder: Path) -> list[Path]:
+    """results/<job-id>/outputs/<task>/..., from the bucket, before teardown deletes it."""
+    return bucket.download_prefix(f"{prefix(job_id)}/outputs", folder)

@@ -1,0 +1,277 @@
+"""What runs on the workers for a command task, and the scheduler's attempt counter.
+
+Shipped by value (cloudpickle.register_pickle_by_value): the nodes have no copy of burst,
+only the standard library, boto3 and distributed. So this module imports nothing from burst
+and nothing else at the top level.
+
+A task runs in a scratch folder of its own: `work/` (the current directory, holding links to
+the job's files) and `output/` ($BURST_OUTPUT, uploaded to the cluster's bucket when the
+command succeeds). The job's code and inputs are fetched from S3 once per worker into a
+read-only cache ($BURST_INPUT holds the inputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+TAIL_BYTES = 2048
+TAIL_LINES = 20
+
+
+def format_argv(tokens: list[str], row: dict[str, Any]) -> list[str]:
+    """Each token of the split template is formatted on its own: a value is never parsed by a
+    shell, so 'x; touch pwned' stays one literal argument."""
+    return [token.format(**row) for token in tokens]
+
+
+def tail(path: Path) -> str:
+    with open(path, "rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        stream.seek(max(0, stream.tell() - TAIL_BYTES))
+        text = stream.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-TAIL_LINES:])
+
+
+def _extract(archive: Path, folder: Path) -> None:
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(folder, filter="data")  # no absolute paths, links out, devices
+        except TypeError:  # a Python without extraction filters (before 3.11.4)
+            tar.extractall(folder)
+
+
+def _read_only(root: Path) -> None:
+    """Best effort (root ignores it): tasks must not change what other tasks read."""
+    for path in sorted(root.rglob("*"), reverse=True) + [root]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222 if path.is_file() else 0o555)
+
+
+def _fingerprint(root: Path) -> dict[str, list[int]]:
+    """Size, mtime and inode of every file: enough to notice a task that wrote an input."""
+    found = {}
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            stat = path.stat()
+            found[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return found
+
+
+def _writable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o700)
+
+
+class CommandTask:
+    """Callable on a worker with (index, row): run the command, upload its outputs.
+
+    config: bucket, region, prefix, job_id, argv (template tokens), timeout (seconds or
+    None), code (key of the job files' tar.gz), inputs (list of {name, kind, bucket, key}).
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def _s3(self):
+        import boto3
+
+        return boto3.client("s3", region_name=self.config["region"])
+
+    def fetch(self, base: Path) -> Path:
+        """The job's code and inputs on this worker, fetched once (the first task waits)."""
+        cache = base / f"cache-{self.config['job_id']}"
+        done = cache / ".complete"
+        if done.exists():
+            return cache
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / f"cache-{self.config['job_id']}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # other task threads of this worker wait here
+            if done.exists():
+                return cache
+            if cache.exists():  # a fetch that failed half-way
+                _writable(cache)
+                shutil.rmtree(cache)
+            s3 = self._s3()
+            (cache / "inputs").mkdir(parents=True)
+            with tempfile.TemporaryDirectory(dir=base) as download:
+                archive = Path(download) / "code.tar.gz"
+                s3.download_file(self.config["bucket"], self.config["code"], str(archive))
+                _extract(archive, cache / "code")
+                for item in self.config["inputs"]:
+                    target = cache / "inputs" / item["name"]
+                    if item["kind"] == "tar":
+                        archive = Path(download) / f"{item['name']}.tar"
+                        s3.download_file(item["bucket"], item["key"], str(archive))
+                        _extract(archive, cache / "inputs")
+                        archive.unlink()
+                    else:  # one object: a local file uploaded by the client, or an s3:// input
+                        s3.download_file(item["bucket"], item["key"], str(target))
+            _read_only(cache / "code")
+            _read_only(cache / "inputs")
+            done.write_text(json.dumps(_fingerprint(cache)))
+        return cache
+
+    def fetched(self, base: Path) -> tuple[Path, dict[str, list[int]]]:
+        """The cache, and the fingerprint of its files as fetched."""
+        while True:
+            cache = self.fetch(base)
+            try:
+                return cache, json.loads((cache / ".complete").read_text())
+            except (OSError, ValueError):
+                continue  # invalidated just now by another task: fetch afresh
+
+    def check_unchanged(self, cache: Path, before: dict[str, list[int]]) -> str | None:
+        """Root ignores read-only modes. When the shared inputs or job files changed while a
+        task ran, which task wrote them cannot be told apart: every task that ran meanwhile
+        fails (retries apply), and the next task on this worker fetches a fresh copy."""
+        now = _fingerprint(cache)
+        now.pop(".complete", None)
+        changed = sorted(set(before) ^ set(now) | {k for k in before if now.get(k) != before[k]})
+        if not changed:
+            return None
+        (cache / ".complete").unlink(missing_ok=True)
+        return (
+            f"the read-only {changed[0]!r} changed while this task ran (this task or another "
+            "on the same worker wrote to it; write to $BURST_OUTPUT instead)"
+        )
+
+    def __call__(self, item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+        from distributed import get_worker
+
+        index, row = item
+        worker = get_worker()
+        base = Path(worker.local_directory) / "burst"
+        cache, fingerprint = self.fetched(base)
+        scratch = Path(tempfile.mkdtemp(prefix=f"task-{index}-", dir=base))
+        try:
+            return self._run(index, row, cache, fingerprint, scratch, worker.name)
+        finally:
+            _writable(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run(
+        self,
+        index: int,
+        row: dict[str, Any],
+        cache: Path,
+        fingerprint: dict[str, list[int]],
+        scratch: Path,
+        worker: str,
+    ) -> dict[str, Any]:
+        work, output = scratch / "work", scratch / "output"
+        work.mkdir()
+        output.mkdir()
+        code = cache / "code"
+        if code.exists():
+            for entry in code.iterdir():
+                (work / entry.name).symlink_to(entry)
+        argv = format_argv(self.config["argv"], row)
+        if "/" not in argv[0] and (code / argv[0]).is_file():
+            argv[0] = str(work / argv[0])  # a program that ships with the job
+        env = {
+            **os.environ,
+            "BURST_JOB": self.config["job_id"],
+            "BURST_TASK": str(index),
+            "BURST_INPUT": str(cache / "inputs"),
+            "BURST_OUTPUT": str(output),
+            # `python` is the node's Python, with the job's software
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+        }
+        timeout = self.config.get("timeout")
+        cause, code_ = None, None
+        started = time.monotonic()
+        with open(scratch / "stdout", "wb") as out, open(scratch / "stderr", "wb") as err:
+            try:
+                process = subprocess.Popen(
+                    argv,  # no shell: the template was split before formatting
+                    cwd=work,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # so a timeout kills its children too
+                )
+            except OSError as error:
+                cause = f"could not start {argv[0]!r}: {error.strerror or error}"
+            else:
+                try:
+                    code_ = process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    cause = f"timed out after {timeout:g}s"
+                except BaseException:  # cancelled: do not leave the command running
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    raise
+        seconds = time.monotonic() - started
+        record = {
+            "argv": argv,
+            "exit_code": code_,
+            "stdout_tail": tail(scratch / "stdout"),
+            "stderr_tail": tail(scratch / "stderr"),
+        }
+        if cause is None:
+            cause = self.check_unchanged(cache, fingerprint)
+        if cause is None and code_ != 0:
+            cause = (
+                f"killed by signal {-code_}"
+                if code_ is not None and code_ < 0
+                else f"exit code {code_}"
+            )
+        if cause is not None:
+            # A builtin exception travels to the client without burst on either side; its
+            # second argument carries the details for the manifest.
+            raise RuntimeError(cause, {**record, "cause": cause, "worker": worker})
+        record["outputs"] = self._upload(output, index)
+        return {"value": record, "seconds": seconds, "worker": worker}
+
+    def _upload(self, output: Path, index: int) -> list[str]:
+        files = sorted(p for p in output.rglob("*") if p.is_file())
+        if not files:
+            return []
+        s3 = self._s3()
+        names = []
+        for path in files:
+            name = path.relative_to(output).as_posix()
+            key = f"{self.config['prefix']}/outputs/{index}/{name}"
+            s3.upload_file(str(path), self.config["bucket"], key)
+            names.append(name)
+        return names
+
+
+class AttemptCounter(SchedulerPlugin):
+    """Counts, on the scheduler, how often each task was handed to a worker: a retry after an
+    error, or a rerun after a lost worker, is one more attempt."""
+
+    name = "burst-attempts"
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "processing":
+            self.attempts[str(key)] = self.attempts.get(str(key), 0) + 1
+
+
+def attempts_on(dask_scheduler) -> dict[str, int]:
+    plugin = dask_scheduler.plugins.get(AttemptCounter.name)
+    return dict(plugin.attempts) if plugin else {}

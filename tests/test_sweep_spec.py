@@ -1,0 +1,253 @@
+"""Command sweeps, inputs and software before launch: parameters, the template, the files that
+ship, and every refusal (a SpecError naming the field, before any cloud call)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from burst import bootstrap
+from burst.bootstrap import client_versions
+from burst.spec import SpecError, load_job, parse_spec
+from burst.sweep import job_files
+from burst.taskrun import format_argv
+
+PYTHON = client_versions()["python"]
+
+
+def write_sweep(folder: Path, run: dict[str, Any], **fields: Any) -> Path:
+    spec = {"name": "s", "cores": 2, "run": run, **fields}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def problems(folder: Path, run: dict[str, Any], **fields: Any) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_job(write_sweep(folder, run, **fields))
+    return info.value.problems
+
+
+def test_a_grid_is_the_product_of_its_lists_and_ranges(tmp_path: Path) -> None:
+    run = {"command": "sim --seed {seed} --temp {temp}",
+           "params": {"seed": {"range": [1, 4]}, "temp": [0.5, 2]}}
+    job = load_job(write_sweep(tmp_path, run))
+    assert job.function is None and job.command == ["sim", "--seed", "{seed}", "--temp", "{temp}"]
+    assert job.tasks == [{"seed": s, "temp": t} for s in (1, 2, 3) for t in (0.5, 2)]
+
+
+def test_params_from_csv_jsonl_and_rows(tmp_path: Path) -> None:
+    (tmp_path / "grid.csv").write_text("seed,label\n1,a b\n2,c\n")
+    (tmp_path / "grid.jsonl").write_text('{"seed": 1, "label": "x"}\n\n{"seed": 2, "label": "y"}\n')
+    command = "sim {seed} {label}"
+    assert load_job(write_sweep(tmp_path, {"command": command, "params": {"csv": "grid.csv"}})
+                    ).tasks == [{"seed": "1", "label": "a b"}, {"seed": "2", "label": "c"}]
+    assert load_job(write_sweep(tmp_path, {"command": command, "params": {"jsonl": "grid.jsonl"}})
+                    ).tasks == [{"seed": 1, "label": "x"}, {"seed": 2, "label": "y"}]
+    rows = [{"seed": 5, "label": "z"}]
+    assert load_job(write_sweep(tmp_path, {"command": command, "params": rows})).tasks == rows
+
+
+def test_a_value_stays_one_literal_argument() -> None:
+    tokens = shlex.split("prog --tag={tag} '{tag}' {n:03d}")
+    argv = format_argv(tokens, {"tag": "x; touch pwned", "n": 7})
+    assert argv == ["prog", "--tag=x; touch pwned", "x; touch pwned", "007"]
+
+
+@pytest.mark.parametrize(
+    ("run", "field", "words"),
+    [
+        ({"command": "sim {seed} {tmp}", "params": {"seed": [1]}}, "run.command",
+         ["unknown placeholder {tmp}", "seed"]),
+        ({"command": "sim {}", "params": {"seed": [1]}}, "run.command", ["placeholder {}"]),
+        ({"command": "sim {seed.real}", "params": {"seed": [1]}}, "run.command",
+         ["{seed.real}"]),
+        ({"command": "sim 'open", "params": {"seed": [1]}}, "run.command", ["cannot split"]),
+        ({"command": "sim {seed:d}", "params": {"seed": ["a"]}}, "run.command",
+         ["cannot format"]),
+        ({"command": "sim", "function": "m:f", "params": {"a": [1]}}, "run", ["exactly one"]),
+        ({"command": "sim"}, "run", ["'command' needs 'params'"]),
+        ({"function": "m:f", "params": {"a": [1]}}, "run", ["'function' needs 'tasks'"]),
+        ({"command": "sim", "params": {"a": [1]}, "tasks": [1]}, "run", ["not 'tasks'"]),
+        ({"command": "sim", "params": {"a": [1]}, "timeout": "0s"}, "run.timeout", ["1s and 7d"]),
+        ({"command": "sim", "params": {"a b": [1]}}, "run.params", ["identifiers"]),
+        ({"command": "sim", "params": {"a": []}}, "run.params", ["a: a non-empty list"]),
+        ({"command": "sim", "params": "seed"}, "run.params", ["accepted"]),
+        ({"command": "sim", "params": {"csv": "absent.csv"}}, "run.params.csv",
+         ["cannot read", "absent.csv"]),
+    ],
+)
+def test_bad_sweeps_name_the_field(tmp_path: Path, run: dict, field: str, words: list[str]):
+    found = problems(tmp_path, run)
+    lines = [p for p in found if p.split(": ", 1)[0] == field]
+    assert lines, found
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_a_jsonl_row_with_a_nested_value_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text('{"seed": [1, 2]}\n')
+    found = problems(tmp_path, {"command": "sim {seed}", "params": {"jsonl": "rows.jsonl"}})
+    assert found[0].startswith("run.params.jsonl: row 1 of rows.jsonl")
+
+
+def test_inputs_must_exist_and_be_inside_the_folder(tmp_path: Path) -> None:
+    run = {"command": "sim {a}", "params": {"a": [1]}}
+    found = problems(tmp_path, run, inputs=["absent.dat"])
+    assert found == [f"inputs: 'absent.dat' does not exist in {tmp_path}"]
+    for bad in (["/etc/passwd"], ["../x"], ["s3://bucket-only"], ["s3://b/folder/"]):
+        assert problems(tmp_path, run, inputs=bad)[0].startswith("inputs: ")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "data").write_text("1")
+    (tmp_path / "data").write_text("2")
+    twice = problems(tmp_path, run, inputs=["data", "a/data"])
+    assert "share the name ['data']" in twice[0]
+
+
+def test_job_files_leave_out_results_environments_hidden_and_inputs(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("sim.py", "params.csv", "big/data.bin", "results/old/out.csv", ".git/HEAD",
+                 "env/pyvenv.cfg", "env/lib/x.py", "__pycache__/sim.pyc", "lib/util.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    spec = parse_spec({"cores": 2, "inputs": ["big"],
+                       "run": {"command": "python sim.py {a}", "params": {"a": [1]}}})
+    files = job_files(tmp_path, spec)
+    assert sorted(map(str, files)) == ["lib/util.py", "params.csv", "sim.py"]
+
+
+def test_software_python_must_be_the_clients_minor_version() -> None:
+    assert parse_spec({"cores": 2, "software": {"python": PYTHON}}).software.python == PYTHON
+    with pytest.raises(SpecError) as info:
+        parse_spec({"cores": 2, "software": {"python": "3.9"}})
+    line = info.value.problems[0]
+    assert line.startswith("software.python: ") and f"Python {PYTHON}" in line and "3.9" in line
+
+
+@pytest.mark.parametrize("pin", ["dask==2020.1.0", "distributed<2000", "cloudpickle==1.0"])
+def test_software_may_not_pin_the_dask_stack_elsewhere(pin: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"cores": 2, "cloud": "aws", "software": {"pip": [pin]}})
+    assert info.value.problems[0].startswith("software.pip: ")
+    assert "conflicts with the client's" in info.value.problems[0]
+
+
+def test_software_matching_pins_and_installed_packages_pass_on_the_sandbox() -> None:
+    pins = [f"dask=={client_versions()['dask']}", "pyyaml>=5", "pydantic"]
+    spec = parse_spec({"cores": 2, "software": {"pip": pins}})
+    assert spec.software.pip == pins
+
+
+def test_the_sandbox_refuses_a_package_this_python_lacks() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"cores": 2, "software": {"pip": ["surely-not-installed-pkg>=1", "pyyaml<1"]}})
+    line = info.value.problems[0]
+    assert line.startswith("software: ") and "surely-not-installed-pkg" in line
+    assert "'pyyaml<1' (found" in line and sys.prefix in line
+    # On AWS the nodes install it at boot: no refusal.
+    spec = parse_spec({"cores": 2, "cloud": "aws", "software": {"pip": ["surely-not-installed"]}})
+    assert spec.software.pip == ["surely-not-installed"]
+
+
+def test_a_bad_requirement_is_named() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"cores": 2, "cloud": "aws", "software": {"pip": ["numpy>>1"]}})
+    assert info.value.problems[0].startswith("software.pip: ") and "numpy>>1" in str(info.value)
+
+
+def test_the_bootstrap_installs_the_software_with_the_exact_dask_stack() -> None:
+    from datetime import UTC, datetime
+
+    script = bootstrap.render(bootstrap.NodeConfig(
+        role="worker", cluster_id="c1", deadline=datetime.now(UTC),
+        pip=("numpy>=1.26", "lab-tools; python_version>'3'")))
+    install = next(line for line in script.splitlines() if "pip\" install" in line)
+    words = shlex.split(install)
+    assert "numpy>=1.26" in words and "lab-tools; python_version>'3'" in words
+    assert f"distributed=={client_versions()['distributed']}" in words
+
+
+def test_command_task_code_unpickles_where_burst_is_not_installed(tmp_path: Path) -> None:
+    """The workers have no burst: the task callable and the attempt counter travel by value."""
+    import cloudpickle
+    from distributed.protocol.pickle import dumps
+
+    from burst import taskrun
+    from burst.runner import by_value
+
+    # Each as the runner hands it to distributed: the task (wrapped), the scheduler
+    # plugin and the function run on the scheduler.
+    cloudpickle.register_pickle_by_value(taskrun)
+    try:
+        task = dumps(by_value(taskrun.CommandTask({"argv": ["echo", "{a}"]})))
+        counter = dumps(taskrun.AttemptCounter())
+        count = dumps(taskrun.attempts_on)
+    finally:
+        cloudpickle.unregister_pickle_by_value(taskrun)
+    for name, payload in (("task", task), ("counter", counter), ("count", count)):
+        (tmp_path / name).write_bytes(payload)
+    check = textwrap.dedent("""
+        import pickle, sys, types
+        sys.modules["burst"] = None  # importing burst now fails
+        task, counter, count = (pickle.load(open(n, "rb")) for n in ("task", "counter", "count"))
+        counter.transition("k", "waiting", "processing")
+        counter.transition("k", "processing", "waiting")
+        counter.transition("k", "waiting", "processing")
+        scheduler = types.SimpleNamespace(plugins={counter.name: counter})
+        print(task.__closure__[0].cell_contents.config["argv"], count(scheduler)["k"])
+        """)
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['echo',", "'{a}']", "2"]
+
+
+def test_cli_refuses_a_missing_input_before_any_cloud_call(tmp_path: Path) -> None:
+    from tests.conftest import BURST
+
+    path = write_sweep(tmp_path, {"command": "sim {a}", "params": {"a": [1]}},
+                       inputs=["absent.dat"])
+    home = tmp_path / "home"
+    done = subprocess.run([BURST, "run", str(path), "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "BURST_HOME": str(home)}, timeout=60)
+    assert done.returncode == 2
+    assert "inputs: 'absent.dat' does not exist" in done.stderr and done.stdout == ""
+    assert not (tmp_path / "results").exists() and not home.exists()
+    json.dumps(done.stderr)
+
+
+def test_the_summary_shows_retries_and_each_failures_stderr() -> None:
+    from rich.console import Console
+
+    from burst.cli import summary
+
+    manifest = {
+        "job_id": "j", "status": "failed", "result": None,
+        "tasks": {"total": 6, "done": 3, "failed": 3, "retried": 3},
+        "cores": {"requested": 4, "worker_vcpus": 4}, "instances": [], "timings": {"run": 1.0},
+        "teardown": {"verified": True, "leftovers": [], "errors": []},
+        "failures": [{"task": 1, "input": {"temp": 0}, "error": "exit code 2", "exit_code": 2,
+                      "stderr_tail": "warming up\ntemperature must be positive, got 0.0"}],
+    }
+    console = Console(width=200, record=True)
+    console.print(summary(manifest))
+    text = console.export_text()
+    assert "3 done, 3 failed, 3 retried of 6" in text
+    assert "exit code 2: temperature must be positive, got 0.0" in text
+
+
+def test_inputs_are_refused_for_a_function_job(tmp_path: Path) -> None:
+    (tmp_path / "data.bin").write_text("x")
+    with pytest.raises(SpecError) as info:
+        parse_spec({"cores": 2, "inputs": ["data.bin"],
+                    "run": {"function": "m:f", "tasks": [1]}})
+    assert info.value.problems[0].startswith("inputs: inputs go with run.command")
