@@ -27,7 +27,6 @@ from typing import Any
 SNAPSHOT_DATE = "2026-11-01"
 # The regions the sandbox cloud hosts (its hypervisor boots instances there).
 SANDBOX_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
-SNAPSHOT_SOURCE = f"snapshot {SNAPSHOT_DATE} (public on-demand list prices, us-east-1)"
 ARCHITECTURES = ("x86_64", "arm64")
 MARKETS = ("spot", "on-demand")
 
@@ -197,6 +196,14 @@ class Offer:
     @property
     def memory_per_vcpu(self) -> float:
         return self.memory_gib / self.vcpus
+
+
+def architecture_of(instance_type: str) -> str:
+    """From the snapshot; otherwise AWS's naming (a `g` after the generation is Graviton)."""
+    if instance_type in SNAPSHOT:
+        return SNAPSHOT[instance_type].architecture
+    family = instance_type.split(".")[0]
+    return "arm64" if len(family) > 2 and "g" in family[2:] else "x86_64"
 
 
 def families() -> set[str]:

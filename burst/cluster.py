@@ -25,7 +25,7 @@ from distributed.core import rpc
 from distributed.deploy import Cluster
 
 from burst import bootstrap, storage, tls
-from burst.catalog import default_zones, offers_for
+from burst.catalog import architecture_of, default_zones, offers_for
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
 from burst.cloud.base import CloudError, Fulfilment, InstanceRecord, PoolError, TeardownReport
@@ -147,6 +147,8 @@ class BurstCluster(Cluster):
             zones,
             client_cidr,
             credentials.node_bundle(),
+            architectures={self.spec.architecture}
+            | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},
             read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
         )
         for line in self.capacity_plan.lines:
@@ -156,7 +158,7 @@ class BurstCluster(Cluster):
                 )
                 self._launched(Fulfilment([record]))
         template = self._provider.launch_template(
-            self.identity, env, self._user_data("worker", env)
+            self.identity, env, self._user_data("worker", env), self.spec.architecture
         )
         acquire_workers(
             self._provider,
@@ -219,31 +221,44 @@ class BurstCluster(Cluster):
             address["public"], connection_args=self.security.get_connection_args("client")
         )
         self.sync(self._start)
-        expected = len(self.worker_instances)
         joined = -1
-        while (count := len(self.scheduler_info["workers"])) < expected:
+        while True:
+            expected = self._check_nodes(give_up, "the workers to join")
+            count = len(self.scheduler_info["workers"])
             if count != joined:
                 self._emit("workers", joined=count, expected=expected)
                 joined = count
-            self._check_nodes(give_up, f"{expected} workers to join")
+            if count >= expected:
+                break
             time.sleep(0.5)
-        self._emit("workers", joined=count, expected=expected)
         self.timings["bootstrap"] = time.monotonic() - started
 
-    def _check_nodes(self, give_up: float, waiting_for: str) -> None:
-        """Fail fast when a node reports a failure or dies, instead of waiting for nothing."""
+    def _check_nodes(self, give_up: float, waiting_for: str) -> int:
+        """Fail fast when a node reports a failure, the scheduler dies, or so many workers die
+        (a spot interruption while booting) that fewer than `min_cores` remain, instead of
+        waiting for nothing. Returns how many workers are still to be expected."""
         failures = self._provider.node_failures(self.identity)
         if failures:
             raise CloudError("nodes failed to start: " + "; ".join(failures))
-        gone = self._provider.instances(self.identity, ["shutting-down", "terminated"])
-        if gone:
+        gone = {
+            r.instance_id
+            for r in self._provider.instances(self.identity, ["shutting-down", "terminated"])
+        }
+        alive = [r for r in self.worker_instances if r.instance_id not in gone]
+        dead = [r for r in self.instances.values() if r.instance_id in gone]
+        if dead and (
+            any(r.role != "worker" for r in dead)
+            or sum(r.vcpus for r in alive) < self.spec.min_cores
+        ):
             raise CloudError(
                 "instances powered off before joining: "
-                + ", ".join(f"{r.role} {r.instance_id}" for r in gone)
-                + " (on AWS their console output shows why)"
+                + ", ".join(f"{r.role} {r.instance_id}" for r in dead)
+                + f"; {sum(r.vcpus for r in alive)} worker cores left of the "
+                f"{self.spec.min_cores} needed (on AWS their console output shows why)"
             )
         if time.monotonic() > give_up:
             raise CloudError(f"timed out waiting for {waiting_for}")
+        return len(alive)
 
     # ------------------------------------------------------------- teardown
 
@@ -291,7 +306,8 @@ class BurstCluster(Cluster):
         rows = {
             "cloud": f"{self.spec.cloud} {self.spec.region}",
             "instances": rented,
-            "cost": f"${plan.hourly:.4f}/h, at most ${plan.cost_bound:.4f} ({plan.price_source})",
+            "cost": f"${plan.hourly:.4f}/h planned, bound ${plan.cost_bound:.4f} "
+            f"({plan.price_source})",
             "deadline": f"{self.deadline:%Y-%m-%d %H:%M:%S} UTC (instances power off then)",
         }
         if self.teardown_report is not None:

@@ -8,6 +8,7 @@ cluster teardown, which finds everything of a cluster by tag and verifies it is 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -42,7 +43,8 @@ class ClusterRemains:
         self.resources.append(resource)
         self.job_id = tags.get(TAG_JOB, self.job_id)
         if TAG_DEADLINE in tags and self.deadline is None:
-            self.deadline = datetime.fromisoformat(tags[TAG_DEADLINE])
+            with contextlib.suppress(ValueError):  # a hand-edited tag must not stop the sweep
+                self.deadline = datetime.fromisoformat(tags[TAG_DEADLINE])
         if created is not None and (self.created is None or created < self.created):
             self.created = created
 
@@ -86,11 +88,10 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
                         instance.get("LaunchTime"),
                     )
                     cluster.running += state in ("pending", "running")
-    for page in ec2.get_paginator("describe_fleets").paginate():
-        for fleet in page["Fleets"]:
-            tags = _tags(fleet.get("Tags"))
-            if not fleet["FleetState"].startswith("deleted") and (cluster := remains(tags)):
-                cluster.saw(f"fleet {fleet['FleetId']}", tags, fleet.get("CreateTime"))
+    for fleet in provider.tagged_fleets(TAG_MANAGED, "true"):
+        tags = _tags(fleet.get("Tags"))
+        if cluster := remains(tags):
+            cluster.saw(f"fleet {fleet['FleetId']}", tags, fleet.get("CreateTime"))
     for page in ec2.get_paginator("describe_launch_templates").paginate(Filters=managed):
         for template in page["LaunchTemplates"]:
             tags = _tags(template.get("Tags"))
@@ -122,7 +123,7 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
             continue
         if (where or "us-east-1") == provider.region and (cluster := remains(tags)):
             cluster.saw(f"bucket {bucket['Name']}", tags, bucket.get("CreationDate"))
-    for parameter in provider._parameters_under("/burst"):
+    for parameter in provider.parameters_under("/burst"):
         cluster_id = parameter["Name"].split("/")[2]
         found.setdefault(cluster_id, ClusterRemains(cluster_id)).saw(
             f"parameter {parameter['Name']}", {TAG_CLUSTER: cluster_id}
@@ -138,7 +139,11 @@ def garbage(provider: AwsProvider, now: datetime | None = None) -> list[ClusterR
         if cluster.deadline is not None and cluster.deadline <= now:
             cluster.reason = f"deadline {cluster.deadline.isoformat()} has passed"
         elif cluster.running == 0 and (
-            cluster.created is None or now - cluster.created > STARTING_GRACE
+            # A security group (created first, with no creation time) alone may be a cluster
+            # being set up: only its deadline condemns it. Untagged remains have neither.
+            now - cluster.created > STARTING_GRACE
+            if cluster.created is not None
+            else cluster.deadline is None
         ):
             cluster.reason = "no instance running"
         else:

@@ -1,8 +1,8 @@
-"""Getting the workers' cores: the plan's pools first, then the next cheapest pools for what
-they could not fill, then (`spot-with-fallback`) on-demand, never above the budget.
+"""Getting the workers' cores: the plan's pools first, then re-plans of the shortfall over the
+next cheapest pools, then (`spot-with-fallback`) on-demand, never above the budget.
 
-One EC2 Fleet request already moves between the pools it names; the later rounds re-plan the
-shortfall without the pools that reported errors (no capacity, price too low, ...).
+Each pool is asked by its own EC2 Fleet, so what launches is what was planned; a pool that
+reports an error (no capacity, price too low, ...) or fills short is left out of re-plans.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from burst.catalog import Offer
-from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
-from burst.cloud.base import CloudError, Fulfilment
-from burst.plan import Plan, PlanError, PlanLine, fallback_plan
+from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment, fleet_chunks
+from burst.cloud.base import CloudError, Fulfilment, PoolError
+from burst.plan import Plan, PlanError, fallback_plan
 from burst.spec import JobSpec
 
-# Requests per market: the plan's pools, then up to two re-plans without the failed pools.
+# Rounds per market: the plan's pools, then up to two re-plans without the pools that failed.
 ROUNDS_PER_MARKET = 3
 
 
@@ -30,26 +30,22 @@ def acquire_workers(
     offers: Sequence[Offer] | None = None,
     on_launch: Callable[[Fulfilment], None] = lambda got: None,
 ) -> Fulfilment:
-    """Launch the plan's workers; raise CloudError when fewer than `min_cores` came up once
-    every round is spent. The caller tears down what was launched either way."""
+    """Launch the plan's workers, a fleet per pool (so the plan's mix and its pool share
+    hold); raise CloudError when fewer than `min_cores` came up once every round is spent.
+    `on_launch` sees each fleet's result at once; the caller tears down either way."""
     got = Fulfilment()
     budget = _hourly_budget(capacity_plan, spec)
     zones = sorted(env.subnets)
-    first = capacity_plan.workers
-    market = first[0].market
-    markets = [market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
+    planned = capacity_plan.workers
+    markets = [planned[0].market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
     for market in markets:
         failed: set[tuple[str, str, str]] = set()
         for round_number in range(ROUNDS_PER_MARKET):
             missing = spec.cores - got.cores
-            spent = sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))
-            if missing <= 0 or (budget is not None and budget - spent <= 0):
+            if missing <= 0:
                 break
-            if round_number == 0 and market == first[0].market:
-                # The plan's own pools, capped at the plan's $/h: EC2 may pick among them but
-                # not spend more than the plan said.
-                pools, cap = first, sum((p.total_hourly for p in first), Decimal(0))
-                cap = cap if budget is None else min(cap, budget)
+            if round_number == 0 and market == planned[0].market:
+                pools = planned
             else:
                 try:
                     pools = fallback_plan(
@@ -57,32 +53,28 @@ def acquire_workers(
                     ).workers
                 except PlanError:
                     break  # no pool left in this market
-                cap = budget
-            fleet = provider.launch_fleet(
-                ident,
-                env,
-                template_id,
-                _cheapest_first(pools),
-                market,
-                missing,
-                None if cap is None else cap - spent,
-            )
-            got.extend(fleet)
-            on_launch(fleet)
-            if not fleet.errors:
-                break  # EC2 gave what it would without a pool failing (e.g. the price cap)
-            failed |= {(e.instance_type, e.zone, e.market) for e in fleet.errors}
+            for pool in pools:
+                if pool.zone not in env.subnets:
+                    no_subnet = PoolError(*pool.pool, "NoSubnet", "no default subnet in the zone")
+                    got.errors.append(no_subnet)
+                    on_launch(Fulfilment(errors=[no_subnet]))
+                    continue
+                for units in fleet_chunks(pool.cores, pool.vcpus):
+                    spent = sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))
+                    cap = None if budget is None else budget - spent
+                    if cap is not None and cap < pool.hourly:
+                        break  # not one more instance fits the budget
+                    fleet = provider.launch_fleet(ident, env, template_id, pool, units, cap)
+                    got.extend(fleet)
+                    on_launch(fleet)
+            failed |= {(e.instance_type, e.zone, e.market) for e in got.errors}
     if got.cores < spec.min_cores:
-        reasons = "; ".join(str(e) for e in got.errors) or "EC2 stopped at the price cap"
+        reasons = "; ".join(str(e) for e in got.errors) or "the budget allows no more"
         raise CloudError(
             f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons}); "
             "fix: allow more instance types or zones, use spot-with-fallback, or lower min_cores"
         )
     return got
-
-
-def _cheapest_first(pools: list[PlanLine]) -> list[PlanLine]:
-    return sorted(pools, key=lambda p: (p.hourly / p.vcpus, p.instance_type, p.zone))
 
 
 def _hourly_budget(capacity_plan: Plan, spec: JobSpec) -> Decimal | None:

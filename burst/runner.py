@@ -28,7 +28,7 @@ from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
 from burst.cost import cost_report, instance_cost
-from burst.spec import Job, JobSpec, job_from_spec, load_job, parse_spec
+from burst.spec import Job, JobSpec, job_from_spec, load_job, merged, parse_spec
 
 
 @dataclass
@@ -112,7 +112,7 @@ class JobResult:
         return (
             f"<b>Job {html.escape(self.job_id)}</b>: {html.escape(self.status)}; "
             f"{tasks.get('done', 0)} done, {tasks.get('failed', 0)} failed of "
-            f"{tasks.get('total', 0)}; about ${self.cost['estimate']:.4f}; teardown "
+            f"{tasks.get('total', 0)}; ${self.cost.get('actual', 0):.4f} billed; teardown "
             f"{'verified' if teardown.get('verified') else 'NOT verified'}; results in "
             f"<code>{html.escape(str(self.folder))}</code>"
         )
@@ -377,10 +377,11 @@ def run(
 ) -> JobResult:
     """The notebook entry point: run a spec (a path, a JobSpec or a dict) to completion.
 
-    `overrides` changes a spec file's fields, nested ones too: `{"run": {"tasks": [1, 2]}}`
-    keeps the file's function. A dict spec's modules are found in `folder`."""
+    `overrides` changes fields, nested ones too: `{"run": {"tasks": [1, 2]}}` keeps the
+    spec's function. A dict or JobSpec's modules are found in `folder`."""
     if isinstance(spec, str | Path):
         return run_job(load_job(spec, overrides), on_event)
-    if isinstance(spec, dict):
-        spec = parse_spec(spec)
+    if isinstance(spec, JobSpec):
+        spec = spec.model_dump(exclude_unset=True)
+    spec = parse_spec(merged(spec, overrides or {}))
     return run_job(job_from_spec(spec, Path(folder).resolve()), on_event)

@@ -488,7 +488,7 @@ def _load_tasks(run: RunSpec, folder: Path) -> list[Any]:
     return tasks
 
 
-def _merged(base: dict, overrides: dict) -> dict:
+def merged(base: dict, overrides: dict) -> dict:
     """`overrides` over `base`; a section (such as `run`) is merged field by field, so that
     `{"run": {"tasks": [1, 2]}}` keeps the spec's function. A field's value is replaced whole."""
     merged = dict(base)
@@ -509,7 +509,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobS
     except yaml.YAMLError as error:
         raise SpecError([f"spec: {str(path)!r} is not valid YAML: {error}"]) from None
     if isinstance(data, dict) and overrides:
-        data = _merged(data, overrides)
+        data = merged(data, overrides)
     return parse_spec(data)
 
 

@@ -72,6 +72,25 @@ def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh"}
+
+
+def _refuse_shell_scripts_with_values(tokens: list[str]) -> None:
+    """`sh -c "... {x}"` would hand a value to a shell to parse: the injection that formatting
+    each argument alone prevents. Values may still reach a shell script as its arguments."""
+    if Path(tokens[0]).name not in SHELLS or "-c" not in tokens[1:]:
+        return
+    script = tokens[tokens.index("-c", 1) + 1 : tokens.index("-c", 1) + 2]
+    if script and any(f is not None for _, f, _, _ in string.Formatter().parse(script[0])):
+        raise SpecError(
+            [
+                f"run.command: a placeholder inside the {tokens[0]} -c script would be parsed "
+                f"by the shell (got {script[0]!r}); accepted: pass values as arguments, "
+                f"e.g. {tokens[0]} -c 'simulate --seed \"$1\"' _ {{seed}}"
+            ]
+        )
+
+
 def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
     """Split the template as a shell would (once, here), then check every placeholder."""
     try:
@@ -95,6 +114,7 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
                     names.add(field)
     except ValueError as error:
         raise SpecError([f"run.command: {error} in {command!r}"]) from None
+    _refuse_shell_scripts_with_values(tokens)
     for number, row in enumerate(rows, 1):
         unknown = sorted(names - set(row))
         if unknown:

@@ -245,7 +245,13 @@ class CommandTask:
         return {"value": record, "seconds": seconds, "worker": worker}
 
     def _upload(self, output: Path, index: int) -> list[str]:
-        files = sorted(p for p in output.rglob("*") if p.is_file())
+        # Not through symlinks: a task must not copy the node's own files into the results.
+        files = sorted(
+            p
+            for p in output.rglob("*")
+            if p.is_file()
+            and not any((output / part).is_symlink() for part in _prefixes(p.relative_to(output)))
+        )
         if not files:
             return []
         s3 = self._s3()
@@ -256,6 +262,11 @@ class CommandTask:
             s3.upload_file(str(path), self.config["bucket"], key)
             names.append(name)
         return names
+
+
+def _prefixes(relative: Path) -> list[Path]:
+    """a/b/c -> a, a/b, a/b/c"""
+    return [Path(*relative.parts[: n + 1]) for n in range(len(relative.parts))]
 
 
 class AttemptCounter(SchedulerPlugin):

@@ -70,7 +70,7 @@ def measure(
         env = provider.prepare(ident, zones, "127.0.0.1/32", credentials.node_bundle())
         scheduler = next(line for line in capacity_plan.lines if line.role == "scheduler")
         provider.launch_instance(ident, env, scheduler, "#!/bin/sh\n")
-        template = provider.launch_template(ident, env, "#!/bin/sh\n")
+        template = provider.launch_template(ident, env, "#!/bin/sh\n", spec.architecture)
         got = acquire_workers(provider, ident, env, template, capacity_plan, spec)
         provision_seconds = time.monotonic() - started
         phase = "teardown"
@@ -82,7 +82,10 @@ def measure(
             "cores_requested": cores,
             "cores_launched": got.cores,
             "instances": instances + 1,
-            "worker_pools_planned": len(capacity_plan.workers),
+            "worker_pools_planned": [
+                {"type": w.instance_type, "zone": w.zone, "market": w.market, "count": w.count}
+                for w in capacity_plan.workers
+            ],
             "fleets": calls["provision"]["CreateFleet"],
             "provision": _phase(calls["provision"], provision_seconds),
             "teardown": _phase(calls["teardown"], teardown_seconds),

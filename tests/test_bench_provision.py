@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 from tests.conftest import REPO
 
@@ -16,7 +17,10 @@ def test_calls_do_not_grow_with_instances():
     small = bench.measure(160, instance_types=["c5.4xlarge"])  # 10 workers
     large = bench.measure(1600, instance_types=["c5.4xlarge"])  # 100 workers
     assert (small["instances"], large["instances"]) == (11, 101)
-    assert large["cores_launched"] >= 1600 and small["fleets"] == large["fleets"] == 1
+    assert large["cores_launched"] >= 1600
+    # A fleet per planned pool, whatever the number of instances in it.
+    pools = len(large["worker_pools_planned"])
+    assert small["fleets"] == large["fleets"] == pools == len(small["worker_pools_planned"])
     for phase in ("provision", "teardown"):
         assert large[phase]["ec2_calls"] == small[phase]["ec2_calls"]
         assert large[phase]["ec2_mutating_calls"] <= 10
@@ -24,9 +28,10 @@ def test_calls_do_not_grow_with_instances():
 
 
 def test_fleets_are_split_under_the_per_fleet_instance_limit(monkeypatch):
-    monkeypatch.setattr("burst.cloud.aws.FLEET_MAX_INSTANCES", 40)
-    result = bench.measure(1600, instance_types=["c5.4xlarge"])  # 100 workers, 40 per fleet
-    assert result["fleets"] == 3 and result["cores_launched"] >= 1600
-    assert result["provision"]["ec2_calls"]["CreateFleet"] == 3
-    assert result["teardown"]["ec2_calls"]["DeleteFleets"] == 3
+    monkeypatch.setattr("burst.cloud.aws.FLEET_MAX_INSTANCES", 15)
+    result = bench.measure(1600, instance_types=["c5.4xlarge"])  # 100 workers
+    expected = sum(math.ceil(p["count"] / 15) for p in result["worker_pools_planned"])
+    assert expected > len(result["worker_pools_planned"])  # some pool needed several fleets
+    assert result["fleets"] == expected and result["cores_launched"] >= 1600
+    assert result["teardown"]["ec2_calls"]["DeleteFleets"] == expected
     assert result["teardown_verified"]

@@ -138,3 +138,29 @@ def test_a_node_that_dies_silently_fails_fast(sandbox, monkeypatch):
     with pytest.raises(CloudError, match="powered off before joining"):
         BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"])
     assert settled_leftovers(sandbox) == []
+
+
+def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
+    """A spot interruption during boot: the cluster comes up on what is left, if enough."""
+    ec2 = client(sandbox, "ec2")
+    lost: list[str] = []
+
+    def interrupt_one(event, **info):
+        if event == "launched" and info["role"] == "worker" and not lost:
+            lost.append(info["records"][0].instance_id)
+            ec2.terminate_instances(InstanceIds=lost)
+
+    with BurstCluster(cores=4, min_cores=2, max_runtime="5m", instance_types=["c5.large"],
+                      max_pool_share=1.0, on_event=interrupt_one) as cluster:
+        workers = {r.instance_id for r in cluster.worker_instances}
+        with Client(cluster) as c:
+            joined = set(c.run(lambda dask_worker: dask_worker.name).values())
+        assert joined == workers - set(lost) and len(joined) == 1
+        cluster_id = cluster.cluster_id
+    assert settled_leftovers(sandbox, cluster_id) == []
+
+    lost.clear()
+    with pytest.raises(CloudError, match="2 worker cores left of the 4 needed"):
+        BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
+                     max_pool_share=1.0, on_event=interrupt_one)
+    assert settled_leftovers(sandbox) == []

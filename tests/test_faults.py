@@ -144,22 +144,39 @@ def _workers(result_or_manifest) -> list[dict]:
     return [i for i in manifest["instances"] if i["role"] == "worker"]
 
 
-def test_requests_are_one_weighted_tagged_instant_fleet(sandbox, tmp_path, monkeypatch, faults):
+def test_each_planned_pool_is_one_weighted_tagged_instant_fleet(
+    sandbox, tmp_path, monkeypatch, faults
+):
     result = run(_job(tmp_path, monkeypatch, "fleet_shape", "cores: 8\n"))
     assert result.ok and result.results == [-1, -2]
-    (request,) = faults.sent
-    assert request["Type"] == "instant"
-    assert request["SpotOptions"]["AllocationStrategy"] == "price-capacity-optimized"
-    assert request["TargetCapacitySpecification"]["TotalTargetCapacity"] == 8
-    plan_pools = {
-        (line["instance_type"], line["vcpus"])
+    planned = sorted(
+        (line["instance_type"], line["vcpus"], line["count"] * line["vcpus"])
         for line in result.manifest["plan"]["lines"]
         if line["role"] == "worker"
-    }
-    overrides = request["LaunchTemplateConfigs"][0]["Overrides"]
-    assert {(o["InstanceType"], int(o["WeightedCapacity"])) for o in overrides} == plan_pools
-    assert {t["ResourceType"] for t in request["TagSpecifications"]} == {"fleet"}
-    assert sum(w["vcpus"] for w in _workers(result)) >= 8
+    )
+    asked = []
+    for request in faults.sent:
+        assert request["Type"] == "instant"
+        assert request["SpotOptions"]["AllocationStrategy"] == "price-capacity-optimized"
+        assert {t["ResourceType"] for t in request["TagSpecifications"]} == {"fleet"}
+        (override,) = _overrides(request)
+        target = request["TargetCapacitySpecification"]
+        assert target["SpotTargetCapacity"] == target["TotalTargetCapacity"]
+        asked.append(
+            (
+                override["InstanceType"],
+                int(override["WeightedCapacity"]),
+                target["TotalTargetCapacity"],
+            )
+        )
+    assert sorted(asked) == planned  # exactly the plan's mix, pool by pool
+    workers = _workers(result)
+    assert sorted(w["zone"] for w in workers) == sorted(
+        line["zone"]
+        for line in result.manifest["plan"]["lines"]
+        for _ in range(line["count"])
+        if line["role"] == "worker"
+    )
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
 
 
@@ -194,13 +211,13 @@ def test_partial_spot_fill_is_topped_up_from_other_pools(sandbox, tmp_path, monk
     faults.spot_fill = 0.5
     result = run(_job(tmp_path, monkeypatch, "partial_job", "cores: 8\n"))
     assert result.ok
-    first, second, *_ = faults.sent
-    # 8 asked, 4 filled (the drill) with an error on the first pool: 4 asked elsewhere.
-    assert first["TargetCapacitySpecification"]["TotalTargetCapacity"] == 8
-    assert second["TargetCapacitySpecification"]["TotalTargetCapacity"] == 4
-    assert _pools(first) - _pools(second)  # the pool that ran dry is not asked again
-    workers = _workers(result)
-    assert sum(w["vcpus"] for w in workers) >= 8
+    planned = [line for line in result.manifest["plan"]["lines"] if line["role"] == "worker"]
+    first, *_, top_up = faults.sent
+    assert len(faults.sent) == len(planned) + 1  # the plan's fleets, then one for the shortfall
+    assert _pools(first).isdisjoint(_pools(top_up))  # the pool that ran dry is not asked again
+    short = top_up["TargetCapacitySpecification"]["TotalTargetCapacity"]
+    assert 0 < short < first["TargetCapacitySpecification"]["TotalTargetCapacity"]
+    assert sum(w["vcpus"] for w in _workers(result)) >= 8
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
 
 

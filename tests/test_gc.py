@@ -41,9 +41,9 @@ def abandon(cloud, cluster_id: str, deadline: datetime, instances: bool = True) 
     )
     if instances:
         provider.launch_instance(ident, env, capacity.lines[0], SLEEPER)
-        template = provider.launch_template(ident, env, SLEEPER)
+        template = provider.launch_template(ident, env, SLEEPER, "x86_64")
         worker = capacity.workers[0]
-        provider.launch_fleet(ident, env, template, [worker], "spot", 4)
+        provider.launch_fleet(ident, env, template, worker, worker.cores)
 
 
 def test_gc_lists_then_deletes_expired_and_idle_clusters_only(sandbox):

@@ -44,7 +44,7 @@ def test_run_a_dict_spec_gives_results_failures_cost_timings_and_a_dataframe(
     assert result.results == [{"x": x, "square": x * x} for x in (1, 2, 4)]
     assert [(f.task, f.input) for f in result.failures] == [(2, 3)]
     assert "ValueError: three is unlucky" in result.failures[0].error
-    assert result.manifest["tasks"] == {"total": 4, "done": 3, "failed": 1}
+    assert result.manifest["tasks"] == {"total": 4, "done": 3, "failed": 1, "retried": 0}
     assert result.folder == Path("results") / result.job_id
     assert json.loads((tmp_path / result.folder / "manifest.json").read_text()) == result.manifest
 
@@ -155,10 +155,11 @@ def test_quickstart_notebook_executes_top_to_bottom(sandbox, tmp_path, monkeypat
     # The cluster's card shows in the notebook, with what it may cost.
     card = next(o for cell in notebook.cells for o in cell.get("outputs", [])
                 if "text/html" in o.get("data", {}) and "BurstCluster" in o["data"]["text/html"])
-    assert "at most $" in card["data"]["text/html"]
+    assert "bound $" in card["data"]["text/html"]
     manifests = list((tmp_path / "notebooks" / "results").glob("pi-*/manifest.json"))
     assert len(manifests) == 1
-    assert json.loads(manifests[0].read_text())["tasks"] == {"total": 20, "done": 20, "failed": 0}
+    tasks = json.loads(manifests[0].read_text())["tasks"]
+    assert tasks == {"total": 20, "done": 20, "failed": 0, "retried": 0}
     assert settled_leftovers(sandbox) == []
 
 

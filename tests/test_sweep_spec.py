@@ -18,7 +18,7 @@ import yaml
 from burst import bootstrap
 from burst.bootstrap import client_versions
 from burst.spec import SpecError, load_job, parse_spec
-from burst.sweep import job_files
+from burst.sweep import check_template, job_files
 from burst.taskrun import format_argv
 
 PYTHON = client_versions()["python"]
@@ -235,6 +235,7 @@ def test_the_summary_shows_retries_and_each_failures_stderr() -> None:
         "tasks": {"total": 6, "done": 3, "failed": 3, "retried": 3},
         "cores": {"requested": 4, "worker_vcpus": 4}, "instances": [], "timings": {"run": 1.0},
         "teardown": {"verified": True, "leftovers": [], "errors": []},
+        "cost": {"actual": "0.01", "cost_bound": "0.5", "price_source": "snapshot 2026-11-01"},
         "failures": [{"task": 1, "input": {"temp": 0}, "error": "exit code 2", "exit_code": 2,
                       "stderr_tail": "warming up\ntemperature must be positive, got 0.0"}],
     }
@@ -251,3 +252,12 @@ def test_inputs_are_refused_for_a_function_job(tmp_path: Path) -> None:
         parse_spec({"cores": 2, "inputs": ["data.bin"],
                     "run": {"function": "m:f", "tasks": [1]}})
     assert info.value.problems[0].startswith("inputs: inputs go with run.command")
+
+
+def test_a_placeholder_inside_a_shell_script_is_refused() -> None:
+    with pytest.raises(SpecError) as info:
+        check_template("bash -c 'simulate --seed {seed}'", [{"seed": 1}])
+    assert info.value.problems[0].startswith("run.command: a placeholder inside the bash -c")
+    # As the script's arguments, values are never parsed by the shell.
+    tokens = check_template("""sh -c 'simulate --seed "$1"' _ {seed}""", [{"seed": 1}])
+    assert tokens[-1] == "{seed}"

@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from burst import storage
+from burst.catalog import architecture_of
 from burst.cloud.base import (
     TAG_CLUSTER,
     TAG_DEADLINE,
@@ -42,9 +43,18 @@ AMI_PARAMETERS = {
     "arm64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
 }
 # Kept under AWS's limits for one EC2 Fleet (target capacity, and instances an instant fleet
-# launches); larger requests are split into several fleets.
+# launches or DeleteFleets terminates); larger requests are split into several fleets.
 FLEET_MAX_CAPACITY = 10_000
 FLEET_MAX_INSTANCES = 1_000
+
+
+def fleet_chunks(cores: int, vcpus: int) -> list[int]:
+    """The targets (in cores) of the fleets that ask one pool for `cores`."""
+    chunk = min(FLEET_MAX_CAPACITY, FLEET_MAX_INSTANCES * vcpus)
+    chunk -= chunk % vcpus  # whole instances, so no fleet overshoots
+    return [min(chunk, cores - start) for start in range(0, cores, chunk)]
+
+
 IAM_PATH = "/burst/"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
@@ -87,7 +97,7 @@ class NodeEnvironment:
     subnets: dict[str, str]  # zone -> subnet id
     security_group_id: str
     instance_profile: str
-    image_id: str
+    images: dict[str, str]  # architecture -> AMI id
 
 
 def _error_code(error: ClientError) -> str:
@@ -126,9 +136,11 @@ class AwsProvider:
         zones: list[str],
         client_cidr: str,
         node_secret: dict[str, str],
-        architecture: str = "x86_64",
+        architectures: set[str] = frozenset({"x86_64"}),
         read_objects: list[str] | None = None,
     ) -> NodeEnvironment:
+        """The network, role, bucket and secret of a cluster, and its images. Zones without a
+        subnet in the default VPC are left out (capacity there is re-planned elsewhere)."""
         vpc_id, subnets = self._default_network(zones)
         group = self._security_group(ident, vpc_id, client_cidr)
         profile = self._node_role(ident, read_objects or [])
@@ -139,7 +151,8 @@ class AwsProvider:
             Type="SecureString",
             Tags=ident.tags("secret"),
         )
-        return NodeEnvironment(vpc_id, subnets, group, profile, self._image(architecture))
+        images = {arch: self._image(arch) for arch in sorted(architectures)}
+        return NodeEnvironment(vpc_id, subnets, group, profile, images)
 
     def _default_network(self, zones: list[str]) -> tuple[str, dict[str, str]]:
         vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -156,9 +169,8 @@ class AwsProvider:
             ]
         )["Subnets"]
         subnets = {s["AvailabilityZone"]: s["SubnetId"] for s in found}
-        missing = [z for z in zones if z not in subnets]
-        if missing:
-            raise CloudError(f"the default VPC {vpc_id} has no subnet in {missing}")
+        if not subnets:
+            raise CloudError(f"the default VPC {vpc_id} has no subnet in {zones}")
         return vpc_id, subnets
 
     def _security_group(self, ident: ClusterIdentity, vpc_id: str, client_cidr: str) -> str:
@@ -235,22 +247,23 @@ class AwsProvider:
 
     # ------------------------------------------------------------- instances
 
-    def launch_template(self, ident: ClusterIdentity, env: NodeEnvironment, user_data: str) -> str:
+    def launch_template(
+        self, ident: ClusterIdentity, env: NodeEnvironment, user_data: str, architecture: str
+    ) -> str:
         """The workers' launch template: everything but the instance type and subnet, which
-        the fleet's overrides give. Tags here reach instances, volumes and spot requests."""
+        each fleet's override gives. Its tags reach instances and volumes (not spot requests:
+        EC2 refuses those tags when a fleet launches on-demand)."""
         template = self.ec2.create_launch_template(
             LaunchTemplateName=f"{ident.name}-worker",
             LaunchTemplateData={
-                "ImageId": env.image_id,
+                "ImageId": env.images[architecture],
                 # Unlike RunInstances, botocore does not encode a template's user data.
                 "UserData": base64.b64encode(user_data.encode()).decode(),
                 "IamInstanceProfile": {"Name": env.instance_profile},
                 "SecurityGroupIds": [env.security_group_id],
                 "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
                 "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-                "TagSpecifications": ident.tag_specifications(
-                    "worker", "instance", "volume", "spot-instances-request"
-                ),
+                "TagSpecifications": ident.tag_specifications("worker", "instance", "volume"),
             },
             TagSpecifications=ident.tag_specifications("worker", "launch-template"),
         )
@@ -261,92 +274,86 @@ class AwsProvider:
         ident: ClusterIdentity,
         env: NodeEnvironment,
         template_id: str,
-        pools: list[PlanLine],
-        market: str,
+        pool: PlanLine,
         cores: int,
         max_hourly: Decimal | None = None,
     ) -> Fulfilment:
-        """Ask for `cores` vCPUs over the pools in as few `instant` fleets as AWS allows.
-
-        Weights are vCPUs, so the target is in cores; EC2 picks among the pools (spot by
-        price and capacity, on-demand by price) and never spends above `max_hourly`.
-        """
-        subnets = {subnet: zone for zone, subnet in env.subnets.items()}
-        overrides = [
-            {
-                "InstanceType": pool.instance_type,
-                "SubnetId": env.subnets[pool.zone],
-                "WeightedCapacity": float(pool.vcpus),
-            }
-            for pool in pools
-        ]
-        prices = {(p.instance_type, p.zone): p.hourly for p in pools}
-        # Each fleet stays under AWS's per-fleet limits on target capacity and instances.
-        chunk = min(FLEET_MAX_CAPACITY, FLEET_MAX_INSTANCES * min(p.vcpus for p in pools))
-        fulfilment = Fulfilment()
-        for start in range(0, cores, chunk):
-            units = min(chunk, cores - start)
-            options: dict[str, Any] = {
-                "AllocationStrategy": "price-capacity-optimized"
-                if market == "spot"
-                else "lowest-price"
-            }
-            if market == "spot":
-                options["InstanceInterruptionBehavior"] = "terminate"
-            if max_hourly is not None:
-                options["MaxTotalPrice"] = str(
-                    (max_hourly * units / cores).quantize(Decimal("0.0001"), ROUND_FLOOR)
+        """One `instant` EC2 Fleet asking one pool (type x subnet x market) for `cores` vCPUs:
+        the weight is the type's vCPUs, so the target is in cores. EC2 never spends above
+        `max_hourly` (then it stops short without an error). See `fleet_chunks` for sizes."""
+        options: dict[str, Any] = {
+            "AllocationStrategy": "price-capacity-optimized"
+            if pool.market == "spot"
+            else "lowest-price"
+        }
+        if pool.market == "spot":
+            options["InstanceInterruptionBehavior"] = "terminate"
+        if max_hourly is not None:
+            options["MaxTotalPrice"] = str(max_hourly.quantize(Decimal("0.0001"), ROUND_FLOOR))
+        reply = self.ec2.create_fleet(
+            Type="instant",
+            LaunchTemplateConfigs=[
+                {
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateId": template_id,
+                        "Version": "$Latest",
+                    },
+                    "Overrides": [
+                        {
+                            "InstanceType": pool.instance_type,
+                            "SubnetId": env.subnets[pool.zone],
+                            "WeightedCapacity": float(pool.vcpus),
+                        }
+                    ],
+                }
+            ],
+            TargetCapacitySpecification={
+                "TotalTargetCapacity": cores,
+                "DefaultTargetCapacityType": pool.market,
+                (
+                    "SpotTargetCapacity" if pool.market == "spot" else "OnDemandTargetCapacity"
+                ): cores,
+            },
+            **{("SpotOptions" if pool.market == "spot" else "OnDemandOptions"): options},
+            TagSpecifications=ident.tag_specifications("worker", "fleet"),
+        )
+        got = Fulfilment(fleet_ids=[reply["FleetId"]] if reply.get("FleetId") else [])
+        for launched in reply.get("Instances", []):
+            for instance_id in launched["InstanceIds"]:
+                got.records.append(
+                    InstanceRecord(
+                        instance_id=instance_id,
+                        role="worker",
+                        instance_type=launched.get("InstanceType", pool.instance_type),
+                        zone=pool.zone,
+                        market=launched.get("Lifecycle", pool.market),
+                        state="pending",
+                        launch_time=datetime.now(UTC),
+                        vcpus=pool.vcpus,
+                        hourly=pool.hourly,
+                    )
                 )
-            reply = self.ec2.create_fleet(
-                Type="instant",
-                LaunchTemplateConfigs=[
-                    {
-                        "LaunchTemplateSpecification": {
-                            "LaunchTemplateId": template_id,
-                            "Version": "$Latest",
-                        },
-                        "Overrides": overrides,
-                    }
-                ],
-                TargetCapacitySpecification={
-                    "TotalTargetCapacity": units,
-                    "DefaultTargetCapacityType": market,
-                    ("SpotTargetCapacity" if market == "spot" else "OnDemandTargetCapacity"): units,
-                },
-                **{("SpotOptions" if market == "spot" else "OnDemandOptions"): options},
-                TagSpecifications=ident.tag_specifications("worker", "fleet"),
+        for error in reply.get("Errors", []):
+            got.errors.append(
+                PoolError(
+                    pool.instance_type,
+                    pool.zone,
+                    pool.market,
+                    error.get("ErrorCode", "?"),
+                    error.get("ErrorMessage", ""),
+                )
             )
-            for launched in reply.get("Instances", []):
-                chosen = launched.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
-                zone = subnets.get(chosen.get("SubnetId", ""), "")
-                itype = launched["InstanceType"]
-                vcpus = int(chosen.get("WeightedCapacity") or 0)
-                for instance_id in launched["InstanceIds"]:
-                    fulfilment.records.append(
-                        InstanceRecord(
-                            instance_id=instance_id,
-                            role="worker",
-                            instance_type=itype,
-                            zone=zone,
-                            market=launched.get("Lifecycle", market),
-                            state="pending",
-                            launch_time=datetime.now(UTC),
-                            vcpus=vcpus,
-                            hourly=prices.get((itype, zone)),
-                        )
-                    )
-            for error in reply.get("Errors", []):
-                chosen = error.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
-                fulfilment.errors.append(
-                    PoolError(
-                        instance_type=chosen.get("InstanceType", "?"),
-                        zone=subnets.get(chosen.get("SubnetId", ""), "?"),
-                        market=error.get("Lifecycle", market),
-                        code=error.get("ErrorCode", "?"),
-                        message=error.get("ErrorMessage", ""),
-                    )
+        if got.cores < cores and not got.errors:
+            got.errors.append(
+                PoolError(
+                    pool.instance_type,
+                    pool.zone,
+                    pool.market,
+                    "Unfulfilled",
+                    f"EC2 gave {got.cores} of {cores} vCPUs without an error (price cap?)",
                 )
-        return fulfilment
+            )
+        return got
 
     def launch_instance(
         self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine, user_data: str
@@ -354,7 +361,7 @@ class AwsProvider:
         """One on-demand instance (the scheduler): it holds the job's state, so no spot."""
         reply = _while_profile_propagates(
             lambda: self.ec2.run_instances(
-                ImageId=env.image_id,
+                ImageId=env.images[architecture_of(line.instance_type)],
                 InstanceType=line.instance_type,
                 MinCount=1,
                 MaxCount=1,
@@ -392,7 +399,7 @@ class AwsProvider:
 
     def node_failures(self, ident: ClusterIdentity) -> list[str]:
         """Messages of nodes that gave up before joining (see burst.node.report_failure)."""
-        return [p["Value"] for p in self._parameters_under(f"{ident.parameter_path}/failed")]
+        return [p["Value"] for p in self.parameters_under(f"{ident.parameter_path}/failed")]
 
     # -------------------------------------------------------------- teardown
 
@@ -432,29 +439,40 @@ class AwsProvider:
             time.sleep(2)
         return ids
 
+    def tagged_fleets(self, key: str, value: str) -> list[dict]:
+        """Fleets carrying a tag, not yet deleted. DescribeFleets lists `instant` fleets only
+        by id and cannot filter by tag, so the ids come from DescribeTags."""
+        pages = self.ec2.get_paginator("describe_tags").paginate(
+            Filters=[
+                {"Name": "resource-type", "Values": ["fleet"]},
+                {"Name": "key", "Values": [key]},
+                {"Name": "value", "Values": [value]},
+            ]
+        )
+        ids = sorted({t["ResourceId"] for page in pages for t in page["Tags"]})
+        fleets = []
+        for start in range(0, len(ids), 100):
+            reply = self.ec2.describe_fleets(FleetIds=ids[start : start + 100])
+            fleets += [f for f in reply["Fleets"] if not f["FleetState"].startswith("deleted")]
+        return fleets
+
     def _fleets(self, ident: ClusterIdentity) -> list[str]:
-        """Fleets not yet deleted. DescribeFleets cannot filter by tag, so filter here."""
-        pages = self.ec2.get_paginator("describe_fleets").paginate()
-        return [
-            f["FleetId"]
-            for page in pages
-            for f in page["Fleets"]
-            if not f["FleetState"].startswith("deleted")
-            and {"Key": TAG_CLUSTER, "Value": ident.cluster_id} in f.get("Tags", [])
-        ]
+        return [f["FleetId"] for f in self.tagged_fleets(TAG_CLUSTER, ident.cluster_id)]
 
     def _delete_fleets(self, ident: ClusterIdentity) -> list[str]:
-        """Deleting an instant fleet terminates its instances (at most 1,000 per call, which
-        is why no fleet holds more); one call per fleet."""
+        """Deleting an instant fleet terminates its instances, at most 1,000 per call (which
+        is why no fleet holds more): one call per fleet."""
         ids = self._fleets(ident)
         for fleet_id in ids:
             try:
-                self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+                reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
             except ClientError as error:
-                # moto refuses when every instance of the fleet is already gone.
+                # moto (not EC2) refuses when every instance of the fleet is already gone.
                 if _error_code(error) != "InvalidParameterCombination":
                     raise
-                self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
+                reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
+            for failed in reply.get("UnsuccessfulFleetDeletions", []):
+                raise CloudError(f"fleet {fleet_id} not deleted: {failed.get('Error')}")
         return ids
 
     def _templates(self, ident: ClusterIdentity) -> list[str]:
@@ -491,12 +509,12 @@ class AwsProvider:
             deleted.append(group_id)
         return deleted
 
-    def _parameters_under(self, path: str) -> list[dict]:
+    def parameters_under(self, path: str) -> list[dict]:
         pages = self.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
         return [p for page in pages for p in page["Parameters"]]
 
     def _parameters(self, ident: ClusterIdentity) -> list[str]:
-        return [p["Name"] for p in self._parameters_under(ident.parameter_path)]
+        return [p["Name"] for p in self.parameters_under(ident.parameter_path)]
 
     def _delete_parameters(self, ident: ClusterIdentity) -> list[str]:
         names = self._parameters(ident)

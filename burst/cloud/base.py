@@ -60,6 +60,7 @@ class Fulfilment:
 
     records: list[InstanceRecord] = field(default_factory=list)
     errors: list[PoolError] = field(default_factory=list)
+    fleet_ids: list[str] = field(default_factory=list)
 
     @property
     def cores(self) -> int:
@@ -68,6 +69,7 @@ class Fulfilment:
     def extend(self, other: Fulfilment) -> None:
         self.records += other.records
         self.errors += other.errors
+        self.fleet_ids += other.fleet_ids
 
 
 @dataclass

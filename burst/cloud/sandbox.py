@@ -167,6 +167,8 @@ def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
 # terminated at once, where EC2 first shuts it down; so that "terminated" means gone here too,
 # moto's terminate and stop kill the instance's processes before they return.
 _POWERED: dict[str, int] = {}
+_CUT: set[str] = set()  # instances moto terminated or stopped: never booted after that
+_POWER_LOCK = threading.Lock()
 
 
 def _power_cut_on_terminate() -> None:
@@ -177,10 +179,12 @@ def _power_cut_on_terminate() -> None:
 
     def cutting(method):
         def wrapper(self, *args, **kwargs):
-            group = _POWERED.pop(self.id, None)
-            if group is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(group, signal.SIGKILL)
+            with _POWER_LOCK:
+                _CUT.add(self.id)
+                group = _POWERED.pop(self.id, None)
+                if group is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, signal.SIGKILL)
             return method(self, *args, **kwargs)
 
         return wrapper
@@ -292,23 +296,27 @@ class Hypervisor:
         script = instance.folder / "user-data"
         script.write_bytes(base64.b64decode(user_data) if user_data else b"#!/bin/sh\n")
         script.chmod(0o700)
-        try:
-            with open(instance.folder / "console.log", "ab") as console:
-                instance.process = subprocess.Popen(
-                    [str(script)],
-                    cwd=instance.folder,
-                    env=self._instance_env(instance),
-                    stdin=subprocess.DEVNULL,
-                    stdout=console,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: the whole "machine"
-                )
-        except BaseException:
-            instance.kill()  # stops its metadata server; the next poll boots it again
-            raise
-        # Registered only once booted, so a failed boot is retried rather than forgotten.
-        self.instances[instance_id] = instance
-        _POWERED[instance_id] = instance.process.pid
+        with _POWER_LOCK:  # moto may have terminated it meanwhile: then it never boots
+            if instance_id in _CUT:
+                instance.kill()
+                return
+            try:
+                with open(instance.folder / "console.log", "ab") as console:
+                    instance.process = subprocess.Popen(
+                        [str(script)],
+                        cwd=instance.folder,
+                        env=self._instance_env(instance),
+                        stdin=subprocess.DEVNULL,
+                        stdout=console,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group: the whole "machine"
+                    )
+            except BaseException:
+                instance.kill()  # stops its metadata server; the next poll boots it again
+                raise
+            # Registered only once booted, so a failed boot is retried rather than forgotten.
+            self.instances[instance_id] = instance
+            _POWERED[instance_id] = instance.process.pid
 
     def _launch_template_data(self, ec2, instance_id: str) -> dict:
         """moto launches fleet instances without the launch template's instance profile and
