@@ -24,6 +24,21 @@ SPOT_POLL_SECONDS = 5.0
 SPOT_NOTICE = "meta-data/spot/instance-action"
 
 
+def _read(request: urllib.request.Request, attempts: int = 5) -> str:
+    """A metadata request; a slow or busy service (a loaded machine) is asked again."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.read().decode()
+        except urllib.error.HTTPError:
+            raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
 class Metadata:
     """IMDSv2, at the endpoint botocore uses (AWS_EC2_METADATA_SERVICE_ENDPOINT)."""
 
@@ -38,8 +53,7 @@ class Metadata:
             method="PUT",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
         )
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.read().decode()
+        return _read(request)
 
     def get(self, path: str) -> str | None:
         for attempt in range(2):
@@ -47,8 +61,7 @@ class Metadata:
                 self.base + path, headers={"X-aws-ec2-metadata-token": self.token}
             )
             try:
-                with urllib.request.urlopen(request, timeout=5) as reply:
-                    return reply.read().decode()
+                return _read(request)
             except urllib.error.HTTPError as error:
                 if error.code == 404:
                     return None
@@ -216,6 +229,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # botocore reads the role's credentials from the metadata service with a 1 s timeout and
+    # one attempt by default: too little for a busy instance.
+    os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
+    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
     node = Node(args)
     try:
         check_versions(args.versions)
