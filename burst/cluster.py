@@ -93,6 +93,7 @@ class BurstCluster(Cluster):
         self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
         self.instances: dict[str, InstanceRecord] = {}
         self.capacity_errors: list[PoolError] = []  # pools that EC2 could not fill
+        self.fleet_ids: list[str] = []
         self.teardown_report: TeardownReport | None = None
         self._emit = on_event or (lambda event, **info: None)
         self._private_sandbox: sandbox.Sandbox | None = None
@@ -175,6 +176,7 @@ class BurstCluster(Cluster):
     def _launched(self, got: Fulfilment) -> None:
         self.instances.update({r.instance_id: r for r in got.records})
         self.capacity_errors += got.errors
+        self.fleet_ids += got.fleet_ids
         for role in sorted({r.role for r in got.records}):
             self._emit("launched", role=role, records=[r for r in got.records if r.role == role])
         for error in got.errors:

@@ -12,7 +12,7 @@ from burst.cloud.base import InstanceRecord
 from burst.plan import Plan
 
 MINIMUM_BILLED_SECONDS = 60
-CENT_FRACTION = Decimal("0.000001")
+MICRODOLLAR = Decimal("0.000001")
 
 
 def billed_seconds(record: InstanceRecord, now: datetime) -> int:
@@ -25,7 +25,7 @@ def instance_cost(record: InstanceRecord, now: datetime) -> Decimal | None:
     if record.hourly is None:
         return None
     cost = record.hourly * billed_seconds(record, now) / 3600
-    return cost.quantize(CENT_FRACTION, ROUND_CEILING)
+    return cost.quantize(MICRODOLLAR, ROUND_CEILING)
 
 
 def cost_report(instances: list[InstanceRecord], capacity_plan: Plan, now: datetime) -> dict:

@@ -36,7 +36,7 @@ from burst.catalog import (
 )
 from burst.spec import JobSpec, SpecError, capacity_problems, format_duration
 
-CENT = Decimal("0.0001")
+HUNDREDTH_CENT = Decimal("0.0001")
 
 
 class PlanError(SpecError):
@@ -70,7 +70,7 @@ class PlanLine:
 
 def cost_bound(hourly: Decimal, hours: Decimal) -> Decimal:
     """$/h x hours, rounded up to 1/100 of a cent: never below the exact cost."""
-    return (hourly * hours).quantize(CENT, ROUND_CEILING)
+    return (hourly * hours).quantize(HUNDREDTH_CENT, ROUND_CEILING)
 
 
 @dataclass(frozen=True)
@@ -521,7 +521,7 @@ def _fit_cores(spec: JobSpec, zones, offers) -> int:
 def _fit_runtime(spec: JobSpec, p: Plan) -> timedelta | None:
     """The longest max_runtime whose cost bound at this plan's $/h fits max_cost."""
     assert spec.max_cost is not None
-    limit = spec.max_cost.quantize(CENT, ROUND_FLOOR)
+    limit = spec.max_cost.quantize(HUNDREDTH_CENT, ROUND_FLOOR)
     seconds = int(limit * 3600 / p.hourly)
     while seconds > 0 and cost_bound(p.hourly, Decimal(seconds) / 3600) > spec.max_cost:
         seconds -= 1

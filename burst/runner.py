@@ -350,6 +350,7 @@ def _manifest(
             {**i.to_dict(), "cost": _text(instance_cost(i, ended_at))} for i in instances
         ],
         "cost": cost_report(instances, cluster.capacity_plan, ended_at),
+        "fleets": cluster.fleet_ids,
         "capacity_errors": [str(e) for e in cluster.capacity_errors],
         "plan": cluster.capacity_plan.to_dict(),
         "timings": {

@@ -170,6 +170,7 @@ def test_each_planned_pool_is_one_weighted_tagged_instant_fleet(
             )
         )
     assert sorted(asked) == planned  # exactly the plan's mix, pool by pool
+    assert len(set(result.manifest["fleets"])) == len(faults.sent)
     workers = _workers(result)
     assert sorted(w["zone"] for w in workers) == sorted(
         line["zone"]

@@ -34,7 +34,7 @@ from burst.cloud.base import (
     PoolError,
     TeardownReport,
 )
-from burst.plan import PlanLine
+from burst.plan import HUNDREDTH_CENT, PlanLine
 
 # Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
 RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
@@ -289,7 +289,7 @@ class AwsProvider:
         if pool.market == "spot":
             options["InstanceInterruptionBehavior"] = "terminate"
         if max_hourly is not None:
-            options["MaxTotalPrice"] = str(max_hourly.quantize(Decimal("0.0001"), ROUND_FLOOR))
+            options["MaxTotalPrice"] = str(max_hourly.quantize(HUNDREDTH_CENT, ROUND_FLOOR))
         reply = self.ec2.create_fleet(
             Type="instant",
             LaunchTemplateConfigs=[
