@@ -51,7 +51,12 @@ def node_policy_statements(ident: ClusterIdentity, read_objects: list[str]) -> l
         {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": arn},
         {
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Action": [
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
+            ],
             "Resource": f"{arn}/*",
         },
     ]
