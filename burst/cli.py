@@ -143,6 +143,12 @@ class Display:
             task = self.progress.tasks[self.bar("instances launched")]
             done = task.completed + len(info["records"])
             self.progress.update(task.id, completed=done, total=max(task.total or 0, done))
+        elif event == "capacity_short":
+            self.progress.console.print(
+                f"[yellow]only {info['cores']} of {info['wanted']} cores came up[/] "
+                "(at least min_cores): running on them",
+                highlight=False,
+            )
         elif event == "capacity_error":
             self.progress.console.print(f"[yellow]no capacity:[/] {info['error']}", highlight=False)
         elif event == "scheduler":

@@ -161,7 +161,7 @@ class BurstCluster(Cluster):
         template = self._provider.launch_template(
             self.identity, env, self._user_data("worker", env), self.spec.architecture
         )
-        acquire_workers(
+        got = acquire_workers(
             self._provider,
             self.identity,
             env,
@@ -171,6 +171,8 @@ class BurstCluster(Cluster):
             offers=self.offers,
             on_launch=self._launched,
         )
+        if got.cores < self.spec.cores:  # at least min_cores, or acquire_workers raised
+            self._emit("capacity_short", cores=got.cores, wanted=self.spec.cores)
         self.timings["provision"] = time.monotonic() - started
 
     def _launched(self, got: Fulfilment) -> None:

@@ -73,39 +73,28 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
         cluster_id = tags[TAG_CLUSTER]
         return found.setdefault(cluster_id, ClusterRemains(cluster_id))
 
-    ec2 = provider.ec2
-    managed = [{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}]
-    live = [{"Name": "instance-state-name", "Values": LIVE_STATES}]
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=managed + live):
-        for reservation in page["Reservations"]:
-            for instance in reservation["Instances"]:
-                tags = _tags(instance.get("Tags"))
-                if cluster := remains(tags):
-                    state = instance["State"]["Name"]
-                    cluster.saw(
-                        f"instance {instance['InstanceId']} ({state})",
-                        tags,
-                        instance.get("LaunchTime"),
-                    )
-                    cluster.running += state in ("pending", "running")
+    for instance in provider.tagged_instances(TAG_MANAGED, "true", LIVE_STATES):
+        tags = _tags(instance.get("Tags"))
+        if cluster := remains(tags):
+            state = instance["State"]["Name"]
+            cluster.saw(
+                f"instance {instance['InstanceId']} ({state})", tags, instance.get("LaunchTime")
+            )
+            cluster.running += state in ("pending", "running")
     for fleet in provider.tagged_fleets(TAG_MANAGED, "true"):
         tags = _tags(fleet.get("Tags"))
         if cluster := remains(tags):
             cluster.saw(f"fleet {fleet['FleetId']}", tags, fleet.get("CreateTime"))
-    for page in ec2.get_paginator("describe_launch_templates").paginate(Filters=managed):
-        for template in page["LaunchTemplates"]:
-            tags = _tags(template.get("Tags"))
-            if cluster := remains(tags):
-                cluster.saw(
-                    f"launch-template {template['LaunchTemplateId']}",
-                    tags,
-                    template.get("CreateTime"),
-                )
-    for page in ec2.get_paginator("describe_security_groups").paginate(Filters=managed):
-        for group in page["SecurityGroups"]:
-            tags = _tags(group.get("Tags"))
-            if cluster := remains(tags):
-                cluster.saw(f"security-group {group['GroupId']}", tags)
+    for template in provider.tagged_templates(TAG_MANAGED, "true"):
+        tags = _tags(template.get("Tags"))
+        if cluster := remains(tags):
+            cluster.saw(
+                f"launch-template {template['LaunchTemplateId']}", tags, template.get("CreateTime")
+            )
+    for group in provider.tagged_groups(TAG_MANAGED, "true"):
+        tags = _tags(group.get("Tags"))
+        if cluster := remains(tags):
+            cluster.saw(f"security-group {group['GroupId']}", tags)
     for page in provider.iam.get_paginator("list_roles").paginate(PathPrefix="/burst/"):
         for role in page["Roles"]:
             tags = _tags(provider.iam.list_role_tags(RoleName=role["RoleName"])["Tags"])

@@ -31,6 +31,7 @@ class Faults:
     empty: set[tuple[str, str]] = field(default_factory=set)  # (instance type, market)
     first_spot_pools_empty: bool = False  # the pools of the first spot request have nothing
     spot_fill: float = 1.0  # the share of its target the first spot fleet fills
+    spot_fleets: int | None = None  # spot requests after this many find no capacity
     empty_pools: set[tuple[str, str]] = field(default_factory=set)  # (type, subnet) found empty
     throttle: int = 0  # how many CreateFleet calls are throttled first
     refuse: str | None = None  # every CreateFleet fails with this error code
@@ -62,6 +63,9 @@ class Faults:
         config = params["LaunchTemplateConfigs"][0]
         market = self._market(params)
         first_spot = market == "spot" and not any(self._market(r) == "spot" for r in self.sent[:-1])
+        spot_requests = sum(self._market(r) == "spot" for r in self.sent)
+        if market == "spot" and self.spot_fleets is not None and spot_requests > self.spot_fleets:
+            self.empty_pools |= {(o["InstanceType"], o["SubnetId"]) for o in config["Overrides"]}
         if first_spot and self.first_spot_pools_empty:
             self.empty_pools |= {(o["InstanceType"], o["SubnetId"]) for o in config["Overrides"]}
         empty = [
@@ -264,3 +268,16 @@ def test_fleet_error_after_the_network_exists_tears_everything_down(
     assert any(d.startswith("lt-") for d in manifest["teardown"]["deleted"])
     assert manifest["teardown"]["verified"]
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_a_shortfall_above_min_cores_runs_on_what_came_up(sandbox, tmp_path, monkeypatch, faults):
+    faults.spot_fleets = 1  # the first pool fills; every other spot pool is dry
+    events: list[dict] = []
+    spec = _job(tmp_path, monkeypatch, "short_job", "cores: 8\nmin_cores: 2\nspot: spot\n")
+    result = run(spec, on_event=lambda event, **info: events.append({"event": event, **info}))
+    assert result.ok and result.results == [-1, -2]
+    short = [e for e in events if e["event"] == "capacity_short"]
+    worker_cores = result.manifest["cores"]["worker_vcpus"]
+    assert len(short) == 1 and short[0]["cores"] == worker_cores and 2 <= worker_cores < 8
+    assert result.manifest["capacity_errors"]
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []

@@ -381,11 +381,29 @@ class AwsProvider:
     def instances(
         self, ident: ClusterIdentity, states: list[str] | None = None
     ) -> list[InstanceRecord]:
-        filters = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
+        return [_record(i) for i in self.tagged_instances(TAG_CLUSTER, ident.cluster_id, states)]
+
+    # Resources by tag: of one cluster (burst:cluster) for teardown, of all (burst:managed)
+    # for gc.
+
+    def tagged_instances(self, key: str, value: str, states: list[str] | None = None) -> list:
+        filters = _tag_filter(key, value)
         if states:
             filters.append({"Name": "instance-state-name", "Values": states})
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
-        return [_record(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def tagged_templates(self, key: str, value: str) -> list[dict]:
+        pages = self.ec2.get_paginator("describe_launch_templates").paginate(
+            Filters=_tag_filter(key, value)
+        )
+        return [t for page in pages for t in page["LaunchTemplates"]]
+
+    def tagged_groups(self, key: str, value: str) -> list[dict]:
+        pages = self.ec2.get_paginator("describe_security_groups").paginate(
+            Filters=_tag_filter(key, value)
+        )
+        return [g for page in pages for g in page["SecurityGroups"]]
 
     def scheduler_address(self, ident: ClusterIdentity) -> dict | None:
         """The scheduler publishes its addresses once it listens; None until then."""
@@ -476,10 +494,7 @@ class AwsProvider:
         return ids
 
     def _templates(self, ident: ClusterIdentity) -> list[str]:
-        pages = self.ec2.get_paginator("describe_launch_templates").paginate(
-            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
-        )
-        return [t["LaunchTemplateId"] for page in pages for t in page["LaunchTemplates"]]
+        return [t["LaunchTemplateId"] for t in self.tagged_templates(TAG_CLUSTER, ident.cluster_id)]
 
     def _delete_templates(self, ident: ClusterIdentity) -> list[str]:
         ids = self._templates(ident)
@@ -488,10 +503,7 @@ class AwsProvider:
         return ids
 
     def _groups(self, ident: ClusterIdentity) -> list[str]:
-        groups = self.ec2.describe_security_groups(
-            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [ident.cluster_id]}]
-        )
-        return [g["GroupId"] for g in groups["SecurityGroups"]]
+        return [g["GroupId"] for g in self.tagged_groups(TAG_CLUSTER, ident.cluster_id)]
 
     def _delete_groups(self, ident: ClusterIdentity, wait: float) -> list[str]:
         deleted = []
@@ -569,6 +581,10 @@ class AwsProvider:
         except self.iam.exceptions.NoSuchEntityException:
             pass
         return found
+
+
+def _tag_filter(key: str, value: str) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{key}", "Values": [value]}]
 
 
 def _record(instance: dict, vcpus: int | None = None) -> InstanceRecord:
