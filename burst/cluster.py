@@ -250,14 +250,12 @@ class BurstCluster(Cluster):
         }
         alive = [r for r in self.worker_instances if r.instance_id not in gone]
         dead = [r for r in self.instances.values() if r.instance_id in gone]
-        if dead and (
-            any(r.role != "worker" for r in dead)
-            or sum(r.vcpus for r in alive) < self.spec.min_cores
-        ):
+        cores_left = sum(r.vcpus for r in alive)
+        if dead and (any(r.role != "worker" for r in dead) or cores_left < self.spec.min_cores):
             raise CloudError(
                 "instances powered off before joining: "
                 + ", ".join(f"{r.role} {r.instance_id}" for r in dead)
-                + f"; {sum(r.vcpus for r in alive)} worker cores left of the "
+                + f"; {cores_left} worker cores left of the "
                 f"{self.spec.min_cores} needed (on AWS their console output shows why)"
             )
         if time.monotonic() > give_up:

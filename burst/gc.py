@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from burst.cloud.aws import LIVE_STATES, AwsProvider, ClusterIdentity
+from burst.cloud.aws import IAM_PATH, LIVE_STATES, AwsProvider, ClusterIdentity
 from burst.cloud.base import (
     TAG_CLUSTER,
     TAG_DEADLINE,
@@ -22,6 +22,7 @@ from burst.cloud.base import (
     TAG_MANAGED,
     TAG_REGION,
     TeardownReport,
+    tag_dict,
 )
 
 # A cluster with no running instance may just be starting: spare it this long.
@@ -59,10 +60,6 @@ class ClusterRemains:
         }
 
 
-def _tags(items: list[dict] | None) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in items or []}
-
-
 def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
     """Every burst cluster with anything left in the provider's region, by cluster id."""
     found: dict[str, ClusterRemains] = {}
@@ -74,7 +71,7 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
         return found.setdefault(cluster_id, ClusterRemains(cluster_id))
 
     for instance in provider.tagged_instances(TAG_MANAGED, "true", LIVE_STATES):
-        tags = _tags(instance.get("Tags"))
+        tags = tag_dict(instance.get("Tags"))
         if cluster := remains(tags):
             state = instance["State"]["Name"]
             cluster.saw(
@@ -82,22 +79,22 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
             )
             cluster.running += state in ("pending", "running")
     for fleet in provider.tagged_fleets(TAG_MANAGED, "true"):
-        tags = _tags(fleet.get("Tags"))
+        tags = tag_dict(fleet.get("Tags"))
         if cluster := remains(tags):
             cluster.saw(f"fleet {fleet['FleetId']}", tags, fleet.get("CreateTime"))
     for template in provider.tagged_templates(TAG_MANAGED, "true"):
-        tags = _tags(template.get("Tags"))
+        tags = tag_dict(template.get("Tags"))
         if cluster := remains(tags):
             cluster.saw(
                 f"launch-template {template['LaunchTemplateId']}", tags, template.get("CreateTime")
             )
     for group in provider.tagged_groups(TAG_MANAGED, "true"):
-        tags = _tags(group.get("Tags"))
+        tags = tag_dict(group.get("Tags"))
         if cluster := remains(tags):
             cluster.saw(f"security-group {group['GroupId']}", tags)
-    for page in provider.iam.get_paginator("list_roles").paginate(PathPrefix="/burst/"):
+    for page in provider.iam.get_paginator("list_roles").paginate(PathPrefix=IAM_PATH):
         for role in page["Roles"]:
-            tags = _tags(provider.iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
+            tags = tag_dict(provider.iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
             if tags.get(TAG_REGION) != provider.region:
                 continue
             if cluster := remains(tags):
@@ -107,7 +104,7 @@ def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
             continue
         try:
             where = provider.s3.get_bucket_location(Bucket=bucket["Name"])["LocationConstraint"]
-            tags = _tags(provider.s3.get_bucket_tagging(Bucket=bucket["Name"])["TagSet"])
+            tags = tag_dict(provider.s3.get_bucket_tagging(Bucket=bucket["Name"])["TagSet"])
         except ClientError:  # deleted meanwhile, or not burst's: no tags
             continue
         if (where or "us-east-1") == provider.region and (cluster := remains(tags)):

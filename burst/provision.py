@@ -81,9 +81,9 @@ def _hourly_budget(capacity_plan: Plan, spec: JobSpec) -> Decimal | None:
     """What the workers may cost per hour so the whole cluster stays within the budget."""
     limits = []
     if spec.max_cost is not None:
-        limits.append(Decimal(str(spec.max_cost)) / capacity_plan.max_runtime_hours)
+        limits.append(spec.max_cost / capacity_plan.max_runtime_hours)
     if spec.max_hourly is not None:
-        limits.append(Decimal(str(spec.max_hourly)))
+        limits.append(spec.max_hourly)
     if not limits:
         return None
     schedulers = sum(

@@ -33,6 +33,7 @@ from burst.cloud.base import (
     InstanceRecord,
     PoolError,
     TeardownReport,
+    tag_dict,
 )
 from burst.plan import HUNDREDTH_CENT, PlanLine
 
@@ -256,14 +257,9 @@ class AwsProvider:
         template = self.ec2.create_launch_template(
             LaunchTemplateName=f"{ident.name}-worker",
             LaunchTemplateData={
-                "ImageId": env.images[architecture],
+                **_node_settings(ident, env, "worker", architecture),
                 # Unlike RunInstances, botocore does not encode a template's user data.
                 "UserData": base64.b64encode(user_data.encode()).decode(),
-                "IamInstanceProfile": {"Name": env.instance_profile},
-                "SecurityGroupIds": [env.security_group_id],
-                "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
-                "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-                "TagSpecifications": ident.tag_specifications("worker", "instance", "volume"),
             },
             TagSpecifications=ident.tag_specifications("worker", "launch-template"),
         )
@@ -335,24 +331,11 @@ class AwsProvider:
                 )
         for error in reply.get("Errors", []):
             got.errors.append(
-                PoolError(
-                    pool.instance_type,
-                    pool.zone,
-                    pool.market,
-                    error.get("ErrorCode", "?"),
-                    error.get("ErrorMessage", ""),
-                )
+                PoolError(*pool.pool, error.get("ErrorCode", "?"), error.get("ErrorMessage", ""))
             )
         if got.cores < cores and not got.errors:
-            got.errors.append(
-                PoolError(
-                    pool.instance_type,
-                    pool.zone,
-                    pool.market,
-                    "Unfulfilled",
-                    f"EC2 gave {got.cores} of {cores} vCPUs without an error (price cap?)",
-                )
-            )
+            short = f"EC2 gave {got.cores} of {cores} vCPUs without an error (price cap?)"
+            got.errors.append(PoolError(*pool.pool, "Unfulfilled", short))
         return got
 
     def launch_instance(
@@ -361,17 +344,12 @@ class AwsProvider:
         """One on-demand instance (the scheduler): it holds the job's state, so no spot."""
         reply = _while_profile_propagates(
             lambda: self.ec2.run_instances(
-                ImageId=env.images[architecture_of(line.instance_type)],
+                **_node_settings(ident, env, line.role, architecture_of(line.instance_type)),
                 InstanceType=line.instance_type,
                 MinCount=1,
                 MaxCount=1,
                 UserData=user_data,
                 SubnetId=env.subnets[line.zone],
-                SecurityGroupIds=[env.security_group_id],
-                IamInstanceProfile={"Name": env.instance_profile},
-                InstanceInitiatedShutdownBehavior="terminate",  # the dead-man's switch
-                MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
-                TagSpecifications=ident.tag_specifications(line.role, "instance", "volume"),
             )
         )
         record = _record(reply["Instances"][0], line.vcpus)
@@ -404,6 +382,23 @@ class AwsProvider:
             Filters=_tag_filter(key, value)
         )
         return [g for page in pages for g in page["SecurityGroups"]]
+
+    def tagged_fleets(self, key: str, value: str) -> list[dict]:
+        """Fleets carrying a tag, not yet deleted. DescribeFleets lists `instant` fleets only
+        by id and cannot filter by tag, so the ids come from DescribeTags."""
+        pages = self.ec2.get_paginator("describe_tags").paginate(
+            Filters=[
+                {"Name": "resource-type", "Values": ["fleet"]},
+                {"Name": "key", "Values": [key]},
+                {"Name": "value", "Values": [value]},
+            ]
+        )
+        ids = sorted({t["ResourceId"] for page in pages for t in page["Tags"]})
+        fleets = []
+        for start in range(0, len(ids), 100):
+            reply = self.ec2.describe_fleets(FleetIds=ids[start : start + 100])
+            fleets += [f for f in reply["Fleets"] if not f["FleetState"].startswith("deleted")]
+        return fleets
 
     def scheduler_address(self, ident: ClusterIdentity) -> dict | None:
         """The scheduler publishes its addresses once it listens; None until then."""
@@ -456,23 +451,6 @@ class AwsProvider:
                 raise CloudError(f"{len(remaining)} instances not terminated after {wait:.0f}s")
             time.sleep(2)
         return ids
-
-    def tagged_fleets(self, key: str, value: str) -> list[dict]:
-        """Fleets carrying a tag, not yet deleted. DescribeFleets lists `instant` fleets only
-        by id and cannot filter by tag, so the ids come from DescribeTags."""
-        pages = self.ec2.get_paginator("describe_tags").paginate(
-            Filters=[
-                {"Name": "resource-type", "Values": ["fleet"]},
-                {"Name": "key", "Values": [key]},
-                {"Name": "value", "Values": [value]},
-            ]
-        )
-        ids = sorted({t["ResourceId"] for page in pages for t in page["Tags"]})
-        fleets = []
-        for start in range(0, len(ids), 100):
-            reply = self.ec2.describe_fleets(FleetIds=ids[start : start + 100])
-            fleets += [f for f in reply["Fleets"] if not f["FleetState"].startswith("deleted")]
-        return fleets
 
     def _fleets(self, ident: ClusterIdentity) -> list[str]:
         return [f["FleetId"] for f in self.tagged_fleets(TAG_CLUSTER, ident.cluster_id)]
@@ -583,13 +561,28 @@ class AwsProvider:
         return found
 
 
+def _node_settings(
+    ident: ClusterIdentity, env: NodeEnvironment, role: str, architecture: str
+) -> dict[str, Any]:
+    """What every node launches with, scheduler (RunInstances) or worker (launch template):
+    the two APIs take the same names."""
+    return {
+        "ImageId": env.images[architecture],
+        "IamInstanceProfile": {"Name": env.instance_profile},
+        "SecurityGroupIds": [env.security_group_id],
+        "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "TagSpecifications": ident.tag_specifications(role, "instance", "volume"),
+    }
+
+
 def _tag_filter(key: str, value: str) -> list[dict[str, Any]]:
     return [{"Name": f"tag:{key}", "Values": [value]}]
 
 
 def _record(instance: dict, vcpus: int | None = None) -> InstanceRecord:
     cpu = instance.get("CpuOptions", {})
-    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    tags = tag_dict(instance.get("Tags"))
     return InstanceRecord(
         instance_id=instance["InstanceId"],
         role=tags.get(TAG_ROLE, "unknown"),

@@ -19,6 +19,11 @@ TAG_MANAGED = "burst:managed"
 TAG_REGION = "burst:region"  # on global resources (IAM) only
 
 
+def tag_dict(tags: list[dict] | None) -> dict[str, str]:
+    """AWS's [{"Key": k, "Value": v}, ...] as {k: v}."""
+    return {t["Key"]: t["Value"] for t in tags or []}
+
+
 @dataclass
 class InstanceRecord:
     instance_id: str
