@@ -24,6 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from burst import errors
 from burst.catalog import (
     SNAPSHOT,
     Offer,
@@ -34,13 +35,10 @@ from burst.catalog import (
     snapshot_offers,
     snapshot_source,
 )
-from burst.spec import JobSpec, SpecError, capacity_problems, format_duration
+from burst.errors import PlanError
+from burst.spec import JobSpec, capacity_problems, format_duration
 
 HUNDREDTH_CENT = Decimal("0.0001")
-
-
-class PlanError(SpecError):
-    """Constraints that no offer meets: found before any cloud call, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -423,7 +421,7 @@ def fallback_plan(
 # --------------------------------------------------------------------------- the budget
 
 
-class BudgetError(Exception):
+class BudgetError(errors.BudgetError):
     """A plan over the spec's max_cost (its cost bound) or max_hourly (its $/h): refused
     before anything is launched, exit code 4. Says by how much, and what would fit."""
 
@@ -442,7 +440,7 @@ class BudgetError(Exception):
         self.plan = plan
         self.fit_cores = fit_cores
         self.fit_max_runtime = fit_max_runtime
-        super().__init__(self.cause)
+        super().__init__(self.cause)  # `fix` is worked out from the plan, below
 
     @property
     def over(self) -> Decimal:

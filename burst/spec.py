@@ -25,14 +25,9 @@ from pydantic import (
 )
 
 from burst.catalog import SANDBOX_REGIONS, SNAPSHOT, families, matching_types
+from burst.errors import SpecError
 
-
-class SpecError(ValueError):
-    """A spec that cannot run: each line names the field, the value and what is accepted."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("; ".join(problems))
+__all__ = ["SpecError"]  # re-exported: spec errors are raised and caught through here too
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")

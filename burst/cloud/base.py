@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from burst.errors import CloudError
 
-class CloudError(RuntimeError):
-    """The cloud refused or failed: capacity, permissions, limits. Exit code 3."""
+__all__ = ["CloudError"]
 
 
 TAG_CLUSTER = "burst:cluster"
