@@ -1,7 +1,8 @@
 """The `burst` command. Progress and logs go to stderr; stdout carries the result alone.
 
-Exit codes: 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity error,
+Exit codes (burst.errors): 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity error,
 4 budget refused or exceeded, 130 interrupted (Ctrl-C or SIGTERM; teardown still runs).
+`exit_for` is the one place where an exception becomes an exit code.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from burst.spec import JobSpec, SpecError, format_duration, load_job, load_spec
+from burst.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUDGET,
+    EXIT_CLOUD,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    BurstError,
+    SpecError,
+)
+from burst.spec import JobSpec, format_duration, load_job, load_spec
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CLOUD, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_BUDGET = 4  # the plan is over the spec's max_cost or max_hourly: nothing was launched
+# The exit codes are the CLI's contract with workflow tools.
+__all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_INTERRUPTED", "EXIT_JOB_FAILED"]
+__all__ += ["EXIT_OK", "app"]
 
 app = typer.Typer(
     help="Rent a supercomputer for an afternoon.",
@@ -87,23 +99,27 @@ def format_duration_hours(hours) -> str:
     return format_duration(timedelta(seconds=round(float(hours) * 3600)))
 
 
-def refuse_budget(refusal, as_json: bool, show_plan: bool = True) -> typer.Exit:
-    """Exit 4: on stdout the refusal as JSON (with --json), else the refused plan on stderr."""
-    if as_json:
-        print(json.dumps(refusal.to_dict(), indent=2))
-    elif show_plan:
-        err.print(plan_table(refusal.plan))
-    return fail(EXIT_BUDGET, refusal.cause, refusal.fix)
-
-
-def bad_spec(spec: Path, error: SpecError) -> typer.Exit:
-    for problem in error.problems:
-        say_error(problem)
-    return fail(
-        EXIT_BAD_INPUT,
-        f"{spec} is not a valid job spec; nothing was started",
-        "correct the fields above and run again",
-    )
+def exit_for(
+    error: BaseException, spec: Path | None = None, as_json: bool = False, show_plan: bool = True
+) -> typer.Exit:
+    """The one place where an exception becomes an exit code and the lines a person reads:
+    a burst error gives its cause, its fix and its code; anything else is a bug, exit 1."""
+    if isinstance(error, KeyboardInterrupt):
+        return fail(EXIT_INTERRUPTED, "interrupted; the cluster was torn down")
+    if isinstance(error, SpecError):
+        for problem in error.problems:
+            say_error(problem)
+        where = f"{spec} is not a valid job spec" if spec else "the job spec is not valid"
+        return fail(error.exit_code, f"{where}; nothing was started", error.fix)
+    if isinstance(error, BurstError):
+        refused = getattr(error, "plan", None)  # a budget refusal carries the refused plan
+        if refused is not None and as_json:
+            print(json.dumps(error.to_dict(), indent=2))
+        elif refused is not None and show_plan:
+            err.print(plan_table(refused))
+        return fail(error.exit_code, str(error), error.fix)
+    traceback.print_exception(error)
+    return fail(EXIT_JOB_FAILED, "burst itself failed (a bug)", "please report the traceback above")
 
 
 class Display:
@@ -127,52 +143,47 @@ class Display:
             self.bars[name] = self.progress.add_task(name, total=total, note=note)
         return self.bars[name]
 
-    def __call__(self, event: str, **info: Any) -> None:
-        if event == "manifest":
-            self.manifest = info["manifest"]
-        elif event == "planned":
-            err.print(plan_table(info["plan"]))
-            self.progress.start()
-            plan = info["plan"]
-            self.bar("instances launched", total=sum(line.count for line in plan.lines))
-        elif event == "sandbox":
-            kind = "private, for this run" if info["private"] else "running"
-            err.print(f"sandbox cloud ({kind}) at {info['endpoint']}", highlight=False)
-        elif event == "launched":
-            # Fallback can launch more (smaller) instances than planned: grow the bar.
-            task = self.progress.tasks[self.bar("instances launched")]
-            done = task.completed + len(info["records"])
-            self.progress.update(task.id, completed=done, total=max(task.total or 0, done))
-        elif event == "capacity_short":
-            self.progress.console.print(
-                f"[yellow]only {info['cores']} of {info['wanted']} cores came up[/] "
-                "(at least min_cores): running on them",
-                highlight=False,
-            )
-        elif event == "capacity_error":
-            self.progress.console.print(f"[yellow]no capacity:[/] {info['error']}", highlight=False)
-        elif event == "scheduler":
-            self.progress.console.print(
-                f"scheduler {info['address']}  dashboard {info['dashboard']}", highlight=False
-            )
-        elif event == "workers":
-            self.progress.update(
-                self.bar("workers joined", total=info["expected"]),
-                completed=info["joined"],
-                total=info["expected"],
-            )
-        elif event == "tasks":
-            note = f"[red]{info['failed']} failed[/]" if info["failed"] else ""
-            self.progress.update(
-                self.bar("tasks done", total=info["total"]),
-                completed=info["done"] + info["failed"],
-                note=note,
-            )
-        elif event == "teardown":
-            self.bar("tearing down", total=1)
-        elif event == "torn_down":
-            self.progress.update(self.bar("tearing down"), completed=1)
-            self.progress.stop()
+    def __call__(self, event) -> None:
+        from burst import events  # here, so that `burst --help` does not import the planner
+
+        match event:
+            case events.ManifestWritten(manifest=manifest):
+                self.manifest = manifest
+            case events.Planned(plan=plan):
+                err.print(plan_table(plan))
+                self.progress.start()
+                self.bar("instances launched", total=sum(line.count for line in plan.lines))
+            case events.SandboxUsed():
+                err.print(str(event), highlight=False)
+            case events.Launched(records=records):
+                # Fallback can launch more (smaller) instances than planned: grow the bar.
+                task = self.progress.tasks[self.bar("instances launched")]
+                done = task.completed + len(records)
+                self.progress.update(task.id, completed=done, total=max(task.total or 0, done))
+            case events.CapacityShort(cores=cores, wanted=wanted):
+                self.progress.console.print(
+                    f"[yellow]only {cores} of {wanted} cores came up[/] "
+                    "(at least min_cores): running on them",
+                    highlight=False,
+                )
+            case events.CapacityRefused(error=error):
+                self.progress.console.print(f"[yellow]no capacity:[/] {error}", highlight=False)
+            case events.SchedulerUp():
+                self.progress.console.print(str(event), highlight=False)
+            case events.WorkersJoined(joined=joined, expected=expected):
+                self.progress.update(
+                    self.bar("workers joined", total=expected), completed=joined, total=expected
+                )
+            case events.TasksProgress(done=done, failed=failed, total=total):
+                note = f"[red]{failed} failed[/]" if failed else ""
+                self.progress.update(
+                    self.bar("tasks done", total=total), completed=done + failed, note=note
+                )
+            case events.TearingDown():
+                self.bar("tearing down", total=1)
+            case events.TornDown():
+                self.progress.update(self.bar("tearing down"), completed=1)
+                self.progress.stop()
 
     def close(self) -> None:
         self.progress.stop()
@@ -230,21 +241,16 @@ def run(
     ] = False,
 ) -> None:
     """Plan, launch, run, collect and tear down one job."""
-    from burst.plan import BudgetError, plan_within_budget
+    from burst.plan import plan_within_budget
 
     try:
         job = load_job(spec)
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
         plan_within_budget(job.spec)
-    except SpecError as error:
-        raise bad_spec(spec, error) from None
-    except BudgetError as refusal:
-        raise refuse_budget(refusal, as_json) from None
+    except BurstError as error:
+        raise exit_for(error, spec, as_json) from None
 
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from burst.cloud.base import CloudError
     from burst.runner import run_job
 
     _interrupt_on_sigterm()
@@ -253,26 +259,17 @@ def run(
         f"job [bold]{job.spec.name}[/]: {len(job.tasks)} tasks on {job.spec.cores} cores, "
         f"max {format_duration(job.spec.max_runtime)}, cloud {job.spec.cloud}"
     )
-    code, cause, fix = EXIT_OK, "", None
+    failure: BaseException | None = None
     try:
         result = run_job(job, on_event=display)
-    except KeyboardInterrupt:
-        code, cause = EXIT_INTERRUPTED, "interrupted; the cluster was torn down"
-    except BudgetError as refusal:  # planned again by the cluster: the same refusal
-        code, cause, fix = EXIT_BUDGET, refusal.cause, refusal.fix
-    except (CloudError, ClientError, BotoCoreError) as error:
-        code, cause = EXIT_CLOUD, f"{error}"
-        fix = "check the cloud's message, your credentials and limits; the cluster was torn down"
-    except Exception:
-        traceback.print_exc()
-        code, cause = EXIT_JOB_FAILED, "burst itself failed (a bug); the cluster was torn down"
-        fix = "please report the traceback above"
+    except (KeyboardInterrupt, Exception) as error:  # the manifest is printed first, below
+        failure = error
     display.close()
     manifest = display.manifest
     if as_json and manifest:  # the machine contract: the manifest on every exit path
         print(json.dumps(manifest, indent=2, default=repr))
-    if code:
-        raise fail(code, cause, fix)
+    if failure is not None:
+        raise exit_for(failure, spec, show_plan=False)
     if not as_json:
         out.print(summary(manifest))
         out.print(f"results: {result.folder}/", highlight=False)
@@ -296,26 +293,21 @@ def gc(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """List what burst left behind (deadline passed, or no instance running); --yes deletes."""
-    from burst.cloud.aws import AwsProvider
+    from burst.cloud.connect import open_provider
     from burst.gc import collect_garbage
 
-    if cloud == "aws":
-        import boto3
-
-        provider = AwsProvider(boto3.Session(), region)
-    elif cloud == "sandbox":
-        from burst.cloud import sandbox
-
-        state = sandbox.running_sandbox()
-        if state is None:  # a private sandbox dies with its run and leaves nothing
+    if cloud not in ("sandbox", "aws"):
+        raise fail(EXIT_BAD_INPUT, f"--cloud: {cloud!r} is not sandbox or aws")
+    try:
+        connection = open_provider(cloud, region, start_sandbox=False)
+        if connection is None:  # a private sandbox dies with its run and leaves nothing
             if as_json:
                 print("[]")
             err.print("sandbox: not running, so nothing is left in it")
             return
-        provider = AwsProvider(sandbox.session(), region, state["endpoint"])
-    else:
-        raise fail(EXIT_BAD_INPUT, f"--cloud: {cloud!r} is not sandbox or aws")
-    clusters = collect_garbage(provider, delete=yes)
+        clusters = collect_garbage(connection.provider, delete=yes)
+    except BurstError as error:
+        raise exit_for(error) from None
     if as_json:
         print(json.dumps([c.to_dict() for c in clusters], indent=2))
     else:
@@ -361,12 +353,10 @@ def plan_command(
         offers = _offers(job_spec, offline)
         capacity = plan(job_spec, offers=offers)
         check_budget(job_spec, capacity, offers=offers)
-    except SpecError as error:
-        raise bad_spec(spec, error) from None
-    except BudgetError as refusal:
-        if not as_json:
-            out.print(plan_table(refusal.plan))
-        raise refuse_budget(refusal, as_json, show_plan=False) from None
+    except BurstError as error:
+        if isinstance(error, BudgetError) and not as_json:
+            out.print(plan_table(error.plan))  # the refused plan is this command's output
+        raise exit_for(error, spec, as_json, show_plan=False) from None
     if as_json:
         print(json.dumps(capacity.to_dict(), indent=2))
     else:

@@ -1,39 +1,42 @@
-"""BurstCluster: a real `distributed` cluster object whose machines are rented for the job.
-
-    with BurstCluster(cores=8, max_runtime="15m") as cluster, Client(cluster) as client:
-        ...
-
-Creating it plans, provisions and bootstraps; closing it tears everything down and verifies
-that nothing is left (see `teardown_report`).
-"""
+"""BurstCluster: a real `distributed` cluster object whose machines are rented for the job."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import html
 import signal
 import threading
 import time
-import urllib.request
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
-from distributed.core import rpc
+from distributed.core import Status, rpc
 from distributed.deploy import Cluster
 
-from burst import bootstrap, storage, tls
+from burst import bootstrap, events, tls
 from burst.catalog import architecture_of, default_zones, offers_for
-from burst.cloud import sandbox
-from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment
-from burst.cloud.base import CloudError, Fulfilment, InstanceRecord, PoolError, TeardownReport
+from burst.cloud.base import (
+    CloudError,
+    ClusterIdentity,
+    Fulfilment,
+    InstanceRecord,
+    PoolError,
+    TeardownReport,
+)
+from burst.cloud.connect import Connection, open_provider
+from burst.errors import BurstError
+from burst.events import EventHandler
 from burst.plan import Plan, plan_within_budget
-from burst.provision import acquire_workers
-from burst.spec import JobSpec, parse_spec
+from burst.provision import acquire_workers, check_nodes, launch_request
+from burst.spec import JobSpec, format_duration, parse_spec
+from burst.storage import Bucket
 
-EventHandler = Callable[..., None]
+POLL_SECONDS = 0.5
 
 
 def new_job_id(name: str) -> str:
@@ -54,14 +57,68 @@ def shielded() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _client_cidr() -> str:
-    """The client's public address, to which alone the scheduler port is opened."""
-    with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
-        return f"{reply.read().decode().strip()}/32"
-
-
 class BurstCluster(Cluster):
+    """A Dask cluster on cloud instances rented for one job, torn down and verified on close.
+
+    Creating it plans the capacity (and refuses a plan over budget before any cloud call),
+    provisions the instances, starts a scheduler and workers that talk only over TLS with a
+    fresh certificate authority, and waits until enough workers have joined. Closing it
+    deletes everything it created and verifies that nothing is left.
+
+    Parameters
+    ----------
+    spec : JobSpec, optional
+        A validated job spec (`burst.spec.parse_spec`). Give a spec or its fields, not both.
+    job_id : str, optional
+        Names the job in the resources' tags and the results folder. New by default.
+    on_event : callable, optional
+        Called with each progress event (`burst.events`), e.g. to drive a progress display.
+        Every event is also kept for ``get_logs()``.
+    boot_timeout : float, default 900
+        Seconds to wait for the scheduler to start and the workers to join.
+    quiet : bool, default False
+        Do not print progress lines.
+    **fields
+        JobSpec fields when no spec is given: ``cores=8, max_runtime="15m", cloud="aws"``.
+
+    Attributes
+    ----------
+    cluster_id, job_id : str
+        The ids every resource is tagged with (``burst:cluster``, ``burst:job``).
+    capacity_plan : burst.plan.Plan
+        The instance mix, its price per hour and its cost bound.
+    instances : dict of str to InstanceRecord
+        Every instance launched, by id; ``workers`` holds the workers alone.
+    teardown_report : TeardownReport or None
+        After closing: what was deleted and whether nothing is left (``.verified``).
+
+    Notes
+    -----
+    Resources created, each tagged with the cluster and job ids, ``burst:managed=true`` and
+    ``burst:deadline``: a security group open to this machine's address only, an IAM role and
+    instance profile for the nodes, an S3 bucket, an SSM SecureString with the nodes' TLS
+    material, one on-demand scheduler instance, a launch template and one EC2 Fleet per
+    planned pool of workers.
+
+    Teardown runs on ``close()``, on leaving a ``with`` block, and at interpreter exit for
+    clusters left open. Should this process die, every instance powers itself off at the
+    deadline (max_runtime + grace), and ``burst gc`` deletes what is left after it.
+
+    The cluster has the cores of its spec: ``scale()`` and ``adapt()`` are refused.
+
+    Examples
+    --------
+    >>> from distributed import Client
+    >>> from burst import BurstCluster
+    >>> with BurstCluster(cores=8, max_runtime="15m") as cluster, Client(cluster) as client:
+    ...     client.submit(sum, [1, 2, 3]).result()
+    6
+    >>> cluster.teardown_report.verified
+    True
+    """
+
     _supports_scaling = False
+    _open: ClassVar[weakref.WeakSet[BurstCluster]] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -70,9 +127,9 @@ class BurstCluster(Cluster):
         job_id: str | None = None,
         on_event: EventHandler | None = None,
         boot_timeout: float = 900,
+        quiet: bool = False,
         **fields: Any,
     ):
-        """Pass a JobSpec, or its fields (cores=..., max_runtime=..., cloud=..., ...)."""
         if spec is not None and not isinstance(spec, JobSpec):
             raise TypeError(
                 f"BurstCluster takes a JobSpec or keyword fields such as cores=8, "
@@ -91,50 +148,109 @@ class BurstCluster(Cluster):
         self.timings: dict[str, float] = {"plan": time.monotonic() - started}
         self.deadline = datetime.now(UTC) + self.spec.max_runtime + self.spec.grace
         self.identity = ClusterIdentity(self.cluster_id, self.job_id, self.deadline)
+        self.boot_timeout = boot_timeout
         self.instances: dict[str, InstanceRecord] = {}
         self.capacity_errors: list[PoolError] = []  # pools that EC2 could not fill
         self.fleet_ids: list[str] = []
         self.teardown_report: TeardownReport | None = None
-        self._emit = on_event or (lambda event, **info: None)
-        self._private_sandbox: sandbox.Sandbox | None = None
-        self._provider: AwsProvider | None = None
-        super().__init__(asynchronous=False, name=self.cluster_id)
+        self._on_event = on_event or events.ignore
+        self._connection: Connection | None = None
+        # Cloud calls run in a thread while the event loop waits; closing stops further ones
+        # and waits for the one in flight, so that teardown never races a launch.
+        self._closing = threading.Event()
+        self._cloud_lock = threading.Lock()
+        super().__init__(asynchronous=False, name=self.cluster_id, quiet=quiet)
         self._loop_runner.start()
-        self._emit("planned", plan=self.capacity_plan, cluster=self)
-        # A notebook kernel restarted with the cluster open still tears it down.
-        atexit.register(self.close)
+        BurstCluster._open.add(self)
+        self._emit(events.Planned(self.capacity_plan, self.cluster_id, self.job_id, self))
         try:
-            self._provision()
-            self._bootstrap(boot_timeout)
+            self.sync(self._start)
         except BaseException:
             self.close()
             raise
 
-    # ------------------------------------------------------------ provision
+    def _emit(self, event: events.Event) -> None:
+        self._log(str(event))
+        self._on_event(event)
 
-    def _open_provider(self) -> tuple[AwsProvider, str]:
-        if self.spec.cloud == "aws":
-            import boto3
+    @property
+    def workers(self) -> dict[str, InstanceRecord]:
+        """The worker instances by id (a worker's Dask name is its instance id)."""
+        return {i: r for i, r in self.instances.items() if r.role == "worker"}
 
-            return AwsProvider(boto3.Session(), self.spec.region), _client_cidr()
-        state = sandbox.running_sandbox()
-        if state is None:
-            self._private_sandbox = sandbox.Sandbox().start()
-            state = {"endpoint": self._private_sandbox.endpoint}
-        self._emit("sandbox", endpoint=state["endpoint"], private=self._private_sandbox is not None)
-        # All sandbox instances share one host, so their ports are chosen freely.
-        provider = AwsProvider(
-            sandbox.session(),
-            self.spec.region,
-            state["endpoint"],
-            scheduler_port=0,
-            dashboard_port=0,
+    @property
+    def worker_instances(self) -> list[InstanceRecord]:
+        return list(self.workers.values())
+
+    @property
+    def provider(self):
+        if self._connection is None:
+            raise BurstError(f"cluster {self.cluster_id} never reached its cloud")
+        return self._connection.provider
+
+    @property
+    def bucket(self) -> Bucket:
+        """The cluster's S3 bucket (job code, inputs, task outputs), deleted at teardown."""
+        return self.provider.bucket(self.identity)
+
+    def scale(self, n: int = 0, **kwargs: Any) -> None:
+        raise BurstError(
+            f"BurstCluster {self.cluster_id} does not scale: it runs the {self.spec.cores} "
+            "cores of its spec",
+            "close it and start a BurstCluster(cores=N) of the size you need",
         )
-        return provider, "127.0.0.1/32"
+
+    def adapt(self, *args: Any, **kwargs: Any) -> Any:
+        raise BurstError(
+            f"BurstCluster {self.cluster_id} does not adapt: it runs the {self.spec.cores} "
+            "cores of its spec until closed or its max_runtime ends",
+            "close it and start a BurstCluster(cores=N) of the size you need",
+        )
+
+    # ---------------------------------------------------------------- start
+
+    async def _cloud(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A blocking cloud call, in a thread, unless the cluster is closing."""
+
+        def guarded() -> Any:
+            with self._cloud_lock:
+                if self._closing.is_set():
+                    raise CloudError(f"cluster {self.cluster_id} closed while starting")
+                return call(*args)
+
+        return await asyncio.to_thread(guarded)
+
+    async def _start(self) -> None:
+        self.status = Status.starting
+        await self._cloud(self._provision)
+        give_up = time.monotonic() + self.boot_timeout
+        started = time.monotonic()
+        while (address := await self._cloud(self._scheduler_address, give_up)) is None:
+            await asyncio.sleep(POLL_SECONDS)
+        self._emit(events.SchedulerUp(address["public"], address.get("dashboard")))
+        self.scheduler_comm = rpc(
+            address["public"], connection_args=self.security.get_connection_args("client")
+        )
+        await super()._start()
+        joined = -1
+        while True:
+            expected = len(await self._cloud(self._check_nodes, give_up, "the workers to join"))
+            count = len(self.scheduler_info["workers"])
+            if count != joined:
+                self._emit(events.WorkersJoined(count, expected))
+                joined = count
+            if count >= expected:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        self.timings["bootstrap"] = time.monotonic() - started
 
     def _provision(self) -> None:
         started = time.monotonic()
-        self._provider, client_cidr = self._open_provider()
+        self._connection = open_provider(self.spec.cloud, self.spec.region)
+        if self._connection.endpoint:
+            private = self._connection.private_sandbox is not None
+            self._emit(events.SandboxUsed(self._connection.endpoint, private))
+        provider = self._connection.provider
         # Reaching the cloud (starting a private sandbox) is timed apart from provisioning.
         self.timings["connect"] = time.monotonic() - started
         started = time.monotonic()
@@ -143,10 +259,10 @@ class BurstCluster(Cluster):
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.
         offered = {o.zone for o in self.offers or ()} or set(default_zones(self.spec.region))
         zones = sorted(offered | {line.zone for line in self.capacity_plan.lines})
-        env = self._provider.prepare(
+        env = provider.prepare(
             self.identity,
             zones,
-            client_cidr,
+            self._connection.client_cidr(),
             credentials.node_bundle(),
             architectures={self.spec.architecture}
             | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},
@@ -154,15 +270,16 @@ class BurstCluster(Cluster):
         )
         for line in self.capacity_plan.lines:
             if line.role != "worker":
-                record = self._provider.launch_instance(
-                    self.identity, env, line, self._user_data(line.role, env)
+                user_data = self._user_data(line.role)
+                record = provider.launch_instance(
+                    self.identity, env, launch_request(line), user_data
                 )
                 self._launched(Fulfilment([record]))
-        template = self._provider.launch_template(
-            self.identity, env, self._user_data("worker", env), self.spec.architecture
+        template = provider.launch_template(
+            self.identity, env, self._user_data("worker"), self.spec.architecture
         )
         got = acquire_workers(
-            self._provider,
+            provider,
             self.identity,
             env,
             template,
@@ -172,7 +289,7 @@ class BurstCluster(Cluster):
             on_launch=self._launched,
         )
         if got.cores < self.spec.cores:  # at least min_cores, or acquire_workers raised
-            self._emit("capacity_short", cores=got.cores, wanted=self.spec.cores)
+            self._emit(events.CapacityShort(got.cores, self.spec.cores))
         self.timings["provision"] = time.monotonic() - started
 
     def _launched(self, got: Fulfilment) -> None:
@@ -180,92 +297,45 @@ class BurstCluster(Cluster):
         self.capacity_errors += got.errors
         self.fleet_ids += got.fleet_ids
         for role in sorted({r.role for r in got.records}):
-            self._emit("launched", role=role, records=[r for r in got.records if r.role == role])
+            self._emit(events.Launched(role, tuple(r for r in got.records if r.role == role)))
         for error in got.errors:
-            self._emit("capacity_error", error=error)
+            self._emit(events.CapacityRefused(error))
+        if self._closing.is_set():  # stop launching: teardown is waiting
+            raise CloudError(f"cluster {self.cluster_id} closed while starting")
 
-    def _user_data(self, role: str, env: NodeEnvironment) -> str:
-        assert self._provider is not None
+    def _user_data(self, role: str) -> str:
         return bootstrap.render(
             bootstrap.NodeConfig(
                 role=role,
                 cluster_id=self.cluster_id,
                 deadline=self.deadline,
-                port=self._provider.scheduler_port,
-                dashboard_port=self._provider.dashboard_port,
+                port=self.provider.scheduler_port,
+                dashboard_port=self.provider.dashboard_port,
                 pip=tuple(self.spec.software.pip) if self.spec.software else (),
             )
         )
 
-    @property
-    def bucket(self) -> storage.Bucket:
-        """The cluster's S3 bucket (job code, inputs, task outputs), deleted at teardown."""
-        assert self._provider is not None
-        return storage.Bucket(
-            self._provider.s3, storage.bucket_name(self.identity), self._provider.region
+    def _scheduler_address(self, give_up: float) -> dict | None:
+        self._check_nodes(give_up, "the scheduler to start")
+        return self.provider.scheduler_address(self.identity)
+
+    def _check_nodes(self, give_up: float, waiting_for: str) -> list[InstanceRecord]:
+        alive = check_nodes(
+            self.provider, self.identity, list(self.instances.values()), self.spec.min_cores
         )
-
-    # ------------------------------------------------------------ bootstrap
-
-    @property
-    def worker_instances(self) -> list[InstanceRecord]:
-        return [r for r in self.instances.values() if r.role == "worker"]
-
-    def _bootstrap(self, timeout: float) -> None:
-        started = time.monotonic()
-        give_up = started + timeout
-        address = None
-        while address is None:
-            self._check_nodes(give_up, "the scheduler to start")
-            address = self._provider.scheduler_address(self.identity)
-            if address is None:
-                time.sleep(0.5)
-        self._emit("scheduler", address=address["public"], dashboard=address.get("dashboard"))
-        self.scheduler_comm = rpc(
-            address["public"], connection_args=self.security.get_connection_args("client")
-        )
-        self.sync(self._start)
-        joined = -1
-        while True:
-            expected = self._check_nodes(give_up, "the workers to join")
-            count = len(self.scheduler_info["workers"])
-            if count != joined:
-                self._emit("workers", joined=count, expected=expected)
-                joined = count
-            if count >= expected:
-                break
-            time.sleep(0.5)
-        self.timings["bootstrap"] = time.monotonic() - started
-
-    def _check_nodes(self, give_up: float, waiting_for: str) -> int:
-        """Fail fast when a node reports a failure, the scheduler dies, or so many workers die
-        (a spot interruption while booting) that fewer than `min_cores` remain, instead of
-        waiting for nothing. Returns how many workers are still to be expected."""
-        failures = self._provider.node_failures(self.identity)
-        if failures:
-            raise CloudError("nodes failed to start: " + "; ".join(failures))
-        gone = {
-            r.instance_id
-            for r in self._provider.instances(self.identity, ["shutting-down", "terminated"])
-        }
-        alive = [r for r in self.worker_instances if r.instance_id not in gone]
-        dead = [r for r in self.instances.values() if r.instance_id in gone]
-        cores_left = sum(r.vcpus for r in alive)
-        if dead and (any(r.role != "worker" for r in dead) or cores_left < self.spec.min_cores):
-            raise CloudError(
-                "instances powered off before joining: "
-                + ", ".join(f"{r.role} {r.instance_id}" for r in dead)
-                + f"; {cores_left} worker cores left of the "
-                f"{self.spec.min_cores} needed (on AWS their console output shows why)"
-            )
         if time.monotonic() > give_up:
-            raise CloudError(f"timed out waiting for {waiting_for}")
-        return len(alive)
+            raise CloudError(
+                f"timed out after {format_duration(timedelta(seconds=self.boot_timeout))} waiting "
+                f"for {waiting_for}",
+                "on AWS, the instances' console output shows why; or raise boot_timeout",
+            )
+        return alive
 
     # ------------------------------------------------------------- teardown
 
     def close(self, timeout: float | None = None) -> Any:
-        atexit.unregister(self.close)
+        BurstCluster._open.discard(self)
+        self._closing.set()
         with shielded():
             try:
                 super().close(timeout)
@@ -274,22 +344,22 @@ class BurstCluster(Cluster):
                 self._loop_runner.stop()
 
     def _teardown(self) -> None:
-        if self.teardown_report is not None or self._provider is None:
-            return
-        started = time.monotonic()
-        self._emit("teardown")
-        try:
-            self.teardown_report = self._provider.teardown(self.identity)
-            if self.teardown_report.verified:
-                ended = datetime.now(UTC)
-                for record in self.instances.values():
-                    record.state = "terminated"
-                    record.end_time = record.end_time or ended
-            self.timings["teardown"] = time.monotonic() - started
-            self._emit("torn_down", report=self.teardown_report)
-        finally:
-            if self._private_sandbox is not None:
-                self._private_sandbox.stop()
+        with self._cloud_lock:  # the cloud call in flight, if any, finishes first
+            if self.teardown_report is not None or self._connection is None:
+                return
+            started = time.monotonic()
+            self._emit(events.TearingDown())
+            try:
+                self.teardown_report = self.provider.teardown(self.identity)
+                if self.teardown_report.verified:
+                    ended = datetime.now(UTC)
+                    for record in self.instances.values():
+                        record.state = "terminated"
+                        record.end_time = record.end_time or ended
+                self.timings["teardown"] = time.monotonic() - started
+                self._emit(events.TornDown(self.teardown_report))
+            finally:
+                self._connection.close()
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))
@@ -324,3 +394,10 @@ class BurstCluster(Cluster):
             for key, value in rows.items()
         )
         return super()._repr_html_(cluster_status) + f"<table>{table}</table>"
+
+
+@atexit.register
+def _close_open_clusters() -> None:
+    """A notebook kernel restarted with clusters open still tears them down."""
+    for cluster in list(BurstCluster._open):
+        cluster.close()

@@ -12,17 +12,14 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from botocore.exceptions import ClientError
-
-from burst.cloud.aws import IAM_PATH, LIVE_STATES, AwsProvider, ClusterIdentity
 from burst.cloud.base import (
     TAG_CLUSTER,
     TAG_DEADLINE,
     TAG_JOB,
     TAG_MANAGED,
-    TAG_REGION,
+    ClusterIdentity,
+    Provider,
     TeardownReport,
-    tag_dict,
 )
 
 # A cluster with no running instance may just be starting: spare it this long.
@@ -60,64 +57,20 @@ class ClusterRemains:
         }
 
 
-def survey(provider: AwsProvider) -> dict[str, ClusterRemains]:
+def survey(provider: Provider) -> dict[str, ClusterRemains]:
     """Every burst cluster with anything left in the provider's region, by cluster id."""
     found: dict[str, ClusterRemains] = {}
-
-    def remains(tags: dict[str, str]) -> ClusterRemains | None:
+    for remnant in provider.survey():
+        tags = remnant.tags
         if tags.get(TAG_MANAGED) != "true" or TAG_CLUSTER not in tags:
-            return None
-        cluster_id = tags[TAG_CLUSTER]
-        return found.setdefault(cluster_id, ClusterRemains(cluster_id))
-
-    for instance in provider.tagged_instances(TAG_MANAGED, "true", LIVE_STATES):
-        tags = tag_dict(instance.get("Tags"))
-        if cluster := remains(tags):
-            state = instance["State"]["Name"]
-            cluster.saw(
-                f"instance {instance['InstanceId']} ({state})", tags, instance.get("LaunchTime")
-            )
-            cluster.running += state in ("pending", "running")
-    for fleet in provider.tagged_fleets(TAG_MANAGED, "true"):
-        tags = tag_dict(fleet.get("Tags"))
-        if cluster := remains(tags):
-            cluster.saw(f"fleet {fleet['FleetId']}", tags, fleet.get("CreateTime"))
-    for template in provider.tagged_templates(TAG_MANAGED, "true"):
-        tags = tag_dict(template.get("Tags"))
-        if cluster := remains(tags):
-            cluster.saw(
-                f"launch-template {template['LaunchTemplateId']}", tags, template.get("CreateTime")
-            )
-    for group in provider.tagged_groups(TAG_MANAGED, "true"):
-        tags = tag_dict(group.get("Tags"))
-        if cluster := remains(tags):
-            cluster.saw(f"security-group {group['GroupId']}", tags)
-    for page in provider.iam.get_paginator("list_roles").paginate(PathPrefix=IAM_PATH):
-        for role in page["Roles"]:
-            tags = tag_dict(provider.iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
-            if tags.get(TAG_REGION) != provider.region:
-                continue
-            if cluster := remains(tags):
-                cluster.saw(f"role {role['RoleName']}", tags, role.get("CreateDate"))
-    for bucket in provider.s3.list_buckets()["Buckets"]:
-        if not bucket["Name"].startswith("burst-"):
             continue
-        try:
-            where = provider.s3.get_bucket_location(Bucket=bucket["Name"])["LocationConstraint"]
-            tags = tag_dict(provider.s3.get_bucket_tagging(Bucket=bucket["Name"])["TagSet"])
-        except ClientError:  # deleted meanwhile, or not burst's: no tags
-            continue
-        if (where or "us-east-1") == provider.region and (cluster := remains(tags)):
-            cluster.saw(f"bucket {bucket['Name']}", tags, bucket.get("CreationDate"))
-    for parameter in provider.parameters_under("/burst"):
-        cluster_id = parameter["Name"].split("/")[2]
-        found.setdefault(cluster_id, ClusterRemains(cluster_id)).saw(
-            f"parameter {parameter['Name']}", {TAG_CLUSTER: cluster_id}
-        )
+        cluster = found.setdefault(tags[TAG_CLUSTER], ClusterRemains(tags[TAG_CLUSTER]))
+        cluster.saw(remnant.resource, tags, remnant.created)
+        cluster.running += remnant.running
     return found
 
 
-def garbage(provider: AwsProvider, now: datetime | None = None) -> list[ClusterRemains]:
+def garbage(provider: Provider, now: datetime | None = None) -> list[ClusterRemains]:
     """The clusters to delete, each with why."""
     now = now or datetime.now(UTC)
     chosen = []
@@ -139,7 +92,7 @@ def garbage(provider: AwsProvider, now: datetime | None = None) -> list[ClusterR
 
 
 def collect_garbage(
-    provider: AwsProvider, delete: bool = False, now: datetime | None = None
+    provider: Provider, delete: bool = False, now: datetime | None = None
 ) -> list[ClusterRemains]:
     """List the garbage; with `delete`, tear each cluster down and verify (see `teardown`)."""
     clusters = garbage(provider, now)

@@ -11,17 +11,33 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from burst.catalog import Offer
-from burst.cloud.aws import AwsProvider, ClusterIdentity, NodeEnvironment, fleet_chunks
-from burst.cloud.base import CloudError, Fulfilment, PoolError
-from burst.plan import Plan, PlanError, fallback_plan
+from burst.cloud.base import (
+    CloudError,
+    ClusterIdentity,
+    Fulfilment,
+    InstanceRecord,
+    LaunchRequest,
+    NodeEnvironment,
+    PoolError,
+    Provider,
+)
+from burst.errors import PlanError
+from burst.plan import Plan, PlanLine, fallback_plan
 from burst.spec import JobSpec
 
 # Rounds per market: the plan's pools, then up to two re-plans without the pools that failed.
 ROUNDS_PER_MARKET = 3
 
 
+def launch_request(line: PlanLine) -> LaunchRequest:
+    """A plan line as the provider takes it: one pool, one instance's vCPUs and price."""
+    return LaunchRequest(
+        line.instance_type, line.zone, line.market, line.vcpus, line.hourly, line.role
+    )
+
+
 def acquire_workers(
-    provider: AwsProvider,
+    provider: Provider,
     ident: ClusterIdentity,
     env: NodeEnvironment,
     template_id: str,
@@ -59,20 +75,21 @@ def acquire_workers(
                     got.errors.append(no_subnet)
                     on_launch(Fulfilment(errors=[no_subnet]))
                     continue
-                for units in fleet_chunks(pool.cores, pool.vcpus):
+                request = launch_request(pool)
+                for units in provider.fleet_chunks(pool.cores, pool.vcpus):
                     spent = sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))
                     cap = None if budget is None else budget - spent
                     if cap is not None and cap < pool.hourly:
                         break  # not one more instance fits the budget
-                    fleet = provider.launch_fleet(ident, env, template_id, pool, units, cap)
+                    fleet = provider.launch_fleet(ident, env, template_id, request, units, cap)
                     got.extend(fleet)
                     on_launch(fleet)
             failed |= {(e.instance_type, e.zone, e.market) for e in got.errors}
     if got.cores < spec.min_cores:
         reasons = "; ".join(str(e) for e in got.errors) or "the budget allows no more"
         raise CloudError(
-            f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons}); "
-            "fix: allow more instance types or zones, use spot-with-fallback, or lower min_cores"
+            f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons})",
+            "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
         )
     return got
 
@@ -90,3 +107,33 @@ def _hourly_budget(capacity_plan: Plan, spec: JobSpec) -> Decimal | None:
         (line.total_hourly for line in capacity_plan.lines if line.role != "worker"), Decimal(0)
     )
     return min(limits) - schedulers
+
+
+def check_nodes(
+    provider: Provider,
+    ident: ClusterIdentity,
+    launched: list[InstanceRecord],
+    min_cores: int,
+) -> list[InstanceRecord]:
+    """Fail fast when a node reports a failure, a non-worker (the scheduler) dies, or so many
+    workers die (a spot interruption while booting) that fewer than `min_cores` remain,
+    instead of waiting for nothing. Returns the workers still to be expected."""
+    failures = provider.node_failures(ident)
+    if failures:
+        raise CloudError(
+            "nodes failed to start: " + "; ".join(failures),
+            "the node's message above says why; fix the spec or its software and run again",
+        )
+    gone = {r.instance_id for r in provider.instances(ident, ["shutting-down", "terminated"])}
+    alive = [r for r in launched if r.role == "worker" and r.instance_id not in gone]
+    dead = [r for r in launched if r.instance_id in gone]
+    cores_left = sum(r.vcpus for r in alive)
+    if dead and (any(r.role != "worker" for r in dead) or cores_left < min_cores):
+        raise CloudError(
+            "instances powered off before joining: "
+            + ", ".join(f"{r.role} {r.instance_id}" for r in dead)
+            + f"; {cores_left} worker cores left of the {min_cores} needed",
+            "on AWS, the instances' console output shows why; lower min_cores to go on with "
+            "fewer cores",
+        )
+    return alive

@@ -23,11 +23,12 @@ from typing import Any
 import cloudpickle
 from distributed import Client, as_completed
 
-from burst import sweep, taskrun
+from burst import events, sweep, taskrun
 from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
-from burst.cluster import BurstCluster, EventHandler, new_job_id
+from burst.cluster import BurstCluster, new_job_id
 from burst.cost import cost_report, instance_cost
+from burst.events import EventHandler
 from burst.spec import Job, JobSpec, job_from_spec, load_job, merged, parse_spec
 
 
@@ -197,7 +198,7 @@ def map_tasks(
     index = {f.key: i for i, f in enumerate(futures)}
     outcomes: dict[int, TaskOutcome] = {}
     failed = 0
-    emit("tasks", done=0, failed=0, total=len(futures))
+    emit(events.TasksProgress(0, 0, len(futures)))
     for future in as_completed(futures):
         i = index[future.key]
         if future.status == "finished":
@@ -216,7 +217,7 @@ def map_tasks(
         else:
             outcomes[i] = _failure(i, job.tasks[i], future, command is not None)
             failed += 1
-        emit("tasks", done=len(outcomes) - failed, failed=failed, total=len(futures))
+        emit(events.TasksProgress(len(outcomes) - failed, failed, len(futures)))
         future.release()
     attempts = client.run_on_scheduler(taskrun.attempts_on)
     for key, i in index.items():
@@ -239,16 +240,16 @@ def _write_json(path: Path, data: Any) -> None:
 def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
     """Plan, launch, run, collect and tear down; the teardown runs on every path, and the
     manifest is written on every path that got as far as planning."""
-    emit = on_event or (lambda event, **info: None)
+    emit = on_event or events.ignore
     job_id = new_job_id(job.spec.name)
     folder = Path(job.spec.outputs) / job_id
     started_at = datetime.now(UTC)
     made: list[BurstCluster] = []  # the cluster, even when its constructor fails
 
-    def observe(event: str, **info: Any) -> None:
-        if event == "planned":
-            made.append(info["cluster"])
-        emit(event, **info)
+    def observe(event: events.Event) -> None:
+        if isinstance(event, events.Planned):
+            made.append(event.cluster)
+        emit(event)
 
     outcomes: list[TaskOutcome] = []
     reduced = None
@@ -257,7 +258,7 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
     manifest: dict = {}
     try:
         with (
-            BurstCluster(job.spec, job_id=job_id, on_event=observe) as cluster,
+            BurstCluster(job.spec, job_id=job_id, on_event=observe, quiet=True) as cluster,
             Client(cluster) as client,
         ):
             started = time.monotonic()
@@ -296,7 +297,7 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
             )
             folder.mkdir(parents=True, exist_ok=True)
             _write_json(folder / "manifest.json", manifest)
-            emit("manifest", path=folder / "manifest.json", manifest=manifest)
+            emit(events.ManifestWritten(folder / "manifest.json", manifest))
     return JobResult(job_id, status, folder, manifest, outcomes, reduced)
 
 

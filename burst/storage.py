@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
-if TYPE_CHECKING:
-    from burst.cloud.aws import ClusterIdentity
+from burst.cloud.base import ClusterIdentity, Remnant, tag_dict
 
 
 def bucket_name(ident: ClusterIdentity) -> str:
@@ -101,6 +100,23 @@ def leftovers(s3: Any, ident: ClusterIdentity) -> list[str]:
             return []
         raise
     return [f"bucket {bucket_name(ident)}"]
+
+
+def survey(s3: Any, region: str) -> list[Remnant]:
+    """burst's buckets in a region: named burst-*, and tagged so (a bucket of someone else's
+    that only shares the prefix has no burst tags and is not listed)."""
+    found = []
+    for bucket in s3.list_buckets()["Buckets"]:
+        if not bucket["Name"].startswith("burst-"):
+            continue
+        try:
+            where = s3.get_bucket_location(Bucket=bucket["Name"])["LocationConstraint"]
+            tags = tag_dict(s3.get_bucket_tagging(Bucket=bucket["Name"])["TagSet"])
+        except ClientError:  # deleted meanwhile, or not burst's: no tags
+            continue
+        if (where or "us-east-1") == region:
+            found.append(Remnant(f"bucket {bucket['Name']}", tags, bucket.get("CreationDate")))
+    return found
 
 
 @dataclass(frozen=True)

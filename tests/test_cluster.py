@@ -8,19 +8,24 @@ import time
 import pytest
 from distributed import Client
 
-from burst import bootstrap
+from burst import bootstrap, events
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster
 from tests.conftest import client, settled_leftovers
 
 
 def test_cluster_is_a_distributed_cluster_over_tls(sandbox):
-    events = []
+    seen: list[events.Event] = []
     with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
-                      on_event=lambda event, **info: events.append(event)) as cluster:
+                      on_event=seen.append) as cluster:
         assert cluster.scheduler_address.startswith("tls://")
         assert cluster.dashboard_link.startswith("http://")
         assert "BurstCluster(" in repr(cluster) and "workers=2" in repr(cluster)
+        # distributed's own log of the cluster manager has the same progress, one line each.
+        logs = cluster.get_logs(scheduler=False, workers=False)["Cluster"]
+        assert "launched 1 scheduler instance(s)" in logs and "2 of 2 workers joined" in logs
+        workers = {r.instance_id for r in cluster.worker_instances}
+        assert cluster.plan == cluster.requested == cluster.observed == workers
         with Client(cluster) as c:
             assert sum(c.nthreads().values()) == 4
             assert c.submit(sum, [1, 2, 3]).result() == 6
@@ -31,7 +36,7 @@ def test_cluster_is_a_distributed_cluster_over_tls(sandbox):
             Client(cluster.scheduler_address, timeout=3)
         cluster_id = cluster.cluster_id
     assert cluster.teardown_report.verified
-    assert events[0] == "planned" and events[-1] == "torn_down"
+    assert isinstance(seen[0], events.Planned) and isinstance(seen[-1], events.TornDown)
     assert settled_leftovers(sandbox, cluster_id) == []
 
 
@@ -106,11 +111,11 @@ def test_dead_mans_switch_powers_off_at_the_deadline(sandbox):
 def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
     real = bootstrap.client_versions()
     monkeypatch.setattr(bootstrap, "client_versions", lambda: {**real, "distributed": "0.0.1"})
-    events: list[tuple[str, dict]] = []
+    seen: list[events.Event] = []
     with pytest.raises(CloudError, match="version mismatch.*distributed"):
         BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"], boot_timeout=120,
-                     on_event=lambda event, **info: events.append((event, info)))
-    report = next(info["report"] for event, info in events if event == "torn_down")
+                     on_event=seen.append)
+    report = next(e.report for e in seen if isinstance(e, events.TornDown))
     assert report.verified
     assert settled_leftovers(sandbox) == []
 
@@ -145,9 +150,9 @@ def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
     ec2 = client(sandbox, "ec2")
     lost: list[str] = []
 
-    def interrupt_one(event, **info):
-        if event == "launched" and info["role"] == "worker" and not lost:
-            lost.append(info["records"][0].instance_id)
+    def interrupt_one(event):
+        if isinstance(event, events.Launched) and event.role == "worker" and not lost:
+            lost.append(event.records[0].instance_id)
             ec2.terminate_instances(InstanceIds=lost)
 
     with BurstCluster(cores=4, min_cores=2, max_runtime="5m", instance_types=["c5.large"],

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from burst.cli import EXIT_CLOUD, app
 from burst.cloud import sandbox as sandbox_module
 from burst.cloud.base import CloudError
+from burst.events import CapacityShort, Event
 from burst.runner import run
 from tests.conftest import settled_leftovers
 from tests.test_pipeline import write_job
@@ -260,8 +261,12 @@ def test_fleet_error_after_the_network_exists_tears_everything_down(
     sandbox, tmp_path, monkeypatch, faults
 ):
     faults.refuse = "UnauthorizedOperation"
-    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+    # The provider seam: botocore's error arrives as burst's, with its code and a fix.
+    with pytest.raises(CloudError, match="UnauthorizedOperation") as refused:
         run(_job(tmp_path, monkeypatch, "refused_job"))
+    assert refused.value.code == "UnauthorizedOperation" and refused.value.exit_code == 3
+    assert "scripts/iam-policy.json" in refused.value.fix
+    assert isinstance(refused.value.__cause__, ClientError)
     manifest = json.loads(next((tmp_path / "results").glob("*/manifest.json")).read_text())
     # The security group, role, template, secret and scheduler existed, and are gone.
     assert any(d.startswith("sg-") for d in manifest["teardown"]["deleted"])
@@ -272,12 +277,13 @@ def test_fleet_error_after_the_network_exists_tears_everything_down(
 
 def test_a_shortfall_above_min_cores_runs_on_what_came_up(sandbox, tmp_path, monkeypatch, faults):
     faults.spot_fleets = 1  # the first pool fills; every other spot pool is dry
-    events: list[dict] = []
+    seen: list[Event] = []
     spec = _job(tmp_path, monkeypatch, "short_job", "cores: 8\nmin_cores: 2\nspot: spot\n")
-    result = run(spec, on_event=lambda event, **info: events.append({"event": event, **info}))
+    result = run(spec, on_event=seen.append)
     assert result.ok and result.results == [-1, -2]
-    short = [e for e in events if e["event"] == "capacity_short"]
+    short = [e for e in seen if isinstance(e, CapacityShort)]
     worker_cores = result.manifest["cores"]["worker_vcpus"]
-    assert len(short) == 1 and short[0]["cores"] == worker_cores and 2 <= worker_cores < 8
+    assert len(short) == 1 and short[0].cores == worker_cores and 2 <= worker_cores < 8
+    assert short[0].wanted == 8
     assert result.manifest["capacity_errors"]
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []

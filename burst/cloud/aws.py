@@ -7,35 +7,38 @@ endpoint URL and the credentials of the session handed in.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
+import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from burst import storage
 from burst.catalog import architecture_of
 from burst.cloud.base import (
     TAG_CLUSTER,
-    TAG_DEADLINE,
-    TAG_JOB,
     TAG_MANAGED,
     TAG_REGION,
     TAG_ROLE,
     CloudError,
+    ClusterIdentity,
     Fulfilment,
     InstanceRecord,
+    LaunchRequest,
+    NodeEnvironment,
     PoolError,
+    Remnant,
     TeardownReport,
     tag_dict,
 )
-from burst.plan import HUNDREDTH_CENT, PlanLine
+from burst.plan import HUNDREDTH_CENT
 
 # Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
 RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
@@ -60,51 +63,60 @@ IAM_PATH = "/burst/"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
-@dataclass(frozen=True)
-class ClusterIdentity:
-    """Names and tags shared by every resource of one cluster."""
-
-    cluster_id: str
-    job_id: str
-    deadline: datetime
-
-    @property
-    def parameter_path(self) -> str:
-        return f"/burst/{self.cluster_id}"
-
-    @property
-    def name(self) -> str:
-        return f"burst-{self.cluster_id}"
-
-    def tags(self, role: str) -> list[dict[str, str]]:
-        return [
-            {"Key": TAG_CLUSTER, "Value": self.cluster_id},
-            {"Key": TAG_JOB, "Value": self.job_id},
-            {"Key": TAG_ROLE, "Value": role},
-            {"Key": TAG_DEADLINE, "Value": self.deadline.isoformat(timespec="seconds")},
-            {"Key": TAG_MANAGED, "Value": "true"},
-            {"Key": "Name", "Value": f"{self.name}-{role}"},
-        ]
-
-    def tag_specifications(self, role: str, *resource_types: str) -> list[dict[str, Any]]:
-        return [{"ResourceType": r, "Tags": self.tags(role)} for r in resource_types]
-
-
-@dataclass(frozen=True)
-class NodeEnvironment:
-    """Where the nodes of one cluster live: created once, before any instance."""
-
-    vpc_id: str
-    subnets: dict[str, str]  # zone -> subnet id
-    security_group_id: str
-    instance_profile: str
-    images: dict[str, str]  # architecture -> AMI id
-
-
 def _error_code(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
 
 
+# What to do about the error codes a user can act on; anything else: read the cloud's message.
+_FIXES = {
+    "UnauthorizedOperation": "grant the IAM policy in scripts/iam-policy.json to your credentials",
+    "AccessDenied": "grant the IAM policy in scripts/iam-policy.json to your credentials",
+    "AuthFailure": "check your AWS credentials (aws sts get-caller-identity)",
+    "ExpiredToken": "renew your AWS credentials (aws sso login, or new keys)",
+    "RequestLimitExceeded": "EC2 throttled burst beyond its retries: wait a minute and retry",
+}
+
+
+def as_cloud_error(error: ClientError | BotoCoreError) -> CloudError:
+    """botocore's error as burst's: the cloud's code and message, and a fix where one is known."""
+    if isinstance(error, ClientError):
+        code = _error_code(error)
+        return CloudError(str(error), _FIXES.get(code), code=code or None)
+    return CloudError(f"{type(error).__name__}: {error}", "check your network and credentials")
+
+
+def _cloud_errors(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (ClientError, BotoCoreError) as error:
+            raise as_cloud_error(error) from error
+
+    return wrapper
+
+
+def _wrap_public_methods(cls: type) -> type:
+    """The provider seam: no botocore type crosses it, whatever the method."""
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_"):
+            setattr(cls, name, _cloud_errors(value))
+    return cls
+
+
+def client_cidr() -> str:
+    """The client's public address, to which alone the scheduler port is opened."""
+    try:
+        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
+            return f"{reply.read().decode().strip()}/32"
+    except OSError as error:
+        raise CloudError(
+            f"could not learn this machine's public address from checkip.amazonaws.com: {error}",
+            "check this machine's internet access",
+        ) from error
+
+
+@_wrap_public_methods
 class AwsProvider:
     """One region of one account, reached through a boto3 session and optional endpoint."""
 
@@ -159,8 +171,8 @@ class AwsProvider:
         vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
             raise CloudError(
-                f"no default VPC in {self.region}; fix: `aws ec2 create-default-vpc "
-                f"--region {self.region}`"
+                f"no default VPC in {self.region}",
+                f"`aws ec2 create-default-vpc --region {self.region}`",
             )
         vpc_id = vpcs[0]["VpcId"]
         found = self.ec2.describe_subnets(
@@ -246,6 +258,12 @@ class AwsProvider:
         name = AMI_PARAMETERS[architecture]
         return self.ssm.get_parameter(Name=name)["Parameter"]["Value"]
 
+    def fleet_chunks(self, cores: int, vcpus: int) -> list[int]:
+        return fleet_chunks(cores, vcpus)
+
+    def bucket(self, ident: ClusterIdentity) -> storage.Bucket:
+        return storage.Bucket(self.s3, storage.bucket_name(ident), self.region)
+
     # ------------------------------------------------------------- instances
 
     def launch_template(
@@ -270,7 +288,7 @@ class AwsProvider:
         ident: ClusterIdentity,
         env: NodeEnvironment,
         template_id: str,
-        pool: PlanLine,
+        request: LaunchRequest,
         cores: int,
         max_hourly: Decimal | None = None,
     ) -> Fulfilment:
@@ -279,10 +297,10 @@ class AwsProvider:
         `max_hourly` (then it stops short without an error). See `fleet_chunks` for sizes."""
         options: dict[str, Any] = {
             "AllocationStrategy": "price-capacity-optimized"
-            if pool.market == "spot"
+            if request.market == "spot"
             else "lowest-price"
         }
-        if pool.market == "spot":
+        if request.market == "spot":
             options["InstanceInterruptionBehavior"] = "terminate"
         if max_hourly is not None:
             options["MaxTotalPrice"] = str(max_hourly.quantize(HUNDREDTH_CENT, ROUND_FLOOR))
@@ -296,21 +314,21 @@ class AwsProvider:
                     },
                     "Overrides": [
                         {
-                            "InstanceType": pool.instance_type,
-                            "SubnetId": env.subnets[pool.zone],
-                            "WeightedCapacity": float(pool.vcpus),
+                            "InstanceType": request.instance_type,
+                            "SubnetId": env.subnets[request.zone],
+                            "WeightedCapacity": float(request.vcpus),
                         }
                     ],
                 }
             ],
             TargetCapacitySpecification={
                 "TotalTargetCapacity": cores,
-                "DefaultTargetCapacityType": pool.market,
+                "DefaultTargetCapacityType": request.market,
                 (
-                    "SpotTargetCapacity" if pool.market == "spot" else "OnDemandTargetCapacity"
+                    "SpotTargetCapacity" if request.market == "spot" else "OnDemandTargetCapacity"
                 ): cores,
             },
-            **{("SpotOptions" if pool.market == "spot" else "OnDemandOptions"): options},
+            **{("SpotOptions" if request.market == "spot" else "OnDemandOptions"): options},
             TagSpecifications=ident.tag_specifications("worker", "fleet"),
         )
         got = Fulfilment(fleet_ids=[reply["FleetId"]] if reply.get("FleetId") else [])
@@ -320,70 +338,70 @@ class AwsProvider:
                     InstanceRecord(
                         instance_id=instance_id,
                         role="worker",
-                        instance_type=launched.get("InstanceType", pool.instance_type),
-                        zone=pool.zone,
-                        market=launched.get("Lifecycle", pool.market),
+                        instance_type=launched.get("InstanceType", request.instance_type),
+                        zone=request.zone,
+                        market=launched.get("Lifecycle", request.market),
                         state="pending",
                         launch_time=datetime.now(UTC),
-                        vcpus=pool.vcpus,
-                        hourly=pool.hourly,
+                        vcpus=request.vcpus,
+                        hourly=request.hourly,
                     )
                 )
         for error in reply.get("Errors", []):
             got.errors.append(
-                PoolError(*pool.pool, error.get("ErrorCode", "?"), error.get("ErrorMessage", ""))
+                PoolError(*request.pool, error.get("ErrorCode", "?"), error.get("ErrorMessage", ""))
             )
         if got.cores < cores and not got.errors:
             short = f"EC2 gave {got.cores} of {cores} vCPUs without an error (price cap?)"
-            got.errors.append(PoolError(*pool.pool, "Unfulfilled", short))
+            got.errors.append(PoolError(*request.pool, "Unfulfilled", short))
         return got
 
     def launch_instance(
-        self, ident: ClusterIdentity, env: NodeEnvironment, line: PlanLine, user_data: str
+        self, ident: ClusterIdentity, env: NodeEnvironment, request: LaunchRequest, user_data: str
     ) -> InstanceRecord:
         """One on-demand instance (the scheduler): it holds the job's state, so no spot."""
         reply = _while_profile_propagates(
             lambda: self.ec2.run_instances(
-                **_node_settings(ident, env, line.role, architecture_of(line.instance_type)),
-                InstanceType=line.instance_type,
+                **_node_settings(ident, env, request.role, architecture_of(request.instance_type)),
+                InstanceType=request.instance_type,
                 MinCount=1,
                 MaxCount=1,
                 UserData=user_data,
-                SubnetId=env.subnets[line.zone],
+                SubnetId=env.subnets[request.zone],
             )
         )
-        record = _record(reply["Instances"][0], line.vcpus)
-        record.hourly = line.hourly
+        record = _record(reply["Instances"][0], request.vcpus)
+        record.hourly = request.hourly
         return record
 
     def instances(
         self, ident: ClusterIdentity, states: list[str] | None = None
     ) -> list[InstanceRecord]:
-        return [_record(i) for i in self.tagged_instances(TAG_CLUSTER, ident.cluster_id, states)]
+        return [_record(i) for i in self._tagged_instances(TAG_CLUSTER, ident.cluster_id, states)]
 
     # Resources by tag: of one cluster (burst:cluster) for teardown, of all (burst:managed)
     # for gc.
 
-    def tagged_instances(self, key: str, value: str, states: list[str] | None = None) -> list:
+    def _tagged_instances(self, key: str, value: str, states: list[str] | None = None) -> list:
         filters = _tag_filter(key, value)
         if states:
             filters.append({"Name": "instance-state-name", "Values": states})
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
-    def tagged_templates(self, key: str, value: str) -> list[dict]:
+    def _tagged_templates(self, key: str, value: str) -> list[dict]:
         pages = self.ec2.get_paginator("describe_launch_templates").paginate(
             Filters=_tag_filter(key, value)
         )
         return [t for page in pages for t in page["LaunchTemplates"]]
 
-    def tagged_groups(self, key: str, value: str) -> list[dict]:
+    def _tagged_groups(self, key: str, value: str) -> list[dict]:
         pages = self.ec2.get_paginator("describe_security_groups").paginate(
             Filters=_tag_filter(key, value)
         )
         return [g for page in pages for g in page["SecurityGroups"]]
 
-    def tagged_fleets(self, key: str, value: str) -> list[dict]:
+    def _tagged_fleets(self, key: str, value: str) -> list[dict]:
         """Fleets carrying a tag, not yet deleted. DescribeFleets lists `instant` fleets only
         by id and cannot filter by tag, so the ids come from DescribeTags."""
         pages = self.ec2.get_paginator("describe_tags").paginate(
@@ -412,7 +430,7 @@ class AwsProvider:
 
     def node_failures(self, ident: ClusterIdentity) -> list[str]:
         """Messages of nodes that gave up before joining (see burst.node.report_failure)."""
-        return [p["Value"] for p in self.parameters_under(f"{ident.parameter_path}/failed")]
+        return [p["Value"] for p in self._parameters_under(f"{ident.parameter_path}/failed")]
 
     # -------------------------------------------------------------- teardown
 
@@ -453,7 +471,7 @@ class AwsProvider:
         return ids
 
     def _fleets(self, ident: ClusterIdentity) -> list[str]:
-        return [f["FleetId"] for f in self.tagged_fleets(TAG_CLUSTER, ident.cluster_id)]
+        return [f["FleetId"] for f in self._tagged_fleets(TAG_CLUSTER, ident.cluster_id)]
 
     def _delete_fleets(self, ident: ClusterIdentity) -> list[str]:
         """Deleting an instant fleet terminates its instances, at most 1,000 per call (which
@@ -472,7 +490,9 @@ class AwsProvider:
         return ids
 
     def _templates(self, ident: ClusterIdentity) -> list[str]:
-        return [t["LaunchTemplateId"] for t in self.tagged_templates(TAG_CLUSTER, ident.cluster_id)]
+        return [
+            t["LaunchTemplateId"] for t in self._tagged_templates(TAG_CLUSTER, ident.cluster_id)
+        ]
 
     def _delete_templates(self, ident: ClusterIdentity) -> list[str]:
         ids = self._templates(ident)
@@ -481,7 +501,7 @@ class AwsProvider:
         return ids
 
     def _groups(self, ident: ClusterIdentity) -> list[str]:
-        return [g["GroupId"] for g in self.tagged_groups(TAG_CLUSTER, ident.cluster_id)]
+        return [g["GroupId"] for g in self._tagged_groups(TAG_CLUSTER, ident.cluster_id)]
 
     def _delete_groups(self, ident: ClusterIdentity, wait: float) -> list[str]:
         deleted = []
@@ -499,12 +519,12 @@ class AwsProvider:
             deleted.append(group_id)
         return deleted
 
-    def parameters_under(self, path: str) -> list[dict]:
+    def _parameters_under(self, path: str) -> list[dict]:
         pages = self.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
         return [p for page in pages for p in page["Parameters"]]
 
     def _parameters(self, ident: ClusterIdentity) -> list[str]:
-        return [p["Name"] for p in self.parameters_under(ident.parameter_path)]
+        return [p["Name"] for p in self._parameters_under(ident.parameter_path)]
 
     def _delete_parameters(self, ident: ClusterIdentity) -> list[str]:
         names = self._parameters(ident)
@@ -537,6 +557,52 @@ class AwsProvider:
             except self.iam.exceptions.NoSuchEntityException:
                 pass
         return deleted
+
+    def survey(self) -> list[Remnant]:
+        """Every resource in this region tagged `burst:managed=true`, with its tags. IAM is
+        global: a role counts only with this region's `burst:region` tag."""
+        found = []
+        for instance in self._tagged_instances(TAG_MANAGED, "true", LIVE_STATES):
+            state = instance["State"]["Name"]
+            found.append(
+                Remnant(
+                    f"instance {instance['InstanceId']} ({state})",
+                    tag_dict(instance.get("Tags")),
+                    instance.get("LaunchTime"),
+                    running=state in ("pending", "running"),
+                )
+            )
+        for fleet in self._tagged_fleets(TAG_MANAGED, "true"):
+            found.append(
+                Remnant(
+                    f"fleet {fleet['FleetId']}",
+                    tag_dict(fleet.get("Tags")),
+                    fleet.get("CreateTime"),
+                )
+            )
+        for template in self._tagged_templates(TAG_MANAGED, "true"):
+            found.append(
+                Remnant(
+                    f"launch-template {template['LaunchTemplateId']}",
+                    tag_dict(template.get("Tags")),
+                    template.get("CreateTime"),
+                )
+            )
+        for group in self._tagged_groups(TAG_MANAGED, "true"):
+            found.append(Remnant(f"security-group {group['GroupId']}", tag_dict(group.get("Tags"))))
+        for page in self.iam.get_paginator("list_roles").paginate(PathPrefix=IAM_PATH):
+            for role in page["Roles"]:
+                tags = tag_dict(self.iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
+                if tags.get(TAG_REGION) == self.region:
+                    found.append(Remnant(f"role {role['RoleName']}", tags, role.get("CreateDate")))
+        found += storage.survey(self.s3, self.region)
+        for parameter in self._parameters_under("/burst"):
+            cluster_id = parameter["Name"].split("/")[2]
+            # The listing carries no tags: the path names the cluster. Not tag-checked (one
+            # call per parameter); issue 12 tracks it.
+            tags = {TAG_CLUSTER: cluster_id, TAG_MANAGED: "true"}
+            found.append(Remnant(f"parameter {parameter['Name']}", tags))
+        return found
 
     def leftovers(self, ident: ClusterIdentity) -> list[str]:
         """Everything of this cluster that still exists (and may still bill)."""

@@ -1,12 +1,22 @@
-"""What a provider returns: plain records the runner and the manifest can rely on."""
+"""The provider seam: the operations the upper layers use, and the plain records they exchange.
+
+Modelled on SkyPilot's `sky/provision/`: a provider is a few plain operations on plain records,
+so the policy above it (re-plans, fallback, budgets, node checks) is tested against a fake in
+milliseconds, and the sandbox proves the real path end to end. A provider raises only burst's
+errors (`CloudError`), never its SDK's.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
 
 from burst.errors import CloudError
+
+if TYPE_CHECKING:
+    from burst.storage import Bucket
 
 __all__ = ["CloudError"]
 
@@ -22,6 +32,63 @@ TAG_REGION = "burst:region"  # on global resources (IAM) only
 def tag_dict(tags: list[dict] | None) -> dict[str, str]:
     """AWS's [{"Key": k, "Value": v}, ...] as {k: v}."""
     return {t["Key"]: t["Value"] for t in tags or []}
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    """Names and tags shared by every resource of one cluster."""
+
+    cluster_id: str
+    job_id: str
+    deadline: datetime
+
+    @property
+    def parameter_path(self) -> str:
+        return f"/burst/{self.cluster_id}"
+
+    @property
+    def name(self) -> str:
+        return f"burst-{self.cluster_id}"
+
+    def tags(self, role: str) -> list[dict[str, str]]:
+        return [
+            {"Key": TAG_CLUSTER, "Value": self.cluster_id},
+            {"Key": TAG_JOB, "Value": self.job_id},
+            {"Key": TAG_ROLE, "Value": role},
+            {"Key": TAG_DEADLINE, "Value": self.deadline.isoformat(timespec="seconds")},
+            {"Key": TAG_MANAGED, "Value": "true"},
+            {"Key": "Name", "Value": f"{self.name}-{role}"},
+        ]
+
+    def tag_specifications(self, role: str, *resource_types: str) -> list[dict[str, Any]]:
+        return [{"ResourceType": r, "Tags": self.tags(role)} for r in resource_types]
+
+
+@dataclass(frozen=True)
+class NodeEnvironment:
+    """Where the nodes of one cluster live: created once, before any instance."""
+
+    vpc_id: str
+    subnets: dict[str, str]  # zone -> subnet id
+    security_group_id: str
+    instance_profile: str
+    images: dict[str, str]  # architecture -> machine image id
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """One capacity pool to ask (type x zone x market), with one instance's vCPUs and price."""
+
+    instance_type: str
+    zone: str
+    market: str  # "spot" or "on-demand"
+    vcpus: int
+    hourly: Decimal
+    role: str = "worker"
+
+    @property
+    def pool(self) -> tuple[str, str, str]:
+        return (self.instance_type, self.zone, self.market)
 
 
 @dataclass
@@ -90,3 +157,79 @@ class TeardownReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "verified": self.verified}
+
+
+@dataclass
+class Remnant:
+    """One burst-managed resource found in a region, for `burst gc`."""
+
+    resource: str  # "instance i-0abc (running)", "bucket burst-...", ...
+    tags: dict[str, str]
+    created: datetime | None = None
+    running: bool = False  # an instance pending or running
+
+
+class Provider(Protocol):
+    """What the layers above the cloud call. Every method raises CloudError, nothing else."""
+
+    region: str
+    scheduler_port: int  # 0: any free port (the sandbox, where nodes share one host)
+    dashboard_port: int
+
+    def prepare(
+        self,
+        ident: ClusterIdentity,
+        zones: list[str],
+        client_cidr: str,
+        node_secret: dict[str, str],
+        architectures: set[str] = ...,
+        read_objects: list[str] | None = None,
+    ) -> NodeEnvironment:
+        """Network, node role, bucket, secret and images of a cluster."""
+
+    def launch_template(
+        self, ident: ClusterIdentity, env: NodeEnvironment, user_data: str, architecture: str
+    ) -> str:
+        """The workers' launch template; returns its id."""
+
+    def fleet_chunks(self, cores: int, vcpus: int) -> list[int]:
+        """How one pool's `cores` split into fleets within the cloud's per-fleet limits."""
+
+    def launch_fleet(
+        self,
+        ident: ClusterIdentity,
+        env: NodeEnvironment,
+        template_id: str,
+        request: LaunchRequest,
+        cores: int,
+        max_hourly: Decimal | None = None,
+    ) -> Fulfilment:
+        """Ask one pool for `cores` vCPUs, never spending above `max_hourly`."""
+
+    def launch_instance(
+        self, ident: ClusterIdentity, env: NodeEnvironment, request: LaunchRequest, user_data: str
+    ) -> InstanceRecord:
+        """One on-demand instance (the scheduler)."""
+
+    def instances(
+        self, ident: ClusterIdentity, states: list[str] | None = None
+    ) -> list[InstanceRecord]:
+        """The cluster's instances, found by tag, optionally in some states only."""
+
+    def scheduler_address(self, ident: ClusterIdentity) -> dict | None:
+        """What the scheduler published once it listens; None until then."""
+
+    def node_failures(self, ident: ClusterIdentity) -> list[str]:
+        """Messages of nodes that gave up before joining."""
+
+    def bucket(self, ident: ClusterIdentity) -> Bucket:
+        """The cluster's storage for job code, inputs and task outputs."""
+
+    def teardown(self, ident: ClusterIdentity, wait: float = 600) -> TeardownReport:
+        """Delete everything of the cluster, found by tag, then verify nothing is left."""
+
+    def leftovers(self, ident: ClusterIdentity) -> list[str]:
+        """Everything of the cluster that still exists."""
+
+    def survey(self) -> list[Remnant]:
+        """Every burst-managed resource in the region (for gc)."""

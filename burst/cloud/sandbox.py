@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
 
@@ -426,13 +428,21 @@ class Sandbox:
 
 
 def running_sandbox() -> dict | None:
-    """The long-lived sandbox of this machine (`burst sandbox up`), if it answers."""
+    """The long-lived sandbox of this machine (`burst sandbox up`), if it answers. No state
+    file, a torn one, or a sandbox that is gone all mean none; anything else is a bug."""
     try:
         state = json.loads(state_file().read_text())
-        session().client("sts", endpoint_url=state["endpoint"]).get_caller_identity()
-        return state
-    except Exception:
+        endpoint = state["endpoint"]
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # half written by a sandbox starting now, or not ours
+    quick = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+    try:
+        session().client("sts", endpoint_url=endpoint, config=quick).get_caller_identity()
+    except (BotoCoreError, ClientError):
+        return None  # its process is gone (the state file outlived it)
+    return state
 
 
 def serve() -> None:

@@ -1,0 +1,52 @@
+"""Reaching the cloud a spec names: the one place where the choice of cloud is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from burst.cloud import sandbox
+from burst.cloud.aws import AwsProvider, client_cidr
+from burst.cloud.base import Provider
+from burst.errors import SpecError
+
+
+@dataclass
+class Connection:
+    """A provider, and what reaching it took."""
+
+    provider: Provider
+    endpoint: str | None = None  # the sandbox's API endpoint
+    private_sandbox: sandbox.Sandbox | None = None  # started for this connection alone
+
+    def client_cidr(self) -> str:
+        """The only address the scheduler's port is opened to: this machine's."""
+        return "127.0.0.1/32" if self.endpoint else client_cidr()
+
+    def close(self) -> None:
+        """Stop the private sandbox, if this connection started one (and its instances)."""
+        if self.private_sandbox is not None:
+            self.private_sandbox.stop()
+            self.private_sandbox = None
+
+
+def open_provider(cloud: str, region: str, *, start_sandbox: bool = True) -> Connection | None:
+    """`aws`: the default credential chain. `sandbox`: the long-lived sandbox when one is up,
+    else (with `start_sandbox`) a private one for this connection, else None."""
+    if cloud == "aws":
+        import boto3
+
+        return Connection(AwsProvider(boto3.Session(), region))
+    if cloud != "sandbox":
+        raise SpecError([f"cloud: {cloud!r} is not accepted; accepted: sandbox, aws"])
+    state = sandbox.running_sandbox()
+    private = None
+    if state is None:
+        if not start_sandbox:
+            return None
+        private = sandbox.Sandbox().start()
+        state = {"endpoint": private.endpoint}
+    # All sandbox instances share one host, so their ports are chosen freely.
+    provider = AwsProvider(
+        sandbox.session(), region, state["endpoint"], scheduler_port=0, dashboard_port=0
+    )
+    return Connection(provider, state["endpoint"], private)
