@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from burst.spec import JobSpec, SpecError, format_duration, load_job, load_spec
+from burst.job import load_job
+from burst.spec import JobSpec, SpecError, format_duration, load_spec
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CLOUD, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BUDGET = 4  # the plan is over the spec's max_cost or max_hourly: nothing was launched

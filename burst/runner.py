@@ -28,7 +28,8 @@ from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, EventHandler, new_job_id
 from burst.cost import cost_report, instance_cost
-from burst.spec import Job, JobSpec, job_from_spec, load_job, merged, parse_spec
+from burst.job import Job, job_from_spec, load_job
+from burst.spec import JobSpec, merged, parse_spec
 
 
 @dataclass
