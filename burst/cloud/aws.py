@@ -35,7 +35,8 @@ from burst.cloud.base import (
     TeardownReport,
     tag_dict,
 )
-from burst.plan import HUNDREDTH_CENT, PlanLine
+from burst.money import HUNDREDTH_CENT
+from burst.plan import PlanLine
 
 # Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
 RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
