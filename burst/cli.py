@@ -30,7 +30,8 @@ from burst.errors import (
     BurstError,
     SpecError,
 )
-from burst.spec import JobSpec, format_duration, load_job, load_spec
+from burst.job import load_job
+from burst.spec import JobSpec, format_duration, load_spec
 
 # The exit codes are the CLI's contract with workflow tools.
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_INTERRUPTED", "EXIT_JOB_FAILED"]

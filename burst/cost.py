@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
+from typing import TYPE_CHECKING
 
-from burst.cloud.base import InstanceRecord
+from burst.money import MICRODOLLAR
 from burst.plan import Plan
 
+if TYPE_CHECKING:  # an annotation only: cost sits below the cloud layer
+    from burst.cloud.base import InstanceRecord
+
 MINIMUM_BILLED_SECONDS = 60
-MICRODOLLAR = Decimal("0.000001")
 
 
 def billed_seconds(record: InstanceRecord, now: datetime) -> int:

@@ -36,9 +36,8 @@ from burst.catalog import (
     snapshot_source,
 )
 from burst.errors import PlanError
+from burst.money import HUNDREDTH_CENT
 from burst.spec import JobSpec, capacity_problems, format_duration
-
-HUNDREDTH_CENT = Decimal("0.0001")
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ from typing import Any
 import cloudpickle
 from distributed import Client, as_completed
 
-from burst import events, sweep, taskrun
+from burst import events, taskrun, transfer
 from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, new_job_id
 from burst.cost import cost_report, instance_cost
 from burst.events import EventHandler
-from burst.spec import Job, JobSpec, job_from_spec, load_job, merged, parse_spec
+from burst.job import Job, job_from_spec, load_job
+from burst.spec import JobSpec, merged, parse_spec
 
 
 @dataclass
@@ -264,12 +265,12 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
             started = time.monotonic()
             command = None
             if job.command is not None:  # its files and inputs go to S3, not the scheduler
-                command = sweep.command_task(job, cluster.bucket, job_id)
+                command = transfer.command_task(job, cluster.bucket, job_id)
             outcomes = map_tasks(client, job, emit, command)
             timings["run"] = time.monotonic() - started
             started = time.monotonic()
             if command is not None:  # before teardown deletes the bucket
-                sweep.download_outputs(cluster.bucket, job_id, folder / "outputs")
+                transfer.download_outputs(cluster.bucket, job_id, folder / "outputs")
             downloading = time.monotonic() - started
         started = time.monotonic() - downloading
         folder.mkdir(parents=True, exist_ok=True)

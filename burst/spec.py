@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -396,22 +392,6 @@ def capacity_problems(spec: JobSpec) -> list[str]:
     return []
 
 
-@dataclass(frozen=True)
-class Job:
-    """A validated spec with its code imported: everything needed to run, nothing launched.
-
-    A command job has no function: its tasks are rows of parameters and `command` holds the
-    template's argv tokens (see burst.sweep)."""
-
-    spec: JobSpec
-    folder: Path
-    function: Callable[[Any], Any] | None
-    tasks: list[Any]
-    reduce: Callable[[list[Any]], Any] | None
-    command: list[str] | None = None
-    files: list[Path] | None = None  # the spec folder's files shipped with a command job
-
-
 def _problems(error: ValidationError) -> list[str]:
     lines = []
     for e in error.errors():
@@ -445,44 +425,6 @@ def parse_spec(data: Any) -> JobSpec:
     return spec
 
 
-def import_entry_point(entry: str, folder: Path, field: str) -> Callable:
-    """Import 'module:callable' from the spec's folder (the job's own code ships by value)."""
-    module_name, _, attr = entry.partition(":")
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except Exception as error:  # any import-time failure is the user's to fix
-        raise SpecError(
-            [
-                f"{field}: cannot import {entry!r} from {folder}: {type(error).__name__}: {error}; "
-                "accepted: 'module:callable' where module.py sits next to the spec"
-            ]
-        ) from None
-    if not callable(target):
-        raise SpecError([f"{field}: {entry!r} is not callable"])
-    return target
-
-
-def _load_tasks(run: RunSpec, folder: Path) -> list[Any]:
-    if isinstance(run.tasks, TaskRange):
-        tasks = run.tasks.values()
-    elif isinstance(run.tasks, TaskFile):
-        path = folder / run.tasks.jsonl
-        try:
-            lines = path.read_text().splitlines()
-            tasks = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, json.JSONDecodeError) as error:
-            raise SpecError([f"run.tasks.jsonl: cannot read {str(path)!r}: {error}"]) from None
-    else:
-        tasks = list(run.tasks)
-    if not tasks:
-        raise SpecError(["run.tasks: at least one task is needed (got none)"])
-    return tasks
-
-
 def merged(base: dict, overrides: dict) -> dict:
     """`overrides` over `base`; a section (such as `run`) is merged field by field, so that
     `{"run": {"tasks": [1, 2]}}` keeps the spec's function. A field's value is replaced whole."""
@@ -506,34 +448,3 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobS
     if isinstance(data, dict) and overrides:
         data = merged(data, overrides)
     return parse_spec(data)
-
-
-def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
-    """Read a YAML spec, validate it and import its code; raises SpecError, never launches."""
-    return job_from_spec(load_spec(path, overrides), Path(path).resolve().parent)
-
-
-def job_from_spec(spec: JobSpec, folder: Path) -> Job:
-    if spec.run is None:
-        raise SpecError(["run: a 'run' section with 'function' and 'tasks' is needed to run a job"])
-    from burst import sweep
-
-    missing = sweep.missing_inputs(spec.inputs, folder)
-    if missing:
-        raise SpecError(missing)
-    if spec.run.command is not None:
-        rows = sweep.load_params(spec.run.params, folder)
-        argv = sweep.check_template(spec.run.command, rows)
-        reduce = None
-        if spec.run.reduce:
-            sys.modules.pop(spec.run.reduce.partition(":")[0], None)
-            reduce = import_entry_point(spec.run.reduce, folder, "run.reduce")
-        files = sweep.job_files(folder, spec)
-        return Job(spec, folder, None, rows, reduce, command=argv, files=files)
-    # Import the job's code afresh: a notebook re-run, or another spec with a module of the
-    # same name, must not get the module cached by an earlier load.
-    for entry in filter(None, (spec.run.function, spec.run.reduce)):
-        sys.modules.pop(entry.partition(":")[0], None)
-    function = import_entry_point(spec.run.function, folder, "run.function")
-    reduce = import_entry_point(spec.run.reduce, folder, "run.reduce") if spec.run.reduce else None
-    return Job(spec, folder, function, _load_tasks(spec.run, folder), reduce)

@@ -1,5 +1,6 @@
-"""Command sweeps on the client: parameter rows, the command template, the files that ship
-with the job, and the uploads and downloads around a run (the worker side is burst.taskrun).
+"""Command sweeps on the client, the pure half: parameter rows, the command template, the
+files that ship with the job and the job's prefix in the bucket. No cloud here: the uploads and
+downloads around a run are burst.transfer; the worker side is burst.taskrun.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import os
 import re
 import shlex
 import string
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from burst.spec import JobSpec, ParamFile, SpecError, TaskRange, input_name
-from burst.storage import Bucket
-from burst.taskrun import CommandTask, format_argv
+from burst.spec import JobSpec, ParamFile, SpecError, TaskRange
+from burst.taskrun import format_argv
 
 MAX_JOB_FILES = 2000
 MAX_JOB_BYTES = 50 * 1024 * 1024
@@ -174,53 +172,3 @@ def job_files(folder: Path, spec: JobSpec) -> list[Path]:
 
 def prefix(job_id: str) -> str:
     return f"jobs/{job_id}"
-
-
-def command_task(job, bucket: Bucket, job_id: str) -> CommandTask:
-    """Upload the job's files and local inputs to the cluster's bucket; the task fetches them."""
-    base = prefix(job_id)
-    inputs = []
-    with tempfile.TemporaryDirectory(prefix="burst-upload-") as tmp:
-        code = Path(tmp) / "code.tar.gz"
-        with tarfile.open(code, "w:gz") as tar:
-            for rel in job.files or []:
-                tar.add(job.folder / rel, arcname=rel.as_posix(), recursive=False)
-        bucket.upload(code, f"{base}/code.tar.gz")
-        for item in job.spec.inputs:
-            name = input_name(item)
-            if item.startswith("s3://"):
-                source_bucket, _, key = item[5:].partition("/")
-                inputs.append({"name": name, "kind": "object", "bucket": source_bucket, "key": key})
-                continue
-            path = job.folder / item
-            key = f"{base}/inputs/{name}"
-            if path.is_dir():
-                archive = Path(tmp) / f"{name}.tar"
-                with tarfile.open(archive, "w") as tar:
-                    tar.add(path, arcname=name)
-                bucket.upload(archive, key + ".tar")
-                archive.unlink()
-                inputs.append(
-                    {"name": name, "kind": "tar", "bucket": bucket.name, "key": key + ".tar"}
-                )
-            else:
-                bucket.upload(path, key)
-                inputs.append({"name": name, "kind": "object", "bucket": bucket.name, "key": key})
-    timeout = job.spec.run.timeout
-    return CommandTask(
-        {
-            "bucket": bucket.name,
-            "region": bucket.region,
-            "prefix": base,
-            "job_id": job_id,
-            "argv": job.command,
-            "timeout": timeout.total_seconds() if timeout else None,
-            "code": f"{base}/code.tar.gz",
-            "inputs": inputs,
-        }
-    )
-
-
-def download_outputs(bucket: Bucket, job_id: str, folder: Path) -> list[Path]:
-    """results/<job-id>/outputs/<task>/..., from the bucket, before teardown deletes it."""
-    return bucket.download_prefix(f"{prefix(job_id)}/outputs", folder)

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 # The modules that run with the user's credentials (node.py and taskrun.py run with the
 # cluster's own role; sandbox.py is the sandbox's hypervisor).
-CLIENT_SIDE = ["cloud/aws.py", "gc.py", "storage.py", "catalog.py", "cli.py", "sweep.py"]
+CLIENT_SIDE = ["cloud/aws.py", "gc.py", "storage.py", "catalog.py", "cli.py", "transfer.py"]
 CALL = re.compile(r"\b(ec2|ssm|iam|s3)\.(?:get_paginator\(\s*\"(\w+)\"|(\w+)\()")
 # ... and through a paging helper: _pages(ec2, "describe_instance_types", ...)
 HELPER_CALL = re.compile(r"\b(ec2|ssm|iam|s3),\s*\"(\w+)\"()")

@@ -164,7 +164,7 @@ def test_quickstart_notebook_executes_top_to_bottom(sandbox, tmp_path, monkeypat
 
 
 def test_overrides_change_one_field_of_a_section_and_keep_the_rest():
-    from burst.spec import load_job
+    from burst.job import load_job
 
     job = load_job(REPO / "jobs" / "pi.yaml", {"cores": 2, "run": {"tasks": {"range": 3}}})
     assert job.spec.cores == 2 and job.tasks == [0, 1, 2]

@@ -16,14 +16,12 @@ from typer.testing import CliRunner
 
 from burst.catalog import families
 from burst.cli import EXIT_BAD_INPUT, app
+from burst.job import Job, job_from_spec, load_job
 from burst.spec import (
-    Job,
     JobSpec,
     RunSpec,
     SpecError,
     format_duration,
-    job_from_spec,
-    load_job,
     parse_duration,
     parse_spec,
 )

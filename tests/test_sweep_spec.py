@@ -17,7 +17,8 @@ import yaml
 
 from burst import bootstrap
 from burst.bootstrap import client_versions
-from burst.spec import SpecError, load_job, parse_spec
+from burst.job import load_job
+from burst.spec import SpecError, parse_spec
 from burst.sweep import check_template, job_files
 from burst.taskrun import format_argv
 

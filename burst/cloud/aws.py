@@ -38,7 +38,7 @@ from burst.cloud.base import (
     TeardownReport,
     tag_dict,
 )
-from burst.plan import HUNDREDTH_CENT
+from burst.money import HUNDREDTH_CENT
 
 # Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
 RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
