@@ -22,7 +22,8 @@ from typing import Any
 
 from burst import tls
 from burst.cloud import sandbox
-from burst.cloud.aws import AwsProvider, ClusterIdentity
+from burst.cloud.aws import AwsProvider
+from burst.cloud.base import ClusterIdentity
 from burst.plan import plan
 from burst.provision import acquire_workers
 from burst.spec import parse_spec
