@@ -185,7 +185,8 @@ def cheapest_cover(
         if taken[state]:
             counts[i] += k
             state = top_from if state == target else state - kw
-    assert state == 0, "the reconstruction must end at zero cores"
+    if state != 0:
+        raise RuntimeError(f"planner bug: the reconstruction ended at {state} cores, not 0")
     return counts
 
 
@@ -382,7 +383,8 @@ def plan(
             chosen = attempt(high / 100)
             relaxed = f"{high / 100:g}" if high < 100 else "none (1)"
             notes.append(f"max_pool_share relaxed from {share:g} to {relaxed}: {why}")
-    assert chosen is not None  # uncapped, the usable offers always cover the cores
+    if chosen is None:  # uncapped, the usable offers always cover the cores
+        raise RuntimeError(f"planner bug: no cover of {spec.cores} cores without a share cap")
     if spec.max_hourly is not None and chosen.hourly > spec.max_hourly:
         notes.append(f"the cheapest plan costs ${chosen.hourly}/h, over max_hourly")
     return replace(chosen, notes=tuple(notes))
@@ -407,7 +409,8 @@ def fallback_plan(
     if not usable:
         raise _no_offers(spec, market, zones)
     counts = cheapest_cover(usable, missing_cores)
-    assert counts is not None
+    if counts is None:  # uncapped, the usable offers always cover the cores
+        raise RuntimeError(f"planner bug: no cover of {missing_cores} cores")
     lines = tuple(_worker_lines(usable, counts))
     return Plan(
         lines=lines,
@@ -515,12 +518,11 @@ def _fit_cores(spec: JobSpec, zones, offers) -> int:
     return low
 
 
-def _fit_runtime(spec: JobSpec, p: Plan) -> timedelta | None:
+def _fit_runtime(spec: JobSpec, p: Plan, max_cost: Decimal) -> timedelta | None:
     """The longest max_runtime whose cost bound at this plan's $/h fits max_cost."""
-    assert spec.max_cost is not None
-    limit = spec.max_cost.quantize(HUNDREDTH_CENT, ROUND_FLOOR)
+    limit = max_cost.quantize(HUNDREDTH_CENT, ROUND_FLOOR)
     seconds = int(limit * 3600 / p.hourly)
-    while seconds > 0 and cost_bound(p.hourly, Decimal(seconds) / 3600) > spec.max_cost:
+    while seconds > 0 and cost_bound(p.hourly, Decimal(seconds) / 3600) > max_cost:
         seconds -= 1
     runtime = seconds - int(spec.grace.total_seconds())
     if runtime >= 60:
@@ -539,10 +541,11 @@ def check_budget(
         return
     if spec.max_hourly is not None and p.hourly > spec.max_hourly:
         field, limit, value, runtime = "max_hourly", spec.max_hourly, p.hourly, None
-    else:
-        assert spec.max_cost is not None
+    elif spec.max_cost is not None:
         field, limit, value = "max_cost", spec.max_cost, p.cost_bound
-        runtime = _fit_runtime(spec, p)
+        runtime = _fit_runtime(spec, p, spec.max_cost)
+    else:  # _within found a limit broken, so one of the two is set
+        raise RuntimeError("planner bug: a plan over budget with no budget")
     raise BudgetError(field, limit, value, p, _fit_cores(spec, zones, offers), runtime)
 
 

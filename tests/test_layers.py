@@ -260,3 +260,14 @@ def test_the_checker_sees_what_it_must(tmp_path: Path) -> None:
     }
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_assert_guards_an_invariant() -> None:
+    """`python -O` strips asserts: an invariant burst relies on is checked with a raise."""
+    found = [
+        f"{name}:{node.lineno}"
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []
