@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import html
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -77,7 +78,7 @@ class BurstCluster(Cluster):
     boot_timeout : float, default 900
         Seconds to wait for the scheduler to start and the workers to join.
     quiet : bool, default False
-        Do not print progress lines.
+        Do not print progress lines (on stderr; ``get_logs()`` keeps them either way).
     **fields
         JobSpec fields when no spec is given: ``cores=8, max_runtime="15m", cloud="aws"``.
 
@@ -172,6 +173,13 @@ class BurstCluster(Cluster):
     def _emit(self, event: events.Event) -> None:
         self._log(str(event))
         self._on_event(event)
+
+    def _log(self, log: str) -> None:
+        """Kept for get_logs(), as distributed does, but printed on stderr: a script's stdout
+        is its own."""
+        self._cluster_manager_logs.append((datetime.now(), log))
+        if not self.quiet:
+            print(log, file=sys.stderr, flush=True)
 
     @property
     def workers(self) -> dict[str, InstanceRecord]:
