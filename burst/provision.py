@@ -84,9 +84,14 @@ def acquire_workers(
                     fleet = provider.launch_fleet(ident, env, template_id, request, units, cap)
                     got.extend(fleet)
                     on_launch(fleet)
+                    if fleet.errors or fleet.cores < units:
+                        failed.add(request.pool)  # short, with or without an error
+                        break  # so its other fleets would be short too
             failed |= {(e.instance_type, e.zone, e.market) for e in got.errors}
     if got.cores < spec.min_cores:
-        reasons = "; ".join(str(e) for e in got.errors) or "the budget allows no more"
+        reasons = "; ".join(str(e) for e in got.errors) or (
+            "the budget allows no more" if budget is not None else "the cloud gave no more"
+        )
         raise CloudError(
             f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons})",
             "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
