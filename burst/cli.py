@@ -1,7 +1,8 @@
 """The `burst` command. Progress and logs go to stderr; stdout carries the result alone.
 
 Exit codes (burst.errors): 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity error,
-4 budget refused or exceeded, 130 interrupted (Ctrl-C or SIGTERM; teardown still runs).
+4 budget refused or exceeded, 5 max_runtime reached (finished results kept),
+130 interrupted (Ctrl-C or SIGTERM; teardown still runs).
 `exit_for` is the one place where an exception becomes an exit code.
 """
 
@@ -24,6 +25,7 @@ from burst.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUDGET,
     EXIT_CLOUD,
+    EXIT_DEADLINE,
     EXIT_INTERRUPTED,
     EXIT_JOB_FAILED,
     EXIT_OK,
@@ -34,8 +36,8 @@ from burst.job import load_job
 from burst.spec import JobSpec, format_duration, load_spec
 
 # The exit codes are the CLI's contract with workflow tools.
-__all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_INTERRUPTED", "EXIT_JOB_FAILED"]
-__all__ += ["EXIT_OK", "app"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_DEADLINE", "EXIT_INTERRUPTED"]
+__all__ += ["EXIT_JOB_FAILED", "EXIT_OK", "app"]
 
 app = typer.Typer(
     help="Rent a supercomputer for an afternoon.",
@@ -150,8 +152,10 @@ class Display:
         match event:
             case events.ManifestWritten(manifest=manifest):
                 self.manifest = manifest
-            case events.Planned(plan=plan):
+            case events.Planned(plan=plan, job_id=job_id, cluster_id=cluster_id):
                 err.print(plan_table(plan))
+                # First, so that a killed run can still be found: `burst cancel JOB_ID`.
+                err.print(f"job {job_id}  cluster {cluster_id}", highlight=False)
                 self.progress.start()
                 self.bar("instances launched", total=sum(line.count for line in plan.lines))
             case events.SandboxUsed():
@@ -191,6 +195,8 @@ class Display:
 
 
 def summary(manifest: dict) -> Table:
+    from burst.results import dumps
+
     table = Table(
         title=f"Job {manifest['job_id']}: {manifest['status']}",
         title_justify="left",
@@ -201,7 +207,7 @@ def summary(manifest: dict) -> Table:
     tasks = manifest["tasks"]
     teardown = manifest["teardown"]
     rows = {
-        "result": json.dumps(manifest["result"], default=repr),
+        "result": dumps(manifest["result"]),
         "tasks": f"{tasks['done']} done, {tasks['failed']} failed, "
         f"{tasks.get('retried', 0)} retried of {tasks['total']}",
         "cores": f"{manifest['cores']['worker_vcpus']} worker vCPUs "
@@ -240,6 +246,14 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the manifest alone on stdout.")
     ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="JOB_ID",
+            help="Run only the tasks not done in that job's results, into its folder.",
+        ),
+    ] = None,
 ) -> None:
     """Plan, launch, run, collect and tear down one job."""
     from burst.plan import plan_within_budget
@@ -262,13 +276,16 @@ def run(
     )
     failure: BaseException | None = None
     try:
-        result = run_job(job, on_event=display)
+        result = run_job(job, on_event=display, resume=resume)
     except (KeyboardInterrupt, Exception) as error:  # the manifest is printed first, below
         failure = error
     display.close()
-    manifest = display.manifest
+    from burst.results import dumps
+
+    # A resumed job with nothing left to run rents nothing: its manifest is the earlier one.
+    manifest = display.manifest or (result.manifest if failure is None else None)
     if as_json and manifest:  # the machine contract: the manifest on every exit path
-        print(json.dumps(manifest, indent=2, default=repr))
+        print(dumps(manifest, indent=2))
     if failure is not None:
         raise exit_for(failure, spec, show_plan=False)
     if not as_json:
@@ -280,9 +297,15 @@ def run(
             "teardown could not verify that nothing is left",
             "delete the resources listed in the manifest's teardown.leftovers",
         )
+    if result.status == "deadline":
+        raise fail(
+            EXIT_DEADLINE,
+            result.manifest["error"],
+            f"raise max_runtime, or run the rest: burst run {spec} --resume {result.job_id}",
+        )
     if not result.ok:
-        if manifest.get("error"):
-            say_error(manifest["error"])
+        if result.manifest.get("error"):
+            say_error(result.manifest["error"])
         raise typer.Exit(EXIT_JOB_FAILED)
 
 

@@ -3,7 +3,8 @@
 The CLI maps any `BurstError` to its `exit_code` in one place; everything else is a bug.
 
 Exit codes: 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity error,
-4 budget refused or exceeded, 130 interrupted (Ctrl-C or SIGTERM; teardown still runs).
+4 budget refused or exceeded, 5 max_runtime reached (finished results kept),
+130 interrupted (Ctrl-C or SIGTERM; teardown still runs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CLOUD = 3
 EXIT_BUDGET = 4
+EXIT_DEADLINE = 5
 EXIT_INTERRUPTED = 130
 
 

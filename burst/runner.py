@@ -1,14 +1,15 @@
 """Runs a job on a BurstCluster: map the function over the tasks, collect, reduce, report.
 
-The results folder gets `results.jsonl` (one line per task) and `manifest.json` (what ran
-where, for how long, at what estimated cost, and the teardown verification). The manifest is
-written on every path that got as far as launching, success or not.
+The results folder gets `results.jsonl` (one line per task, written as each task finishes)
+and `manifest.json` (what ran where, for how long, at what cost, and the teardown
+verification). The manifest is written on every path that got as far as planning, success or
+not, and counts exactly the lines in results.jsonl. The job stops at max_runtime (status
+`deadline`), keeping what finished; `resume=` runs what is missing into the same folder.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import sys
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import Any
 
 import cloudpickle
 from distributed import Client, as_completed
+from distributed import TimeoutError as DaskTimeoutError
 
 from burst import events, taskrun, transfer
 from burst.bootstrap import client_versions
@@ -30,30 +32,23 @@ from burst.cluster import BurstCluster, new_job_id
 from burst.cost import cost_report, instance_cost
 from burst.events import EventHandler
 from burst.job import Job, job_from_spec, load_job
-from burst.spec import JobSpec, merged, parse_spec
-
-
-@dataclass
-class TaskOutcome:
-    task: int
-    input: Any
-    status: str  # "done" or "failed"
-    result: Any = None
-    error: str | None = None
-    worker: str | None = None
-    seconds: float | None = None
-    attempts: int | None = None  # how often the task was handed to a worker
-    exit_code: int | None = None  # command tasks
-    stderr_tail: str | None = None  # command tasks that failed
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+from burst.results import (
+    MANIFEST,
+    ResultsLog,
+    TaskOutcome,
+    dumps,
+    job_folder,
+    load_for_resume,
+)
+from burst.spec import JobSpec, format_duration, merged, parse_spec
 
 
 @dataclass
 class JobResult:
     job_id: str
-    status: str  # "succeeded", "failed" (some tasks failed), "error", "interrupted"
+    # "succeeded", "failed" (some tasks failed), "deadline" (max_runtime reached, results
+    # kept), "error" (the cloud or burst failed), "interrupted"
+    status: str
     folder: Path
     manifest: dict
     outcomes: list[TaskOutcome] = field(default_factory=list)
@@ -123,26 +118,6 @@ class JobResult:
 STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
 
 
-def _timed(function: Callable[[Any], Any]) -> Callable[[Any], dict]:
-    """Wrap the job's function to report its worker and run time. Defined as a closure so
-    cloudpickle ships it by value: workers need no copy of burst."""
-
-    def call(task: Any) -> dict:
-        import time as clock
-
-        from distributed import get_worker
-
-        started = clock.perf_counter()
-        value = function(task)
-        return {
-            "value": value,
-            "seconds": clock.perf_counter() - started,
-            "worker": get_worker().name,
-        }
-
-    return call
-
-
 def by_value(target: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A closure cannot be pickled by reference, so distributed hands the task to cloudpickle,
     which then honours register_pickle_by_value for the target (workers have no burst)."""
@@ -178,72 +153,105 @@ def _failure(i: int, task: Any, future, command: bool) -> TaskOutcome:
             stderr_tail=details.get("stderr_tail", ""),
         )
     tail = "".join(traceback.format_tb(future.traceback())[-3:])
-    return TaskOutcome(i, task, "failed", error=f"{type(error).__name__}: {error}\n{tail}".strip())
+    printed = getattr(error, "burst_output", {})  # burst.taskrun.FunctionTask's capture
+    return TaskOutcome(
+        i,
+        task,
+        "failed",
+        error=f"{type(error).__name__}: {error}\n{tail}".strip(),
+        stdout_tail=printed.get("stdout_tail"),
+        stderr_tail=printed.get("stderr_tail"),
+    )
 
 
 def map_tasks(
-    client: Client, job: Job, emit: EventHandler, command: taskrun.CommandTask | None = None
-) -> list[TaskOutcome]:
-    """Run every task (the job's function, or its command); count each task's attempts."""
+    client: Client,
+    job: Job,
+    emit: EventHandler,
+    log: ResultsLog,
+    todo: list[int],
+    stop_at: datetime | None = None,
+    command: taskrun.CommandTask | None = None,
+) -> bool:
+    """Run the tasks numbered `todo` (the job's function, or its command), each outcome into
+    `log` as it finishes. Returns False when `stop_at` came first: what is still running is
+    cancelled and what finished is kept."""
     _ship_by_value(job.folder)
     cloudpickle.register_pickle_by_value(taskrun)  # the nodes have no copy of burst
     client.register_plugin(taskrun.AttemptCounter())  # a fresh count for this job
-    retries = job.spec.run.retries if job.spec.run else 0
+    run = job.spec.run
+    timeout = run.timeout.total_seconds() if run and run.timeout else None
     futures = client.map(
-        by_value(command) if command else _timed(job.function),
-        list(enumerate(job.tasks)) if command else job.tasks,
-        retries=retries,
+        by_value(command or taskrun.FunctionTask(job.function, timeout)),
+        [(i, job.tasks[i]) for i in todo] if command else [job.tasks[i] for i in todo],
+        retries=run.retries if run else 0,
         pure=False,
-        key=[f"task-{i}" for i in range(len(job.tasks))],
+        key=[f"task-{i}" for i in todo],
     )
-    index = {f.key: i for i, f in enumerate(futures)}
-    outcomes: dict[int, TaskOutcome] = {}
-    failed = 0
-    emit(events.TasksProgress(0, 0, len(futures)))
-    for future in as_completed(futures):
-        i = index[future.key]
-        if future.status == "finished":
-            reply = future.result()
-            outcomes[i] = TaskOutcome(
-                i,
-                job.tasks[i],
-                "done",
-                reply["value"],
-                worker=reply["worker"],
-                seconds=reply["seconds"],
-                exit_code=reply["value"]["exit_code"] if command else None,
-            )
-        elif future.status != "error":  # cancelled or lost: the cluster, not the task
-            raise CloudError(f"lost task {i} ({future.status}): the cluster went away")
-        else:
-            outcomes[i] = _failure(i, job.tasks[i], future, command is not None)
-            failed += 1
-        emit(events.TasksProgress(len(outcomes) - failed, failed, len(futures)))
-        future.release()
+    index = dict(zip((f.key for f in futures), todo, strict=True))
+    total = len(job.tasks)
+
+    def progress() -> events.TasksProgress:
+        return events.TasksProgress(len(log.done()), len(log.failed()), total)
+
+    emit(progress())
+    seconds_left = None if stop_at is None else (stop_at - datetime.now(UTC)).total_seconds()
+    try:
+        for future in as_completed(futures, timeout=seconds_left):
+            i = index[future.key]
+            if future.status == "finished":
+                reply = future.result()
+                log.add(
+                    TaskOutcome(
+                        i,
+                        job.tasks[i],
+                        "done",
+                        reply["value"],
+                        worker=reply["worker"],
+                        seconds=reply["seconds"],
+                        exit_code=reply["value"]["exit_code"] if command else None,
+                        stdout_tail=reply.get("stdout_tail"),
+                        stderr_tail=reply.get("stderr_tail"),
+                    )
+                )
+            elif future.status != "error":  # cancelled or lost: the cluster, not the task
+                raise CloudError(f"lost task {i} ({future.status}): the cluster went away")
+            else:
+                log.add(_failure(i, job.tasks[i], future, command is not None))
+            emit(progress())
+            future.release()
+    except DaskTimeoutError:
+        client.cancel([f for f in futures if not f.done()])
+        return False
     attempts = client.run_on_scheduler(taskrun.attempts_on)
     for key, i in index.items():
-        outcomes[i].attempts = attempts.get(str(key), 1)
-    return [outcomes[i] for i in range(len(futures))]
+        log.outcomes[i].attempts = attempts.get(str(key), 1)
+    return True
 
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _json_default(value: Any) -> Any:
-    return repr(value)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(data, indent=2) + "\n")
 
 
-def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
+def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None = None) -> JobResult:
     """Plan, launch, run, collect and tear down; the teardown runs on every path, and the
-    manifest is written on every path that got as far as planning."""
+    manifest is written on every path that got as far as planning. With `resume` (a job id),
+    only the tasks not done in that job's results run, into its folder."""
     emit = on_event or events.ignore
-    job_id = new_job_id(job.spec.name)
-    folder = Path(job.spec.outputs) / job_id
+    job_id = resume or new_job_id(job.spec.name)
+    folder = job_folder(job.spec.outputs, job_id)
+    earlier_runs: list[dict] = []
+    done_before: list[TaskOutcome] = []
+    if resume:
+        done_before, earlier = load_for_resume(folder, job.tasks)
+        earlier_runs = earlier.get("runs") or [_run_summary(earlier)]
+    log = ResultsLog(folder, done_before)
+    todo = [i for i in range(len(job.tasks)) if i not in log.outcomes]
     started_at = datetime.now(UTC)
     made: list[BurstCluster] = []  # the cluster, even when its constructor fails
 
@@ -252,12 +260,14 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
             made.append(event.cluster)
         emit(event)
 
-    outcomes: list[TaskOutcome] = []
     reduced = None
     status, problem = "error", None
     timings: dict[str, float] = {}
     manifest: dict = {}
     try:
+        if not todo:  # resumed with every task done: nothing to rent
+            reduced, status, problem = _reduce(job, log)
+            return JobResult(job_id, status, folder, earlier, log.in_order(), reduced)
         with (
             BurstCluster(job.spec, job_id=job_id, on_event=observe, quiet=True) as cluster,
             Client(cluster) as client,
@@ -266,25 +276,20 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
             command = None
             if job.command is not None:  # its files and inputs go to S3, not the scheduler
                 command = transfer.command_task(job, cluster.bucket, job_id)
-            outcomes = map_tasks(client, job, emit, command)
+            # The job ends at max_runtime; the grace after it is for collecting and teardown.
+            stop_at = cluster.deadline - job.spec.grace
+            finished = map_tasks(client, job, emit, log, todo, stop_at, command)
             timings["run"] = time.monotonic() - started
             started = time.monotonic()
             if command is not None:  # before teardown deletes the bucket
                 transfer.download_outputs(cluster.bucket, job_id, folder / "outputs")
             downloading = time.monotonic() - started
         started = time.monotonic() - downloading
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "results.jsonl", "w") as out:
-            for outcome in outcomes:
-                out.write(json.dumps(outcome.to_dict(), default=_json_default) + "\n")
-        failed = any(o.status == "failed" for o in outcomes)
-        if job.reduce and not failed:
-            try:
-                reduced = job.reduce([o.result for o in outcomes])
-            except Exception as error:  # the user's reduce: keep the results, fail the job
-                failed, problem = True, f"run.reduce raised {type(error).__name__}: {error}"
+        if finished:
+            reduced, status, problem = _reduce(job, log)
+        else:
+            status, problem = "deadline", _deadline_message(job, log)
         timings["collect"] = time.monotonic() - started
-        status = "failed" if failed else "succeeded"
     except KeyboardInterrupt:
         status, problem = "interrupted", "interrupted by Ctrl-C or SIGTERM"
         raise
@@ -292,14 +297,55 @@ def run_job(job: Job, on_event: EventHandler | None = None) -> JobResult:
         problem = f"{type(error).__name__}: {error}"
         raise
     finally:
+        log.close()
         if made:
             manifest = _manifest(
-                job, job_id, made[0], status, problem, outcomes, reduced, timings, started_at
+                job,
+                job_id,
+                made[0],
+                status,
+                problem,
+                log,
+                reduced,
+                timings,
+                started_at,
+                earlier_runs,
             )
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_json(folder / "manifest.json", manifest)
-            emit(events.ManifestWritten(folder / "manifest.json", manifest))
-    return JobResult(job_id, status, folder, manifest, outcomes, reduced)
+            _write_json(folder / MANIFEST, manifest)
+            emit(events.ManifestWritten(folder / MANIFEST, manifest))
+    return JobResult(job_id, status, folder, manifest, log.in_order(), reduced)
+
+
+def _reduce(job: Job, log: ResultsLog) -> tuple[Any, str, str | None]:
+    """The reduce over every task's result, when every task is done."""
+    failed = log.failed()
+    if failed:
+        return None, "failed", f"{len(failed)} of {len(job.tasks)} tasks failed"
+    if not job.reduce:
+        return None, "succeeded", None
+    try:
+        return job.reduce([o.result for o in log.in_order()]), "succeeded", None
+    except Exception as error:  # the user's reduce: keep the results, fail the job
+        return None, "failed", f"run.reduce raised {type(error).__name__}: {error}"
+
+
+def _deadline_message(job: Job, log: ResultsLog) -> str:
+    return (
+        f"max_runtime {format_duration(job.spec.max_runtime)} reached: {len(log.done())} of "
+        f"{len(job.tasks)} tasks done, results kept; raise max_runtime or resume"
+    )
+
+
+def _run_summary(manifest: dict) -> dict:
+    """One run of a job, as the manifest of a resumed job lists its runs."""
+    return {
+        "cluster_id": manifest.get("cluster_id"),
+        "status": manifest.get("status"),
+        "started_at": manifest.get("started_at"),
+        "ended_at": manifest.get("ended_at"),
+        "tasks_run": manifest.get("tasks", {}).get("ran"),
+        "cost": (manifest.get("cost") or {}).get("actual"),
+    }
 
 
 def _manifest(
@@ -308,16 +354,19 @@ def _manifest(
     cluster: BurstCluster,
     status: str,
     problem: str | None,
-    outcomes: list[TaskOutcome],
+    log: ResultsLog,
     reduced: Any,
     timings: dict[str, float],
     started_at: datetime,
+    earlier_runs: list[dict],
 ) -> dict:
     ended_at = datetime.now(UTC)
     instances = list(cluster.instances.values())
-    failures = [o for o in outcomes if o.status == "failed"]
+    outcomes = log.in_order()
+    failures = log.failed()
     report = cluster.teardown_report
-    return {
+    cost = cost_report(instances, cluster.capacity_plan, ended_at)
+    manifest = {
         "job_id": job_id,
         "cluster_id": cluster.cluster_id,
         "status": status,
@@ -325,9 +374,10 @@ def _manifest(
         "result": reduced,
         "tasks": {
             "total": len(job.tasks),
-            "done": len(outcomes) - len(failures),
+            "done": len(log.done()),
             "failed": len(failures),
             "retried": sum((o.attempts or 1) > 1 for o in outcomes),
+            "ran": len(outcomes) - log.carried,  # by this run; the rest by earlier ones
         },
         "failures": [
             {
@@ -351,7 +401,7 @@ def _manifest(
         "instances": [
             {**i.to_dict(), "cost": _text(instance_cost(i, ended_at))} for i in instances
         ],
-        "cost": cost_report(instances, cluster.capacity_plan, ended_at),
+        "cost": cost,
         "fleets": cluster.fleet_ids,
         "capacity_errors": [str(e) for e in cluster.capacity_errors],
         "plan": cluster.capacity_plan.to_dict(),
@@ -370,6 +420,12 @@ def _manifest(
         "spec": job.spec.model_dump(mode="json"),
         "versions": {**client_versions(), "burst": version("burst")},
     }
+    if earlier_runs:  # resumed: every run, this one last, and what they all cost
+        manifest["runs"] = earlier_runs + [_run_summary(manifest)]
+        manifest["cost"]["actual_all_runs"] = str(
+            sum(Decimal(r["cost"]) for r in manifest["runs"] if r["cost"] is not None)
+        )
+    return manifest
 
 
 def run(
@@ -377,14 +433,16 @@ def run(
     on_event: EventHandler | None = None,
     folder: str | Path = ".",
     overrides: dict[str, Any] | None = None,
+    resume: str | None = None,
 ) -> JobResult:
     """The notebook entry point: run a spec (a path, a JobSpec or a dict) to completion.
 
     `overrides` changes fields, nested ones too: `{"run": {"tasks": [1, 2]}}` keeps the
-    spec's function. A dict or JobSpec's modules are found in `folder`."""
+    spec's function. A dict or JobSpec's modules are found in `folder`. `resume` (a job id)
+    runs only the tasks that job has not done, into its results folder."""
     if isinstance(spec, str | Path):
-        return run_job(load_job(spec, overrides), on_event)
+        return run_job(load_job(spec, overrides), on_event, resume)
     if isinstance(spec, JobSpec):
         spec = spec.model_dump(exclude_unset=True)
     spec = parse_spec(merged(spec, overrides or {}))
-    return run_job(job_from_spec(spec, Path(folder).resolve()), on_event)
+    return run_job(job_from_spec(spec, Path(folder).resolve()), on_event, resume)

@@ -100,7 +100,7 @@ class RunSpec(Strict):
     params: Any = Field(
         None, description="the command's parameters: a grid of names, a file or a list of rows"
     )
-    timeout: timedelta | None = Field(None, description="per command task, such as '10m'")
+    timeout: timedelta | None = Field(None, description="per task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
     retries: int = Field(1, ge=0, le=10)
 
@@ -168,8 +168,8 @@ class RunSpec(Strict):
             )
         if self.function is not None and self.tasks is None:
             raise ValueError("'function' needs 'tasks'")
-        if self.function is not None and (self.params is not None or self.timeout is not None):
-            raise ValueError("'params' and 'timeout' go with 'command'; 'function' takes 'tasks'")
+        if self.function is not None and self.params is not None:
+            raise ValueError("'params' goes with 'command'; 'function' takes 'tasks'")
         if self.command is not None and self.params is None:
             raise ValueError("'command' needs 'params' (one task per row of parameters)")
         if self.command is not None and self.tasks is not None:

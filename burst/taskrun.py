@@ -1,4 +1,5 @@
-"""What runs on the workers for a command task, and the scheduler's attempt counter.
+"""What runs on the workers for a task (a function or a command), and the scheduler's attempt
+counter.
 
 Shipped by value (cloudpickle.register_pickle_by_value): the nodes have no copy of burst,
 only the standard library, boto3 and distributed. So this module imports nothing from burst
@@ -13,6 +14,7 @@ read-only cache ($BURST_INPUT holds the inputs).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,145 @@ def format_argv(tokens: list[str], row: dict[str, Any]) -> list[str]:
     return [token.format(**row) for token in tokens]
 
 
+def tail_of(text: str) -> str:
+    return "\n".join(text[-TAIL_BYTES:].splitlines()[-TAIL_LINES:])
+
+
 def tail(path: Path) -> str:
     with open(path, "rb") as stream:
         stream.seek(0, os.SEEK_END)
         stream.seek(max(0, stream.tell() - TAIL_BYTES))
-        text = stream.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-TAIL_LINES:])
+        return tail_of(stream.read().decode("utf-8", errors="replace"))
+
+
+class _TailBuffer:
+    """What one task printed, bounded: only the tail is ever reported."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text = (self.text + text)[-2 * TAIL_BYTES :]
+
+
+class _ThreadRouter:
+    """Stands in for sys.stdout or sys.stderr in a worker process: what a task's thread writes
+    goes to that task's buffer, everything else to the real stream. Log records that reach
+    the stream (Python's default for warnings and above, or the task's own basicConfig) are
+    captured with it."""
+
+    _burst_router = True
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buffers: dict[int, _TailBuffer] = {}
+
+    def write(self, text: str) -> int:
+        buffer = self.buffers.get(threading.get_ident())
+        (buffer or self.stream).write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, isatty, ...
+        return getattr(self.stream, name)
+
+
+def _router(name: str) -> _ThreadRouter:
+    """sys.stdout or sys.stderr, routed; installed once per worker process."""
+    # The lock lives on sys, not in this module: shipped by value, the module's globals are
+    # pickled with each task, and a lock cannot be (dict.setdefault is atomic under the GIL).
+    with sys.__dict__.setdefault("_burst_router_lock", threading.Lock()):
+        stream = getattr(sys, name)
+        if not getattr(stream, "_burst_router", False):  # by attribute: shipped by value,
+            stream = _ThreadRouter(stream)  # this class is a new object in every unpickling
+            setattr(sys, name, stream)
+        return stream
+
+
+class _Timeout(Exception):
+    """Raised inside a task's thread when its time is up."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Interrupt the calling thread after `seconds`, at its next Python instruction (a long
+    call into C, such as one numpy operation, finishes first). Threads cannot be killed: this
+    raises an exception in the thread, through CPython's PyThreadState_SetAsyncExc."""
+    if seconds is None:
+        yield
+        return
+    thread = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    state = {"running": True, "fired": False}
+
+    def expire() -> None:
+        with lock:
+            if state["running"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, ctypes.py_object(_Timeout))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except _Timeout:
+        raise TimeoutError(f"timed out after {seconds:g}s") from None
+    finally:
+        timer.cancel()
+        with lock:
+            state["running"] = False
+            if state["fired"]:  # not raised yet: clear it, so it cannot hit the worker later
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)
+    if state["fired"]:
+        raise TimeoutError(f"timed out after {seconds:g}s")
+
+
+class FunctionTask:
+    """Callable on a worker with one task's input: the job's function, timed, with what it
+    printed captured for this task alone, and stopped after `timeout` seconds.
+
+    Returns {"value", "seconds", "worker", "stdout_tail", "stderr_tail"}; an exception it
+    raises carries the tails in its `burst_output` attribute (pickled with it)."""
+
+    def __init__(self, function: Any, timeout: float | None = None):
+        self.function = function
+        self.timeout = timeout
+
+    def __call__(self, task: Any) -> dict[str, Any]:
+        from distributed import get_worker
+
+        streams = {"stdout": _router("stdout"), "stderr": _router("stderr")}
+        buffers = {name: _TailBuffer() for name in streams}
+        me = threading.get_ident()
+        for name, router in streams.items():
+            router.buffers[me] = buffers[name]
+        started = time.perf_counter()
+        try:
+            with _time_limit(self.timeout):
+                value = self.function(task)
+        except _Timeout:  # raised just outside the time limit's own handler
+            error = TimeoutError(f"timed out after {self.timeout:g}s")
+            error.burst_output = _tails(buffers)
+            raise error from None
+        except BaseException as error:
+            error.burst_output = _tails(buffers)
+            raise
+        finally:
+            for router in streams.values():
+                router.buffers.pop(me, None)
+        return {
+            "value": value,
+            "seconds": time.perf_counter() - started,
+            "worker": get_worker().name,
+            **_tails(buffers),
+        }
+
+
+def _tails(buffers: dict[str, _TailBuffer]) -> dict[str, str]:
+    return {f"{name}_tail": tail_of(b.text) for name, b in buffers.items() if b.text}
 
 
 def _extract(archive: Path, folder: Path) -> None:

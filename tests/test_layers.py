@@ -33,6 +33,7 @@ LAYERS = {
     "burst.sweep": 2,
     "burst.job": 2,
     "burst.cost": 2,
+    "burst.results": 2,
     # The cloud: providers, the bucket, transfers through it, the nodes' user data.
     "burst.cloud": 3,
     "burst.cloud.base": 3,
