@@ -26,9 +26,16 @@ except ImportError:  # Airflow 2
 SPEC = os.environ.get("BURST_SPEC", "jobs/pi.yaml")
 
 # burst's exit codes: 0 ok, 1 job failed (some tasks raised), 2 bad spec, 3 cloud or capacity
-# error, 4 over budget, 130 interrupted. Bad input and over budget will not get better by
-# retrying; a cloud error or an interruption may.
-NO_RETRY = {1: "the job failed", 2: "the spec is invalid", 4: "the budget refused the job"}
+# error, 4 over budget, 5 max_runtime reached (the finished results are kept), 130
+# interrupted. Bad input, a budget refusal and a job too long for its max_runtime will not
+# get better by retrying (resume it instead: `burst run SPEC --resume JOB_ID`); a cloud error
+# or an interruption may.
+NO_RETRY = {
+    1: "the job failed",
+    2: "the spec is invalid",
+    4: "the budget refused the job",
+    5: "max_runtime was reached (finished results kept; raise max_runtime or resume)",
+}
 
 
 def burst_command(spec: str) -> list[str]:
