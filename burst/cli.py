@@ -155,7 +155,7 @@ class Display:
             case events.Planned(plan=plan, job_id=job_id, cluster_id=cluster_id):
                 err.print(plan_table(plan))
                 # First, so that a killed run can still be found: `burst cancel JOB_ID`.
-                err.print(f"job {job_id}  cluster {cluster_id}", highlight=False)
+                err.print(f"job {job_id}  cluster {cluster_id}", highlight=False, soft_wrap=True)
                 self.progress.start()
                 self.bar("instances launched", total=sum(line.count for line in plan.lines))
             case events.SandboxUsed():
@@ -309,43 +309,72 @@ def run(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
-@app.command()
-def gc(
-    yes: Annotated[bool, typer.Option("--yes", help="Delete them (default: only list).")] = False,
-    cloud: Annotated[str, typer.Option(help="sandbox or aws")] = "sandbox",
-    region: Annotated[str, typer.Option(help="The region to sweep.")] = "us-east-1",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
-) -> None:
-    """List what burst left behind (deadline passed, or no instance running); --yes deletes."""
+CloudOption = Annotated[str, typer.Option(help="sandbox or aws")]
+RegionOption = Annotated[str, typer.Option(help="The region to look in.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+def _sweep(cloud: str, region: str, as_json: bool, title: str, act) -> list:
+    """Find clusters by tag in one region and act on them (list or delete): `gc`, `cancel`.
+    Prints them as a table (or JSON) and fails when a deletion could not be verified."""
     from burst.cloud.connect import open_provider
-    from burst.gc import collect_garbage
 
     if cloud not in ("sandbox", "aws"):
         raise fail(EXIT_BAD_INPUT, f"--cloud: {cloud!r} is not sandbox or aws")
     try:
         connection = open_provider(cloud, region, start_sandbox=False)
-        if connection is None:  # a private sandbox dies with its run and leaves nothing
-            if as_json:
-                print("[]")
-            err.print("sandbox: not running, so nothing is left in it")
-            return
-        clusters = collect_garbage(connection.provider, delete=yes)
+        # A private sandbox dies with its run and leaves nothing.
+        clusters = [] if connection is None else act(connection.provider)
     except BurstError as error:
         raise exit_for(error) from None
+    if connection is None:
+        err.print("sandbox: not running, so nothing is left in it")
     if as_json:
         print(json.dumps([c.to_dict() for c in clusters], indent=2))
-    else:
-        table = Table(title=f"Left behind in {cloud} {region}", title_justify="left")
+    elif connection is not None:
+        table = Table(title=f"{title} in {cloud} {region}", title_justify="left")
         for column in ("cluster", "job", "why", "resources", "deleted"):
             table.add_column(column)
         for c in clusters:
             deleted = "-" if c.teardown is None else "yes" if c.teardown.verified else "[red]NO[/]"
             table.add_row(c.cluster_id, c.job_id, c.reason, "\n".join(c.resources), deleted)
         out.print(table)
-        if clusters and not yes:
-            err.print("nothing deleted: run `burst gc --yes` to delete these")
     if any(c.teardown and not c.teardown.verified for c in clusters):
         raise fail(EXIT_CLOUD, "some resources could not be deleted", "see the table above")
+    return clusters
+
+
+@app.command()
+def gc(
+    yes: Annotated[bool, typer.Option("--yes", help="Delete them (default: only list).")] = False,
+    cloud: CloudOption = "sandbox",
+    region: RegionOption = "us-east-1",
+    as_json: JsonOption = False,
+) -> None:
+    """List what burst left behind (deadline passed, or no instance running); --yes deletes."""
+    from burst.gc import collect_garbage
+
+    clusters = _sweep(
+        cloud, region, as_json, "Left behind", lambda p: collect_garbage(p, delete=yes)
+    )
+    if clusters and not yes:
+        err.print("nothing deleted: run `burst gc --yes` to delete these")
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job id `burst run` printed.")],
+    cloud: CloudOption = "sandbox",
+    region: RegionOption = "us-east-1",
+    as_json: JsonOption = False,
+) -> None:
+    """Stop a job now: tear down its clusters, found by the job's tag, and verify. For a run
+    whose client was killed; the finished tasks' results stay in its results folder."""
+    from burst.gc import cancel_job
+
+    clusters = _sweep(cloud, region, as_json, f"Job {job_id}", lambda p: cancel_job(p, job_id))
+    if not clusters:
+        err.print(f"nothing of job {job_id} is running or left in {cloud} {region}")
 
 
 def _offers(spec: JobSpec, offline: bool):

@@ -97,8 +97,22 @@ def collect_garbage(
     """List the garbage; with `delete`, tear each cluster down and verify (see `teardown`)."""
     clusters = garbage(provider, now)
     if delete:
-        for cluster in clusters:
-            deadline = cluster.deadline or datetime.now(UTC)
-            ident = ClusterIdentity(cluster.cluster_id, cluster.job_id, deadline)
-            cluster.teardown = provider.teardown(ident, wait=300)
+        delete_clusters(provider, clusters)
     return clusters
+
+
+def cancel_job(provider: Provider, job_id: str) -> list[ClusterRemains]:
+    """Tear down every cluster of one job, running or not: `burst cancel`, for a run whose
+    client is gone (killed, or on another machine). Found by the job's tag alone."""
+    clusters = [c for c in survey(provider).values() if c.job_id == job_id]
+    for cluster in clusters:
+        cluster.reason = f"job {job_id} cancelled"
+    delete_clusters(provider, clusters)
+    return clusters
+
+
+def delete_clusters(provider: Provider, clusters: list[ClusterRemains]) -> None:
+    for cluster in clusters:
+        deadline = cluster.deadline or datetime.now(UTC)
+        ident = ClusterIdentity(cluster.cluster_id, cluster.job_id, deadline)
+        cluster.teardown = provider.teardown(ident, wait=300)

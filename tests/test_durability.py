@@ -4,6 +4,7 @@ own outcome (exit 5) and a resumed job runs only what is missing. Drills on the 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ import time
 import numpy as np
 
 from burst.runner import run
-from tests.conftest import BURST, settled_leftovers
+from tests.conftest import BURST, leftovers, settled_leftovers
 from tests.test_pipeline import write_job
 
 SLOW = """
@@ -117,3 +118,33 @@ def test_function_tasks_have_a_timeout_and_their_output_captured(sandbox, tmp_pa
     assert stored[2]["result"] == [0, 2, 4] and stored[2]["stdout_tail"] == "hello 2"
     assert stored[3]["status"] == "failed" and stored[3]["stdout_tail"] == "hello 3"
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_burst_cancel_tears_down_a_run_whose_client_was_killed(sandbox, tmp_path):
+    spec = write_job(tmp_path, "orphan_job", SLOW.format(seconds=0.5), tasks="{range: 400}")
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen([BURST, "run", str(spec)], cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    give_up = time.monotonic() + 180
+    folders = []
+    while time.monotonic() < give_up and not (folders and len(lines_of(folders[0])) >= 2):
+        folders = list((tmp_path / "results").glob("*"))
+        time.sleep(0.2)
+    process.kill()  # kill -9: no teardown, no manifest
+    process.wait()
+    job_id, cluster_id = re.search(r"job (\S+)  cluster (\S+)",
+                                   (tmp_path / "stderr").read_text()).groups()
+    assert any(f.startswith("instance") for f in leftovers(sandbox, cluster_id))
+    kept = lines_of(folders[0])
+    assert len(kept) >= 2
+
+    cancelled = subprocess.run([BURST, "cancel", job_id, "--json"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+    assert cancelled.returncode == 0, cancelled.stderr
+    [cluster] = json.loads(cancelled.stdout)
+    assert cluster["cluster_id"] == cluster_id and cluster["teardown"]["verified"]
+    assert settled_leftovers(sandbox, cluster_id) == []
+    assert lines_of(folders[0])[: len(kept)] == kept  # the finished work is still there
+    again = subprocess.run([BURST, "cancel", job_id], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and f"nothing of job {job_id}" in again.stderr
