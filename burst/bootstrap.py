@@ -38,7 +38,8 @@ class NodeConfig:
     deadline: datetime
     port: int = 8786
     dashboard_port: int = 8787
-    idle_timeout: str = "30m"
+    idle_timeout: float = 1800.0  # seconds without a task: the scheduler stops
+    no_client_timeout: float = 120.0  # seconds without a client: the scheduler stops
     pip: tuple[str, ...] = ()  # the job's software.pip, installed with the exact Dask stack
 
 
@@ -66,7 +67,9 @@ def render(config: NodeConfig) -> str:
             "--dashboard-port",
             str(config.dashboard_port),
             "--idle-timeout",
-            config.idle_timeout,
+            f"{config.idle_timeout:g}",
+            "--no-client-timeout",
+            f"{config.no_client_timeout:g}",
             "--versions",
             json.dumps(versions),
         ]

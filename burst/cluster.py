@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from distributed.core import Status, rpc
 from distributed.deploy import Cluster
+from tornado.ioloop import PeriodicCallback
 
 from burst import bootstrap, events, tls
 from burst.catalog import architecture_of, default_zones, offers_for
@@ -38,6 +39,10 @@ from burst.spec import JobSpec, format_duration, parse_spec
 from burst.storage import Bucket
 
 POLL_SECONDS = 0.5
+# The scheduler's no_client_timeout counts this cluster object as a client while it beats
+# (burst.node reads the same metadata key: the nodes have no burst to import it from).
+HEARTBEAT_KEY = "burst-heartbeat"
+HEARTBEAT_SECONDS = 10
 
 
 def new_job_id(name: str) -> str:
@@ -154,6 +159,7 @@ class BurstCluster(Cluster):
         self.capacity_errors: list[PoolError] = []  # pools that EC2 could not fill
         self.fleet_ids: list[str] = []
         self.teardown_report: TeardownReport | None = None
+        self._beats = 0
         self._on_event = on_event or events.ignore
         self._connection: Connection | None = None
         # Cloud calls run in a thread while the event loop waits; closing stops further ones
@@ -239,6 +245,11 @@ class BurstCluster(Cluster):
         self.scheduler_comm = rpc(
             address["public"], connection_args=self.security.get_connection_args("client")
         )
+        # Started and stopped with the cluster's other periodic callbacks, by distributed.
+        self.periodic_callbacks["burst-heartbeat"] = PeriodicCallback(
+            self._heartbeat, HEARTBEAT_SECONDS * 1000
+        )
+        await self._heartbeat()
         await super()._start()
         joined = -1
         while True:
@@ -251,6 +262,11 @@ class BurstCluster(Cluster):
                 break
             await asyncio.sleep(POLL_SECONDS)
         self.timings["bootstrap"] = time.monotonic() - started
+
+    async def _heartbeat(self) -> None:
+        self._beats += 1
+        with contextlib.suppress(OSError):  # a missed beat is fine: the timeout spans several
+            await self.scheduler_comm.set_metadata(keys=[HEARTBEAT_KEY], value=self._beats)
 
     def _provision(self) -> None:
         started = time.monotonic()
@@ -320,6 +336,8 @@ class BurstCluster(Cluster):
                 port=self.provider.scheduler_port,
                 dashboard_port=self.provider.dashboard_port,
                 pip=tuple(self.spec.software.pip) if self.spec.software else (),
+                idle_timeout=self.spec.idle_timeout.total_seconds(),
+                no_client_timeout=self.spec.no_client_timeout.total_seconds(),
             )
         )
 

@@ -22,6 +22,8 @@ import urllib.request
 METADATA_ENDPOINT = "http://169.254.169.254/"
 SPOT_POLL_SECONDS = 5.0
 SPOT_NOTICE = "meta-data/spot/instance-action"
+# What a BurstCluster sets on the scheduler every few seconds while it lives (burst.cluster).
+HEARTBEAT_KEY = "burst-heartbeat"
 
 
 def _read(request: urllib.request.Request, attempts: int = 5) -> str:
@@ -136,7 +138,7 @@ class Node:
             protocol="tls",
             security=self.security(),
             dashboard_address=f"{self.address}:{self.args.dashboard_port}",
-            idle_timeout=self.args.idle_timeout,
+            idle_timeout=self.args.idle_timeout or None,
         ) as scheduler:
             port = scheduler.port
             public = self.metadata.get("meta-data/public-ipv4") or self.address
@@ -156,7 +158,30 @@ class Node:
                     }
                 ),
             )
-            await self._until_deadline(scheduler.finished())
+            alone = asyncio.ensure_future(self._without_client(scheduler))
+            try:
+                done = await self._until_deadline(scheduler.finished(), alone)
+            finally:
+                alone.cancel()
+            if alone in done and alone.exception() is None:
+                # Its workers are told to close too; each then powers its instance off.
+                await scheduler.close(reason="no client")
+
+    async def _without_client(self, scheduler) -> None:
+        """Returns when no client has been connected for --no-client-timeout seconds: no Dask
+        Client (a detached job's driver is one) and no BurstCluster heartbeat, so a client
+        killed outright does not leave its cluster billing until the deadline."""
+        timeout = self.args.no_client_timeout
+        seen, beat = time.monotonic(), None
+        while True:
+            await asyncio.sleep(min(5.0, timeout / 4))
+            clients = [c for c in scheduler.clients if c != "fire-and-forget"]
+            latest = scheduler.get_metadata(keys=[HEARTBEAT_KEY], default=None)
+            if clients or latest != beat:
+                seen, beat = time.monotonic(), latest
+            elif time.monotonic() - seen > timeout:
+                print(f"no client for {timeout:g}s: shutting the cluster down", flush=True)
+                return
 
     async def worker(self) -> None:
         from distributed import Worker
@@ -221,7 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, required=True, help="UNIX time to stop")
     parser.add_argument("--port", type=int, default=8786)
     parser.add_argument("--dashboard-port", type=int, default=8787)
-    parser.add_argument("--idle-timeout", default="30m")
+    parser.add_argument("--idle-timeout", type=float, default=1800.0, help="seconds; 0: none")
+    parser.add_argument("--no-client-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument("--death-timeout", type=float, default=120.0)
     parser.add_argument("--versions", type=json.loads, default={})
     return parser.parse_args(argv)

@@ -232,6 +232,10 @@ class JobSpec(Strict):
     cores: int = Field(gt=0, le=100_000, strict=True)
     max_runtime: timedelta = Field(timedelta(hours=1))
     grace: timedelta = Field(timedelta(minutes=5))
+    # The scheduler powers the cluster off when no client (a BurstCluster, a Dask Client, a
+    # detached job's driver) has been connected this long, or no task has run this long.
+    no_client_timeout: timedelta = Field(timedelta(minutes=2))
+    idle_timeout: timedelta = Field(timedelta(minutes=30))
     cloud: Cloud = "sandbox"
     region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     spot: SpotPolicy = "spot-with-fallback"
@@ -306,12 +310,12 @@ class JobSpec(Strict):
             raise ValueError(f"a number of cores between 1 and cores ({cores}) is accepted")
         return v
 
-    @field_validator("max_runtime", "grace", mode="before")
+    @field_validator("max_runtime", "grace", "no_client_timeout", "idle_timeout", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> timedelta:
         return parse_duration(v)
 
-    @field_validator("max_runtime")
+    @field_validator("max_runtime", "no_client_timeout", "idle_timeout")
     @classmethod
     def _runtime_bounds(cls, v: timedelta) -> timedelta:
         if not timedelta(seconds=10) <= v <= timedelta(days=7):
