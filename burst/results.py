@@ -11,56 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+from burst.drive import TaskOutcome, dumps, to_json
 from burst.errors import SpecError
+
+__all__ = ["ResultsLog", "TaskOutcome", "dumps", "job_folder", "load_for_resume", "to_json"]
 
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class TaskOutcome:
-    task: int
-    input: Any
-    status: str  # "done" or "failed"
-    result: Any = None
-    error: str | None = None
-    worker: str | None = None
-    seconds: float | None = None
-    attempts: int | None = None  # how often the task was handed to a worker
-    exit_code: int | None = None  # command tasks
-    stdout_tail: str | None = None  # what the task printed (its last lines)
-    stderr_tail: str | None = None  # ... and wrote to stderr, log records included
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TaskOutcome:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-def to_json(value: Any) -> Any:
-    """json.dumps' `default`: what JSON has no type for."""
-    if hasattr(value, "tolist"):  # numpy arrays and scalars (and anything shaped like them)
-        return value.tolist()
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return repr(value)
-
-
-def dumps(data: Any, indent: int | None = None) -> str:
-    return json.dumps(data, indent=indent, default=to_json)
 
 
 class ResultsLog:
@@ -84,6 +44,11 @@ class ResultsLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def rewrite(self) -> None:
+        """The whole file from the outcomes, in task order (once attempts are known)."""
+        self.close()
+        write_lines(self.path, self.in_order())
 
     def done(self) -> list[TaskOutcome]:
         return [o for o in self.outcomes.values() if o.status == "done"]
@@ -136,9 +101,13 @@ def load_for_resume(folder: Path, tasks: list[Any]) -> tuple[list[TaskOutcome], 
                     [f"--resume: task {outcome.task}'s input changed since job {folder.name}"]
                 )
             done[outcome.task] = outcome
-    # Only the done lines stay: the rest is run again and appended.
-    kept = "".join(dumps(o.to_dict()) + "\n" for o in done.values())
-    temporary = results_path.with_suffix(".tmp")
-    temporary.write_text(kept)
-    os.replace(temporary, results_path)
+    write_lines(results_path, list(done.values()))  # the rest runs again and is appended
     return list(done.values()), manifest
+
+
+def write_lines(path: Path, outcomes: list[TaskOutcome]) -> None:
+    """results.jsonl replaced at once (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(dumps(o.to_dict()) + "\n" for o in outcomes))
+    os.replace(temporary, path)

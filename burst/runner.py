@@ -12,8 +12,6 @@ from __future__ import annotations
 import html
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-from distributed import Client, as_completed
-from distributed import TimeoutError as DaskTimeoutError
+from distributed import Client
 
-from burst import events, taskrun, transfer
+from burst import drive, events, taskrun, transfer
 from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, new_job_id
@@ -118,50 +115,17 @@ class JobResult:
 STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
 
 
-def by_value(target: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A closure cannot be pickled by reference, so distributed hands the task to cloudpickle,
-    which then honours register_pickle_by_value for the target (workers have no burst)."""
-
-    def call(item: Any) -> Any:
-        return target(item)
-
-    return call
-
-
-def _ship_by_value(folder: Path) -> None:
+def ship_by_value(folder: Path) -> None:
     """Job code lives next to the spec, not on the workers: pickle every module loaded from
-    the spec's folder by value (the function's module and what it imports from there)."""
+    the spec's folder by value (the function's module and what it imports from there), and
+    burst's own modules that run on the nodes (the nodes have no copy of burst)."""
+    cloudpickle.register_pickle_by_value(taskrun)
+    cloudpickle.register_pickle_by_value(drive)
     environment = Path(sys.prefix).resolve()  # a virtualenv may sit inside the folder
     for module in list(sys.modules.values()):
         path = Path(getattr(module, "__file__", None) or "/").resolve()
         if path.is_relative_to(folder) and not path.is_relative_to(environment):
             cloudpickle.register_pickle_by_value(module)
-
-
-def _failure(i: int, task: Any, future, command: bool) -> TaskOutcome:
-    error = future.exception()
-    details = error.args[1] if command and len(error.args) == 2 else None
-    if isinstance(error, RuntimeError) and isinstance(details, dict) and "cause" in details:
-        # a failed command (burst.taskrun.CommandTask): its cause and output tails
-        return TaskOutcome(
-            i,
-            task,
-            "failed",
-            error=details["cause"],
-            worker=details.get("worker"),
-            exit_code=details.get("exit_code"),
-            stderr_tail=details.get("stderr_tail", ""),
-        )
-    tail = "".join(traceback.format_tb(future.traceback())[-3:])
-    printed = getattr(error, "burst_output", {})  # burst.taskrun.FunctionTask's capture
-    return TaskOutcome(
-        i,
-        task,
-        "failed",
-        error=f"{type(error).__name__}: {error}\n{tail}".strip(),
-        stdout_tail=printed.get("stdout_tail"),
-        stderr_tail=printed.get("stderr_tail"),
-    )
 
 
 def map_tasks(
@@ -176,57 +140,35 @@ def map_tasks(
     """Run the tasks numbered `todo` (the job's function, or its command), each outcome into
     `log` as it finishes. Returns False when `stop_at` came first: what is still running is
     cancelled and what finished is kept."""
-    _ship_by_value(job.folder)
-    cloudpickle.register_pickle_by_value(taskrun)  # the nodes have no copy of burst
+    ship_by_value(job.folder)
     client.register_plugin(taskrun.AttemptCounter())  # a fresh count for this job
-    run = job.spec.run
-    timeout = run.timeout.total_seconds() if run and run.timeout else None
-    futures = client.map(
-        by_value(command or taskrun.FunctionTask(job.function, timeout)),
-        [(i, job.tasks[i]) for i in todo] if command else [job.tasks[i] for i in todo],
-        retries=run.retries if run else 0,
-        pure=False,
-        key=[f"task-{i}" for i in todo],
-    )
-    index = dict(zip((f.key for f in futures), todo, strict=True))
     total = len(job.tasks)
 
-    def progress() -> events.TasksProgress:
-        return events.TasksProgress(len(log.done()), len(log.failed()), total)
+    def record(outcome: TaskOutcome) -> None:
+        log.add(outcome)
+        emit(events.TasksProgress(len(log.done()), len(log.failed()), total))
 
-    emit(progress())
-    seconds_left = None if stop_at is None else (stop_at - datetime.now(UTC)).total_seconds()
+    emit(events.TasksProgress(len(log.done()), len(log.failed()), total))
     try:
-        for future in as_completed(futures, timeout=seconds_left):
-            i = index[future.key]
-            if future.status == "finished":
-                reply = future.result()
-                log.add(
-                    TaskOutcome(
-                        i,
-                        job.tasks[i],
-                        "done",
-                        reply["value"],
-                        worker=reply["worker"],
-                        seconds=reply["seconds"],
-                        exit_code=reply["value"]["exit_code"] if command else None,
-                        stdout_tail=reply.get("stdout_tail"),
-                        stderr_tail=reply.get("stderr_tail"),
-                    )
-                )
-            elif future.status != "error":  # cancelled or lost: the cluster, not the task
-                raise CloudError(f"lost task {i} ({future.status}): the cluster went away")
-            else:
-                log.add(_failure(i, job.tasks[i], future, command is not None))
-            emit(progress())
-            future.release()
-    except DaskTimeoutError:
-        client.cancel([f for f in futures if not f.done()])
-        return False
-    attempts = client.run_on_scheduler(taskrun.attempts_on)
-    for key, i in index.items():
-        log.outcomes[i].attempts = attempts.get(str(key), 1)
-    return True
+        ended = drive.run_tasks(
+            client,
+            command or taskrun.FunctionTask(job.function, _timeout(job)),
+            [(i, job.tasks[i]) for i in todo],
+            command=command is not None,
+            retries=job.spec.run.retries,
+            record=record,
+            stop_at=stop_at.timestamp() if stop_at else None,
+            attempts_on=taskrun.attempts_on,
+        )
+    except drive.ClusterLost as error:
+        raise CloudError(str(error), "check the cluster's instances; resume the job") from error
+    if ended == drive.FINISHED:
+        log.rewrite()  # with each task's attempts, known now
+    return ended == drive.FINISHED
+
+
+def _timeout(job: Job) -> float | None:
+    return job.spec.run.timeout.total_seconds() if job.spec.run.timeout else None
 
 
 def _text(value: Any) -> str | None:
@@ -377,7 +319,6 @@ def _manifest(
             "done": len(log.done()),
             "failed": len(failures),
             "retried": sum((o.attempts or 1) > 1 for o in outcomes),
-            "ran": len(outcomes) - log.carried,  # by this run; the rest by earlier ones
         },
         "failures": [
             {
@@ -420,7 +361,8 @@ def _manifest(
         "spec": job.spec.model_dump(mode="json"),
         "versions": {**client_versions(), "burst": version("burst")},
     }
-    if earlier_runs:  # resumed: every run, this one last, and what they all cost
+    if earlier_runs:  # resumed: what this run did, every run, and what they all cost
+        manifest["tasks"]["ran"] = len(outcomes) - log.carried
         manifest["runs"] = earlier_runs + [_run_summary(manifest)]
         manifest["cost"]["actual_all_runs"] = str(
             sum(Decimal(r["cost"]) for r in manifest["runs"] if r["cost"] is not None)
