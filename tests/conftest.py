@@ -18,6 +18,42 @@ REPO = Path(__file__).resolve().parents[1]
 BURST = str(Path(sys.executable).parent / "burst")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the sandbox fixture is a `sandbox` test, whatever its file says:
+    `-m "not sandbox"` is then the fast, offline layer of the suite."""
+    for item in items:
+        if "sandbox" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sandbox)
+
+
+@pytest.fixture(autouse=True)
+def _moto_server_only_in_sandbox_tests(request, monkeypatch):
+    """A test that starts moto's server (a Sandbox, the provisioning benchmark) must be marked
+    `sandbox`, or `-m "not sandbox"` would not be the fast layer it claims to be."""
+    if request.node.get_closest_marker("sandbox") is None:
+        from moto.server import ThreadedMotoServer
+
+        def forbidden(self, *args, **kwargs):
+            raise AssertionError("this test starts moto's server: mark it @pytest.mark.sandbox")
+
+        monkeypatch.setattr(ThreadedMotoServer, "start", forbidden)
+
+
+@pytest.fixture(autouse=True)
+def _hypervisor_errors_fail_the_test(request):
+    """The hypervisor's reconcile loop records its exceptions rather than dying: a test
+    during which it recorded any has broken the sandbox (or burst broke it), so it fails."""
+    if "sandbox" not in request.fixturenames:
+        yield
+        return
+    hypervisor = request.getfixturevalue("sandbox").hypervisor
+    before = len(hypervisor.errors)
+    yield
+    new = hypervisor.errors[before:]
+    if new:
+        pytest.fail(f"the sandbox hypervisor recorded {len(new)} error(s): {new[:3]}")
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
     home = tmp_path_factory.mktemp("burst-home")
