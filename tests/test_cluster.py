@@ -115,20 +115,39 @@ def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
     assert settled_leftovers(sandbox) == []
 
 
-def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox):
+def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox, monkeypatch):
+    monkeypatch.setenv("BURST_SPOT_POLL_SECONDS", "0.5")  # the hypervisor passes it to nodes
     with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"]) as cluster, \
             Client(cluster) as c:
         victim, survivor = (r.instance_id for r in cluster.worker_instances)
-        futures = c.map(lambda x: (time.sleep(0.2), x * x)[1], range(40), pure=False)
+
+        def square(x):
+            from distributed import get_worker
+
+            time.sleep(0.5)
+            return x * x, get_worker().name
+
+        futures = c.map(square, range(40), pure=False)  # 5 s of work on 2 x 2 threads
+        give_up = time.monotonic() + 30
+        while sum(f.done() for f in futures) < 8:  # both workers are busy
+            assert time.monotonic() < give_up, "the work never started"
+            time.sleep(0.05)
         sandbox.hypervisor.interrupt(victim, notice_seconds=60)
-        assert c.gather(futures) == [x * x for x in range(40)]
+        console = sandbox.folder / victim / "console.log"
+        give_up = time.monotonic() + 30
+        while "spot interruption notice: retiring this worker" not in console.read_text():
+            assert time.monotonic() < give_up, "the worker never saw the interruption notice"
+            time.sleep(0.1)
+        assert sum(f.done() for f in futures) < 40  # retired while work was still running
+        results = c.gather(futures)
+        assert [square for square, _ in results] == [x * x for x in range(40)]
+        ran_on = [name for _, name in results]
+        assert set(ran_on) == {victim, survivor}, (victim, ran_on)  # both worked
         give_up = time.monotonic() + 30
         while len(cluster.scheduler_info["workers"]) > 1 and time.monotonic() < give_up:
             time.sleep(0.5)
         names = [w["name"] for w in cluster.scheduler_info["workers"].values()]
         assert names == [survivor]
-        console = (sandbox.folder / victim / "console.log").read_text()
-        assert "spot interruption notice: retiring this worker" in console
         cluster_id = cluster.cluster_id
     assert settled_leftovers(sandbox, cluster_id) == []
 

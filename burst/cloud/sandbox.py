@@ -356,6 +356,8 @@ class Hypervisor:
                 "BURST_NODE_VCPUS": str(instance.vcpus),
             }
         )
+        if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):  # spot drills: see node.py
+            env["BURST_SPOT_POLL_SECONDS"] = poll
         return env
 
     def _power_off(self, instance: SandboxInstance) -> None:
