@@ -109,6 +109,17 @@ def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
     return found
 
 
+def cluster_ids(cloud) -> set[str]:
+    """Every cluster that ever had an instance in the sandbox (moto keeps terminated ones)."""
+    found = set()
+    for region in sandbox_module.SANDBOX_REGIONS:
+        pages = client(cloud, "ec2", region).get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag-key", "Values": ["burst:cluster"]}])
+        found |= {t["Value"] for page in pages for r in page["Reservations"]
+                  for i in r["Instances"] for t in i.get("Tags", []) if t["Key"] == "burst:cluster"}
+    return found
+
+
 def settled_leftovers(cloud, cluster_id: str | None = None, seconds: float = 15) -> list[str]:
     """leftovers(), after giving the hypervisor a few polls to reap processes."""
     import time

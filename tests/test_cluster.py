@@ -112,7 +112,8 @@ def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
                      on_event=lambda event, **info: events.append((event, info)))
     report = next(info["report"] for event, info in events if event == "torn_down")
     assert report.verified
-    assert settled_leftovers(sandbox) == []
+    cluster_id = next(info["cluster"].cluster_id for event, info in events if event == "planned")
+    assert settled_leftovers(sandbox, cluster_id) == []
 
 
 def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox, monkeypatch):
@@ -154,17 +155,23 @@ def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbo
 
 def test_a_node_that_dies_silently_fails_fast(sandbox, monkeypatch):
     monkeypatch.setattr(bootstrap, "render", lambda config: "#!/bin/bash\nexit 0\n")
+    planned = []
     with pytest.raises(CloudError, match="powered off before joining"):
-        BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"])
-    assert settled_leftovers(sandbox) == []
+        BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"],
+                     on_event=lambda event, **info: event == "planned" and planned.append(
+                         info["cluster"].cluster_id))
+    assert settled_leftovers(sandbox, planned[0]) == []
 
 
 def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
     """A spot interruption during boot: the cluster comes up on what is left, if enough."""
     ec2 = client(sandbox, "ec2")
     lost: list[str] = []
+    planned: list[str] = []
 
     def interrupt_one(event, **info):
+        if event == "planned":
+            planned.append(info["cluster"].cluster_id)
         if event == "launched" and info["role"] == "worker" and not lost:
             lost.append(info["records"][0].instance_id)
             ec2.terminate_instances(InstanceIds=lost)
@@ -182,4 +189,4 @@ def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
     with pytest.raises(CloudError, match="2 worker cores left of the 4 needed"):
         BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
                      max_pool_share=1.0, on_event=interrupt_one)
-    assert settled_leftovers(sandbox) == []
+    assert settled_leftovers(sandbox, planned[-1]) == []
