@@ -2,85 +2,118 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ssl
 import time
+from datetime import timedelta
 
 import pytest
 from distributed import Client
+from distributed.comm import connect
+from distributed.comm.core import CommClosedError, FatalCommClosedError
+from distributed.security import Security
 
-from burst import bootstrap
+from burst import bootstrap, tls
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster
 from tests.conftest import client, settled_leftovers
 
 
-def test_cluster_is_a_distributed_cluster_over_tls(sandbox):
-    events = []
+async def _handshake(address: str, context: ssl.SSLContext) -> None:
+    """Open a comm to the scheduler as Client does, and exchange a message over it."""
+    comm = await connect(address, timeout=5, ssl_context=context)
+    try:
+        await comm.write({"op": "identity"})
+        await comm.read()
+    finally:
+        comm.abort()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(sandbox):
+    """One cluster for the tests that only inspect it (each cluster start costs seconds).
+    Its teardown is checked when the module is done with it."""
+    events: list[str] = []
     with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
                       on_event=lambda event, **info: events.append(event)) as cluster:
-        assert cluster.scheduler_address.startswith("tls://")
-        assert cluster.dashboard_link.startswith("http://")
-        assert "BurstCluster(" in repr(cluster) and "workers=2" in repr(cluster)
-        with Client(cluster) as c:
-            assert sum(c.nthreads().values()) == 4
-            assert c.submit(sum, [1, 2, 3]).result() == 6
-            names = set(c.run(lambda dask_worker: dask_worker.name).values())
-            assert names == {r.instance_id for r in cluster.worker_instances}
-        # Without the cluster's client certificate the scheduler refuses us.
-        with pytest.raises(Exception):  # noqa: B017 - TLS/comm errors vary by version
-            Client(cluster.scheduler_address, timeout=3)
-        cluster_id = cluster.cluster_id
+        yield cluster
     assert cluster.teardown_report.verified
     assert events[0] == "planned" and events[-1] == "torn_down"
-    assert settled_leftovers(sandbox, cluster_id) == []
+    assert settled_leftovers(sandbox, cluster.cluster_id) == []
 
 
-def test_instances_are_tagged_secured_and_carry_no_secret(sandbox):
-    with BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"]) as cluster:
-        ec2 = client(sandbox, "ec2")
-        reply = ec2.describe_instances(Filters=[
-            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])
-        described = [i for r in reply["Reservations"] for i in r["Instances"]]
-        assert len(described) == 2
-        for instance in described:
-            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
-            assert tags["burst:managed"] == "true" and tags["burst:job"] == cluster.job_id
-            assert tags["burst:role"] in ("scheduler", "worker")
-            assert tags["burst:deadline"].startswith(str(cluster.deadline.year))
-            user_data = ec2.describe_instance_attribute(
-                InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
-            assert "PRIVATE KEY" not in user_data and "BEGIN" not in user_data
-        # The scheduler is launched directly; workers by a fleet from a launch template, whose
-        # settings moto does not copy onto instances: check what burst asked EC2 to apply.
-        scheduler = next(i for i in described if i["InstanceId"] in {
-            r.instance_id for r in cluster.instances.values() if r.role == "scheduler"})
-        assert scheduler["MetadataOptions"]["HttpTokens"] == "required"
-        behaviour = ec2.describe_instance_attribute(
-            InstanceId=scheduler["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
-        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
-        template = ec2.describe_launch_templates(Filters=[
-            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["LaunchTemplates"]
-        assert len(template) == 1
-        data = ec2.describe_launch_template_versions(
-            LaunchTemplateId=template[0]["LaunchTemplateId"])["LaunchTemplateVersions"][0][
-            "LaunchTemplateData"]
-        assert data["MetadataOptions"]["HttpTokens"] == "required"
-        assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
-        assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}"
-        assert data["SecurityGroupIds"] == [
-            g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
-        assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
-        fleets = [f for f in ec2.describe_fleets()["Fleets"]
-                  if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
-        assert [f["Type"] for f in fleets] == ["instant"]
-        secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
-        assert secret["Parameter"]["Type"] == "SecureString"
-        group = ec2.describe_security_groups(Filters=[
-            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
-        cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]
-        assert cidrs == ["127.0.0.1/32"]  # the client's own address only
-        cluster_id = cluster.cluster_id
-    assert settled_leftovers(sandbox, cluster_id) == []
+def test_cluster_is_a_distributed_cluster_over_tls(sandbox, shared_cluster):
+    cluster = shared_cluster
+    assert cluster.scheduler_address.startswith("tls://")
+    assert cluster.dashboard_link.startswith("http://")
+    assert "BurstCluster(" in repr(cluster) and "workers=2" in repr(cluster)
+    with Client(cluster) as c:
+        assert sum(c.nthreads().values()) == 4
+        assert c.submit(sum, [1, 2, 3]).result() == 6
+        names = set(c.run(lambda dask_worker: dask_worker.name).values())
+        assert names == {r.instance_id for r in cluster.worker_instances}
+    # Without the cluster's client certificate the scheduler refuses the TLS handshake:
+    # with no client pair (only the CA, to trust the scheduler), or another cluster's pair.
+    ca_only = ssl.create_default_context(cadata=cluster.security.tls_ca_file)
+    ca_only.check_hostname = False
+    with pytest.raises(CommClosedError, match="TLSV13_ALERT_CERTIFICATE_REQUIRED"):
+        asyncio.run(_handshake(cluster.scheduler_address, ca_only))
+    other = tls.issue("another", timedelta(minutes=5))
+    foreign = Security(tls_ca_file=cluster.security.tls_ca_file,
+                       tls_client_cert=other.client_cert, tls_client_key=other.client_key,
+                       require_encryption=True)
+    with pytest.raises(FatalCommClosedError, match="TLSV1_ALERT_UNKNOWN_CA"):
+        Client(cluster.scheduler_address, security=foreign, timeout=5)
+    # With no TLS settings at all, distributed will not even try a tls:// address.
+    with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument"):
+        Client(cluster.scheduler_address, timeout=3)
+
+
+def test_instances_are_tagged_secured_and_carry_no_secret(sandbox, shared_cluster):
+    cluster = shared_cluster
+    ec2 = client(sandbox, "ec2")
+    reply = ec2.describe_instances(Filters=[
+        {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])
+    described = [i for r in reply["Reservations"] for i in r["Instances"]]
+    assert len(described) == 1 + len(cluster.worker_instances) == 3
+    for instance in described:
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert tags["burst:managed"] == "true" and tags["burst:job"] == cluster.job_id
+        assert tags["burst:role"] in ("scheduler", "worker")
+        assert tags["burst:deadline"].startswith(str(cluster.deadline.year))
+        user_data = ec2.describe_instance_attribute(
+            InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
+        assert "PRIVATE KEY" not in user_data and "BEGIN" not in user_data
+    # The scheduler is launched directly; workers by a fleet from a launch template, whose
+    # settings moto does not copy onto instances: check what burst asked EC2 to apply.
+    scheduler = next(i for i in described if i["InstanceId"] in {
+        r.instance_id for r in cluster.instances.values() if r.role == "scheduler"})
+    assert scheduler["MetadataOptions"]["HttpTokens"] == "required"
+    behaviour = ec2.describe_instance_attribute(
+        InstanceId=scheduler["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    template = ec2.describe_launch_templates(Filters=[
+        {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["LaunchTemplates"]
+    assert len(template) == 1
+    data = ec2.describe_launch_template_versions(
+        LaunchTemplateId=template[0]["LaunchTemplateId"])["LaunchTemplateVersions"][0][
+        "LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}"
+    assert data["SecurityGroupIds"] == [
+        g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
+    assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
+    fleets = [f for f in ec2.describe_fleets()["Fleets"]
+              if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
+    assert [f["Type"] for f in fleets] == ["instant"] * len(cluster.capacity_plan.workers)
+    secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
+    assert secret["Parameter"]["Type"] == "SecureString"
+    group = ec2.describe_security_groups(Filters=[
+        {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
+    cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]
+    assert cidrs == ["127.0.0.1/32"]  # the client's own address only
 
 
 def test_dead_mans_switch_powers_off_at_the_deadline(sandbox):
