@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from distributed import Client
 from distributed.comm import connect
-from distributed.comm.core import CommClosedError, FatalCommClosedError
+from distributed.comm.core import CommClosedError
 from distributed.security import Security
 
 from burst import bootstrap, tls
@@ -57,13 +57,16 @@ def test_cluster_is_a_distributed_cluster_over_tls(sandbox, shared_cluster):
     # with no client pair (only the CA, to trust the scheduler), or another cluster's pair.
     ca_only = ssl.create_default_context(cadata=cluster.security.tls_ca_file)
     ca_only.check_hostname = False
-    with pytest.raises(CommClosedError, match="TLSV13_ALERT_CERTIFICATE_REQUIRED"):
+    # (TLS 1.3 checks the client's certificate after the client's side of the handshake: the
+    # scheduler's alert arrives, or its close wins the race and the client sees an EOF.)
+    eof = "EOF occurred in violation of protocol"
+    with pytest.raises(CommClosedError, match=f"ALERT_CERTIFICATE_REQUIRED|{eof}"):
         asyncio.run(_handshake(cluster.scheduler_address, ca_only))
     other = tls.issue("another", timedelta(minutes=5))
     foreign = Security(tls_ca_file=cluster.security.tls_ca_file,
                        tls_client_cert=other.client_cert, tls_client_key=other.client_key,
                        require_encryption=True)
-    with pytest.raises(FatalCommClosedError, match="TLSV1_ALERT_UNKNOWN_CA"):
+    with pytest.raises(CommClosedError, match=f"ALERT_UNKNOWN_CA|{eof}"):
         Client(cluster.scheduler_address, security=foreign, timeout=5)
     # With no TLS settings at all, distributed will not even try a tls:// address.
     with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument"):
