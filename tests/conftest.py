@@ -6,10 +6,12 @@ tests can then ask moto directly what is left.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from burst.cloud import sandbox as sandbox_module
@@ -69,8 +71,16 @@ def sandbox(tmp_path_factory):
 
 
 def client(cloud, service: str, region: str = "us-east-1"):
-    return sandbox_module.session().client(service, region_name=region,
-                                           endpoint_url=cloud.endpoint)
+    """The tests' own client of the sandbox, made once: a new boto3 client loads its service
+    model anew, which made every leftover check cost seconds."""
+    return _client(cloud.endpoint, service, region)
+
+
+@functools.cache
+def _client(endpoint: str, service: str, region: str):
+    # Not sandbox_module.session(): tests patch it to inject faults into burst's calls.
+    session = boto3.Session(region_name=region, **sandbox_module.SANDBOX_CREDENTIALS)
+    return session.client(service, region_name=region, endpoint_url=endpoint)
 
 
 def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
