@@ -20,7 +20,9 @@ import urllib.error
 import urllib.request
 
 METADATA_ENDPOINT = "http://169.254.169.254/"
-SPOT_POLL_SECONDS = 5.0
+# How often a worker asks the metadata service for a spot interruption notice (two minutes'
+# warning on EC2); drills on the sandbox set it lower to see the notice while work still runs.
+SPOT_POLL_SECONDS = float(os.environ.get("BURST_SPOT_POLL_SECONDS") or 5.0)
 SPOT_NOTICE = "meta-data/spot/instance-action"
 # What a BurstCluster sets on the scheduler every few seconds while it lives (burst.cluster).
 HEARTBEAT_KEY = "burst-heartbeat"

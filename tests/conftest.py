@@ -6,16 +6,54 @@ tests can then ask moto directly what is left.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from burst.cloud import sandbox as sandbox_module
 
 REPO = Path(__file__).resolve().parents[1]
 BURST = str(Path(sys.executable).parent / "burst")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the sandbox fixture is a `sandbox` test, whatever its file says:
+    `-m "not sandbox"` is then the fast, offline layer of the suite."""
+    for item in items:
+        if "sandbox" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sandbox)
+
+
+@pytest.fixture(autouse=True)
+def _moto_server_only_in_sandbox_tests(request, monkeypatch):
+    """A test that starts moto's server (a Sandbox, the provisioning benchmark) must be marked
+    `sandbox`, or `-m "not sandbox"` would not be the fast layer it claims to be."""
+    if request.node.get_closest_marker("sandbox") is None:
+        from moto.server import ThreadedMotoServer
+
+        def forbidden(self, *args, **kwargs):
+            raise AssertionError("this test starts moto's server: mark it @pytest.mark.sandbox")
+
+        monkeypatch.setattr(ThreadedMotoServer, "start", forbidden)
+
+
+@pytest.fixture(autouse=True)
+def _hypervisor_errors_fail_the_test(request):
+    """The hypervisor's reconcile loop records its exceptions rather than dying: a test
+    during which it recorded any has broken the sandbox (or burst broke it), so it fails."""
+    if "sandbox" not in request.fixturenames:
+        yield
+        return
+    hypervisor = request.getfixturevalue("sandbox").hypervisor
+    before = len(hypervisor.errors)
+    yield
+    new = hypervisor.errors[before:]
+    if new:
+        pytest.fail(f"the sandbox hypervisor recorded {len(new)} error(s): {new[:3]}")
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +71,16 @@ def sandbox(tmp_path_factory):
 
 
 def client(cloud, service: str, region: str = "us-east-1"):
-    return sandbox_module.session().client(service, region_name=region,
-                                           endpoint_url=cloud.endpoint)
+    """The tests' own client of the sandbox, made once: a new boto3 client loads its service
+    model anew, which made every leftover check cost seconds."""
+    return _client(cloud.endpoint, service, region)
+
+
+@functools.cache
+def _client(endpoint: str, service: str, region: str):
+    # Not sandbox_module.session(): tests patch it to inject faults into burst's calls.
+    session = boto3.Session(region_name=region, **sandbox_module.SANDBOX_CREDENTIALS)
+    return session.client(service, region_name=region, endpoint_url=endpoint)
 
 
 def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
@@ -70,6 +116,17 @@ def leftovers(cloud, cluster_id: str | None = None) -> list[str]:
     # The hypervisor must have killed every instance's processes too.
     found += [f"process of {i}" for i, inst in cloud.hypervisor.instances.items()
               if inst.process and inst.process.poll() is None and (i in ours or not cluster_id)]
+    return found
+
+
+def cluster_ids(cloud) -> set[str]:
+    """Every cluster that ever had an instance in the sandbox (moto keeps terminated ones)."""
+    found = set()
+    for region in sandbox_module.SANDBOX_REGIONS:
+        pages = client(cloud, "ec2", region).get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag-key", "Values": ["burst:cluster"]}])
+        found |= {t["Value"] for page in pages for r in page["Reservations"]
+                  for i in r["Instances"] for t in i.get("Tags", []) if t["Key"] == "burst:cluster"}
     return found
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.sandbox  # the benchmark runs moto's server, the sandbox's control plane
 
 _path = REPO / "scripts" / "bench_provision.py"
 spec = importlib.util.spec_from_file_location("bench_provision", _path)

@@ -2,90 +2,132 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ssl
 import time
+from datetime import timedelta
 
 import pytest
 from distributed import Client
+from distributed.comm import connect
+from distributed.comm.core import CommClosedError
+from distributed.security import Security
 
-from burst import bootstrap, events
+from burst import bootstrap, events, tls
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster
+from burst.errors import BurstError
 from tests.conftest import client, settled_leftovers
 
 
-def test_cluster_is_a_distributed_cluster_over_tls(sandbox):
+async def _handshake(address: str, context: ssl.SSLContext) -> None:
+    """Open a comm to the scheduler as Client does, and exchange a message over it."""
+    comm = await connect(address, timeout=5, ssl_context=context)
+    try:
+        await comm.write({"op": "identity"})
+        await comm.read()
+    finally:
+        comm.abort()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(sandbox):
+    """One cluster for the tests that only inspect it (each cluster start costs seconds).
+    Its teardown is checked when the module is done with it."""
     seen: list[events.Event] = []
     with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
                       on_event=seen.append) as cluster:
-        assert cluster.scheduler_address.startswith("tls://")
-        assert cluster.dashboard_link.startswith("http://")
-        assert "BurstCluster(" in repr(cluster) and "workers=2" in repr(cluster)
-        # distributed's own log of the cluster manager has the same progress, one line each.
-        logs = cluster.get_logs(scheduler=False, workers=False)["Cluster"]
-        assert "launched 1 scheduler instance(s)" in logs and "2 of 2 workers joined" in logs
-        workers = {r.instance_id for r in cluster.worker_instances}
-        assert cluster.plan == cluster.requested == cluster.observed == workers
-        with Client(cluster) as c:
-            assert sum(c.nthreads().values()) == 4
-            assert c.submit(sum, [1, 2, 3]).result() == 6
-            names = set(c.run(lambda dask_worker: dask_worker.name).values())
-            assert names == {r.instance_id for r in cluster.worker_instances}
-        # Without the cluster's client certificate the scheduler refuses us.
-        with pytest.raises(Exception):  # noqa: B017 - TLS/comm errors vary by version
-            Client(cluster.scheduler_address, timeout=3)
-        cluster_id = cluster.cluster_id
+        yield cluster
     assert cluster.teardown_report.verified
     assert isinstance(seen[0], events.Planned) and isinstance(seen[-1], events.TornDown)
-    assert settled_leftovers(sandbox, cluster_id) == []
+    assert settled_leftovers(sandbox, cluster.cluster_id) == []
 
 
-def test_instances_are_tagged_secured_and_carry_no_secret(sandbox):
-    with BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"]) as cluster:
-        ec2 = client(sandbox, "ec2")
-        reply = ec2.describe_instances(Filters=[
-            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])
-        described = [i for r in reply["Reservations"] for i in r["Instances"]]
-        assert len(described) == 2
-        for instance in described:
-            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
-            assert tags["burst:managed"] == "true" and tags["burst:job"] == cluster.job_id
-            assert tags["burst:role"] in ("scheduler", "worker")
-            assert tags["burst:deadline"].startswith(str(cluster.deadline.year))
-            user_data = ec2.describe_instance_attribute(
-                InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
-            assert "PRIVATE KEY" not in user_data and "BEGIN" not in user_data
-        # The scheduler is launched directly; workers by a fleet from a launch template, whose
-        # settings moto does not copy onto instances: check what burst asked EC2 to apply.
-        scheduler = next(i for i in described if i["InstanceId"] in {
-            r.instance_id for r in cluster.instances.values() if r.role == "scheduler"})
-        assert scheduler["MetadataOptions"]["HttpTokens"] == "required"
-        behaviour = ec2.describe_instance_attribute(
-            InstanceId=scheduler["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
-        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
-        template = ec2.describe_launch_templates(Filters=[
-            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["LaunchTemplates"]
-        assert len(template) == 1
-        data = ec2.describe_launch_template_versions(
-            LaunchTemplateId=template[0]["LaunchTemplateId"])["LaunchTemplateVersions"][0][
-            "LaunchTemplateData"]
-        assert data["MetadataOptions"]["HttpTokens"] == "required"
-        assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
-        assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}"
-        assert data["SecurityGroupIds"] == [
-            g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
-        assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
-        fleets = [f for f in ec2.describe_fleets()["Fleets"]
-                  if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
-        assert [f["Type"] for f in fleets] == ["instant"]
-        secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
-        assert secret["Parameter"]["Type"] == "SecureString"
-        group = ec2.describe_security_groups(Filters=[
-            {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
-        cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]
-        assert cidrs == ["127.0.0.1/32"]  # the client's own address only
-        cluster_id = cluster.cluster_id
-    assert settled_leftovers(sandbox, cluster_id) == []
+def test_cluster_is_a_distributed_cluster_over_tls(sandbox, shared_cluster):
+    cluster = shared_cluster
+    assert cluster.scheduler_address.startswith("tls://")
+    assert cluster.dashboard_link.startswith("http://")
+    assert "BurstCluster(" in repr(cluster) and "workers=2" in repr(cluster)
+    # distributed's own log of the cluster manager has the same progress, one line each.
+    logs = cluster.get_logs(scheduler=False, workers=False)["Cluster"]
+    assert "launched 1 scheduler instance(s)" in logs and "2 of 2 workers joined" in logs
+    workers = {r.instance_id for r in cluster.worker_instances}
+    assert cluster.plan == cluster.requested == cluster.observed == workers
+    # It has the cores of its spec: scaling is refused with a message, not NotImplementedError.
+    with pytest.raises(BurstError, match="does not scale: it runs the 4 cores of its spec"):
+        cluster.scale(8)
+    with pytest.raises(BurstError, match="does not adapt"):
+        cluster.adapt(minimum=1, maximum=4)
+    with Client(cluster) as c:
+        assert sum(c.nthreads().values()) == 4
+        assert c.submit(sum, [1, 2, 3]).result() == 6
+        names = set(c.run(lambda dask_worker: dask_worker.name).values())
+        assert names == {r.instance_id for r in cluster.worker_instances}
+    # Without the cluster's client certificate the scheduler refuses the TLS handshake:
+    # with no client pair (only the CA, to trust the scheduler), or another cluster's pair.
+    ca_only = ssl.create_default_context(cadata=cluster.security.tls_ca_file)
+    ca_only.check_hostname = False
+    # (TLS 1.3 checks the client's certificate after the client's side of the handshake: the
+    # scheduler's alert arrives, or its close wins the race and the client sees an EOF.)
+    eof = "EOF occurred in violation of protocol"
+    with pytest.raises(CommClosedError, match=f"ALERT_CERTIFICATE_REQUIRED|{eof}"):
+        asyncio.run(_handshake(cluster.scheduler_address, ca_only))
+    other = tls.issue("another", timedelta(minutes=5))
+    foreign = Security(tls_ca_file=cluster.security.tls_ca_file,
+                       tls_client_cert=other.client_cert, tls_client_key=other.client_key,
+                       require_encryption=True)
+    with pytest.raises(CommClosedError, match=f"ALERT_UNKNOWN_CA|{eof}"):
+        Client(cluster.scheduler_address, security=foreign, timeout=5)
+    # With no TLS settings at all, distributed will not even try a tls:// address.
+    with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument"):
+        Client(cluster.scheduler_address, timeout=3)
+
+
+def test_instances_are_tagged_secured_and_carry_no_secret(sandbox, shared_cluster):
+    cluster = shared_cluster
+    ec2 = client(sandbox, "ec2")
+    reply = ec2.describe_instances(Filters=[
+        {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])
+    described = [i for r in reply["Reservations"] for i in r["Instances"]]
+    assert len(described) == 1 + len(cluster.worker_instances) == 3
+    for instance in described:
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert tags["burst:managed"] == "true" and tags["burst:job"] == cluster.job_id
+        assert tags["burst:role"] in ("scheduler", "worker")
+        assert tags["burst:deadline"].startswith(str(cluster.deadline.year))
+        user_data = ec2.describe_instance_attribute(
+            InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
+        assert "PRIVATE KEY" not in user_data and "BEGIN" not in user_data
+    # The scheduler is launched directly; workers by a fleet from a launch template, whose
+    # settings moto does not copy onto instances: check what burst asked EC2 to apply.
+    scheduler = next(i for i in described if i["InstanceId"] in {
+        r.instance_id for r in cluster.instances.values() if r.role == "scheduler"})
+    assert scheduler["MetadataOptions"]["HttpTokens"] == "required"
+    behaviour = ec2.describe_instance_attribute(
+        InstanceId=scheduler["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    template = ec2.describe_launch_templates(Filters=[
+        {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["LaunchTemplates"]
+    assert len(template) == 1
+    data = ec2.describe_launch_template_versions(
+        LaunchTemplateId=template[0]["LaunchTemplateId"])["LaunchTemplateVersions"][0][
+        "LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}"
+    assert data["SecurityGroupIds"] == [
+        g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
+    assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
+    fleets = [f for f in ec2.describe_fleets()["Fleets"]
+              if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
+    assert [f["Type"] for f in fleets] == ["instant"] * len(cluster.capacity_plan.workers)
+    secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
+    assert secret["Parameter"]["Type"] == "SecureString"
+    group = ec2.describe_security_groups(Filters=[
+        {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
+    cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]
+    assert cidrs == ["127.0.0.1/32"]  # the client's own address only
 
 
 def test_dead_mans_switch_powers_off_at_the_deadline(sandbox):
@@ -117,40 +159,66 @@ def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
                      on_event=seen.append)
     report = next(e.report for e in seen if isinstance(e, events.TornDown))
     assert report.verified
-    assert settled_leftovers(sandbox) == []
+    cluster_id = next(e.cluster_id for e in seen if isinstance(e, events.Planned))
+    assert settled_leftovers(sandbox, cluster_id) == []
 
 
-def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox):
+def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox, monkeypatch):
+    monkeypatch.setenv("BURST_SPOT_POLL_SECONDS", "0.5")  # the hypervisor passes it to nodes
     with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"]) as cluster, \
             Client(cluster) as c:
         victim, survivor = (r.instance_id for r in cluster.worker_instances)
-        futures = c.map(lambda x: (time.sleep(0.2), x * x)[1], range(40), pure=False)
+
+        def square(x):
+            from distributed import get_worker
+
+            time.sleep(0.5)
+            return x * x, get_worker().name
+
+        futures = c.map(square, range(40), pure=False)  # 5 s of work on 2 x 2 threads
+        give_up = time.monotonic() + 30
+        while sum(f.done() for f in futures) < 8:  # both workers are busy
+            assert time.monotonic() < give_up, "the work never started"
+            time.sleep(0.05)
         sandbox.hypervisor.interrupt(victim, notice_seconds=60)
-        assert c.gather(futures) == [x * x for x in range(40)]
+        console = sandbox.folder / victim / "console.log"
+        give_up = time.monotonic() + 30
+        while "spot interruption notice: retiring this worker" not in console.read_text():
+            assert time.monotonic() < give_up, "the worker never saw the interruption notice"
+            time.sleep(0.1)
+        assert sum(f.done() for f in futures) < 40  # retired while work was still running
+        results = c.gather(futures)
+        assert [square for square, _ in results] == [x * x for x in range(40)]
+        ran_on = [name for _, name in results]
+        assert set(ran_on) == {victim, survivor}, (victim, ran_on)  # both worked
         give_up = time.monotonic() + 30
         while len(cluster.scheduler_info["workers"]) > 1 and time.monotonic() < give_up:
             time.sleep(0.5)
         names = [w["name"] for w in cluster.scheduler_info["workers"].values()]
         assert names == [survivor]
-        console = (sandbox.folder / victim / "console.log").read_text()
-        assert "spot interruption notice: retiring this worker" in console
         cluster_id = cluster.cluster_id
     assert settled_leftovers(sandbox, cluster_id) == []
 
 
 def test_a_node_that_dies_silently_fails_fast(sandbox, monkeypatch):
     monkeypatch.setattr(bootstrap, "render", lambda config: "#!/bin/bash\nexit 0\n")
+    planned = []
     with pytest.raises(CloudError, match="powered off before joining"):
-        BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"])
-    assert settled_leftovers(sandbox) == []
+        BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"],
+                     on_event=lambda event: isinstance(event, events.Planned) and planned.append(
+                         event.cluster_id))
+    assert settled_leftovers(sandbox, planned[0]) == []
 
 
 def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
     """A spot interruption during boot: the cluster comes up on what is left, if enough."""
     ec2 = client(sandbox, "ec2")
     lost: list[str] = []
+    planned: list[str] = []
 
     def interrupt_one(event):
+        if isinstance(event, events.Planned):
+            planned.append(event.cluster_id)
         if isinstance(event, events.Launched) and event.role == "worker" and not lost:
             lost.append(event.records[0].instance_id)
             ec2.terminate_instances(InstanceIds=lost)
@@ -168,4 +236,4 @@ def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
     with pytest.raises(CloudError, match="2 worker cores left of the 4 needed"):
         BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
                      max_pool_share=1.0, on_event=interrupt_one)
-    assert settled_leftovers(sandbox) == []
+    assert settled_leftovers(sandbox, planned[-1]) == []

@@ -251,10 +251,12 @@ def test_spot_only_shortage_is_a_cloud_error_and_tears_down(sandbox, tmp_path, m
     assert manifest["status"] == "error" and manifest["teardown"]["verified"]
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
 
+    before = set((tmp_path / "results").glob("*/manifest.json"))
     outcome = CliRunner().invoke(app, ["run", str(spec)])
     assert outcome.exit_code == EXIT_CLOUD
     assert "InsufficientInstanceCapacity" in outcome.output
-    assert settled_leftovers(sandbox) == []
+    [path] = set((tmp_path / "results").glob("*/manifest.json")) - before
+    assert settled_leftovers(sandbox, json.loads(path.read_text())["cluster_id"]) == []
 
 
 def test_fleet_error_after_the_network_exists_tears_everything_down(

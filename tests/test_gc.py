@@ -17,15 +17,20 @@ from burst.spec import parse_spec
 from tests.conftest import settled_leftovers
 
 SLEEPER = "#!/bin/sh\nsleep 600\n"
+# gc deletes whatever it finds expired in a region: this test abandons its clusters in a sandbox
+# region no other test uses, and sweeps that region only, so it can never delete theirs.
+REGION = "eu-west-1"
+OURS = {"gcexpired0001", "gclive0000001", "gcidle0000001"}
 
 
 def abandon(cloud, cluster_id: str, deadline: datetime, instances: bool = True) -> None:
     """What a client killed with SIGKILL leaves: everything, still running."""
-    provider = AwsProvider(sandbox_module.session(), "us-east-1", cloud.endpoint)
+    provider = AwsProvider(sandbox_module.session(), REGION, cloud.endpoint)
     ident = ClusterIdentity(cluster_id, f"job-{cluster_id}", deadline)
     spec = parse_spec(
         {
             "name": "gc",
+            "region": REGION,
             "cores": 4,
             "max_runtime": "5m",
             "instance_types": ["c5.large"],
@@ -35,7 +40,7 @@ def abandon(cloud, cluster_id: str, deadline: datetime, instances: bool = True) 
     capacity = plan(spec)
     env = provider.prepare(
         ident,
-        ["us-east-1a", "us-east-1b", "us-east-1c"],
+        [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
         "127.0.0.1/32",
         tls.issue(cluster_id, timedelta(minutes=5)).node_bundle(),
     )
@@ -51,11 +56,12 @@ def test_gc_lists_then_deletes_expired_and_idle_clusters_only(sandbox):
     abandon(sandbox, "gcexpired0001", now - timedelta(minutes=1))
     abandon(sandbox, "gclive0000001", now + timedelta(hours=1))
     abandon(sandbox, "gcidle0000001", now + timedelta(hours=1), instances=False)
-    provider = AwsProvider(sandbox_module.session(), "us-east-1", sandbox.endpoint)
+    provider = AwsProvider(sandbox_module.session(), REGION, sandbox.endpoint)
 
-    listed = CliRunner().invoke(app, ["gc", "--json"])
+    listed = CliRunner().invoke(app, ["gc", "--json", "--region", REGION])
     assert listed.exit_code == 0, listed.output
     found = {c["cluster_id"]: c for c in json.loads(listed.stdout)}
+    assert set(found) <= OURS  # no other test's cluster is in this region
     assert "gclive0000001" not in found  # running and within its deadline
     assert "has passed" in found["gcexpired0001"]["reason"]
     kinds = {r.split()[0] for r in found["gcexpired0001"]["resources"]}
@@ -74,16 +80,19 @@ def test_gc_lists_then_deletes_expired_and_idle_clusters_only(sandbox):
     # The idle cluster (no instance) is young: spared unless it is old enough.
     assert "gcidle0000001" not in found
     later = now + timedelta(hours=0, minutes=30)
-    assert {c.cluster_id for c in collect_garbage(provider, now=later)} >= {"gcidle0000001"}
+    assert {c.cluster_id for c in collect_garbage(provider, now=later)} == {
+        "gcexpired0001", "gcidle0000001"}
 
-    deleted = CliRunner().invoke(app, ["gc", "--yes", "--json"])
+    deleted = CliRunner().invoke(app, ["gc", "--yes", "--json", "--region", REGION])
     assert deleted.exit_code == 0, deleted.output
     report = {c["cluster_id"]: c for c in json.loads(deleted.stdout)}
+    assert set(report) == {"gcexpired0001"}
     assert report["gcexpired0001"]["teardown"]["verified"]
     assert settled_leftovers(sandbox, "gcexpired0001") == []
     assert settled_leftovers(sandbox, "gclive0000001", seconds=0)  # still there
 
-    for cluster in collect_garbage(provider, delete=True, now=now + timedelta(hours=2)):
-        assert cluster.teardown.verified
+    swept = collect_garbage(provider, delete=True, now=now + timedelta(hours=2))
+    assert {c.cluster_id for c in swept} == {"gclive0000001", "gcidle0000001"}
+    assert all(c.teardown.verified for c in swept)
     assert settled_leftovers(sandbox, "gclive0000001") == []
     assert settled_leftovers(sandbox, "gcidle0000001") == []

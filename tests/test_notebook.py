@@ -15,7 +15,7 @@ import pytest
 
 import burst
 from burst.runner import JobResult, TaskOutcome
-from tests.conftest import REPO, settled_leftovers
+from tests.conftest import REPO, cluster_ids, settled_leftovers
 
 
 def test_run_a_dict_spec_gives_results_failures_cost_timings_and_a_dataframe(
@@ -134,6 +134,7 @@ def test_quickstart_notebook_executes_top_to_bottom(sandbox, tmp_path, monkeypat
     shutil.copytree(REPO / "jobs", tmp_path / "jobs")
     (tmp_path / "notebooks").mkdir()
     # The kernel inherits BURST_HOME from the session sandbox, so it uses that sandbox.
+    before = cluster_ids(sandbox)
     nbclient.NotebookClient(
         notebook,
         kernel_name=_kernel(tmp_path, monkeypatch),
@@ -160,7 +161,10 @@ def test_quickstart_notebook_executes_top_to_bottom(sandbox, tmp_path, monkeypat
     assert len(manifests) == 1
     tasks = json.loads(manifests[0].read_text())["tasks"]
     assert tasks == {"total": 20, "done": 20, "failed": 0, "retried": 0}
-    assert settled_leftovers(sandbox) == []
+    started = cluster_ids(sandbox) - before  # the job's cluster and the notebook's own
+    assert len(started) == 2
+    for cluster_id in started:
+        assert settled_leftovers(sandbox, cluster_id) == []
 
 
 def test_overrides_change_one_field_of_a_section_and_keep_the_rest():

@@ -137,6 +137,7 @@ def test_fold_finds_a_low_energy_fold(sandbox, tmp_path):
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
 
 
+@pytest.mark.sandbox
 def test_sandbox_up_is_used_by_run_then_down(tmp_path):
     env = {**os.environ, "BURST_HOME": str(tmp_path / "home")}
 

@@ -738,15 +738,19 @@ def test_cli_run_unknown_field_exits_2(cli_env: tuple[CliRunner, Path, Path]) ->
 
 @pytest.mark.parametrize("value", [float("inf"), "1000000000d", "99999999999999999999s"])
 def test_huge_max_runtime_is_a_spec_error(value: Any) -> None:
-    problems_of(minimal(max_runtime=value))
+    problems = problems_of(minimal(max_runtime=value))
+    assert problems == [line_for(problems, "max_runtime")]
+    assert f"up to 7d (got {value!r})" in problems[0]
 
 
 def test_negative_grace_is_rejected() -> None:
-    problems_of(minimal(max_runtime="1h", grace=-7200))
+    problems = problems_of(minimal(max_runtime="1h", grace=-7200))
+    assert problems == [line_for(problems, "grace")] and "(got -7200)" in problems[0]
 
 
 def test_boolean_cores_is_rejected() -> None:
-    problems_of(minimal(cores=True))
+    problems = problems_of(minimal(cores=True))
+    assert problems == ["cores: Input should be a valid integer (got True)"]
 
 
 def test_unknown_field_in_task_range_lists_range_fields() -> None:

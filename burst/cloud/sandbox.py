@@ -328,9 +328,12 @@ class Hypervisor:
                 continue
             self._fleets_seen.add(fleet["FleetId"])
             spec = fleet["LaunchTemplateConfigs"][0]["LaunchTemplateSpecification"]
-            versions = ec2.describe_launch_template_versions(
-                LaunchTemplateId=spec["LaunchTemplateId"], Versions=[spec["Version"]]
-            )["LaunchTemplateVersions"]
+            try:
+                versions = ec2.describe_launch_template_versions(
+                    LaunchTemplateId=spec["LaunchTemplateId"], Versions=[spec["Version"]]
+                )["LaunchTemplateVersions"]
+            except ec2.exceptions.ClientError:  # torn down meanwhile: its instances are gone
+                continue
             members = ec2.describe_fleet_instances(FleetId=fleet["FleetId"])["ActiveInstances"]
             for member in members:
                 self._template_data[member["InstanceId"]] = versions[0]["LaunchTemplateData"]
@@ -358,6 +361,8 @@ class Hypervisor:
                 "BURST_NODE_VCPUS": str(instance.vcpus),
             }
         )
+        if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):  # spot drills: see node.py
+            env["BURST_SPOT_POLL_SECONDS"] = poll
         return env
 
     def _power_off(self, instance: SandboxInstance) -> None:
