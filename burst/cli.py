@@ -361,20 +361,320 @@ def gc(
         err.print("nothing deleted: run `burst gc --yes` to delete these")
 
 
+# --------------------------------------------------------------------- detached jobs
+
+JobArgument = Annotated[str, typer.Argument(help="The job id burst run or burst submit printed.")]
+FindCloud = Annotated[
+    str | None, typer.Option("--cloud", help="sandbox or aws (default: the job's, or sandbox)")
+]
+FindRegion = Annotated[
+    str | None, typer.Option("--region", help="The job's region (default: the job's)")
+]
+# A job's end as an exit code: the same codes as burst run.
+STATE_EXIT = {
+    "succeeded": EXIT_OK,
+    "failed": EXIT_JOB_FAILED,
+    "deadline": EXIT_DEADLINE,
+    "cancelled": EXIT_INTERRUPTED,
+    "interrupted": EXIT_INTERRUPTED,
+    "error": EXIT_CLOUD,
+    "lost": EXIT_CLOUD,
+}
+
+
+def _locate(job_id: str, cloud: str | None, region: str | None):
+    from burst.detached import locate
+
+    if cloud not in (None, "sandbox", "aws"):
+        raise fail(EXIT_BAD_INPUT, f"--cloud: {cloud!r} is not sandbox or aws")
+    try:
+        return locate(job_id, cloud, region)
+    except BurstError as error:
+        raise exit_for(error) from None
+
+
+def _finished(manifest: dict, as_json: bool) -> None:
+    """A collected detached job: its manifest, then the job's own exit code."""
+    from burst.results import dumps
+
+    if as_json:
+        print(dumps(manifest, indent=2))
+    else:
+        out.print(summary(manifest))
+    if not manifest["teardown"]["verified"]:
+        raise fail(
+            EXIT_CLOUD,
+            "teardown could not verify that nothing is left",
+            "delete the resources listed in the manifest's teardown.leftovers",
+        )
+    code = STATE_EXIT.get(manifest["status"], EXIT_CLOUD)
+    if code:
+        raise fail(code, f"job {manifest['job_id']} {manifest['status']}: {manifest['error']}")
+
+
 @app.command()
-def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job id `burst run` printed.")],
-    cloud: CloudOption = "sandbox",
-    region: RegionOption = "us-east-1",
+def submit(
+    spec: Annotated[Path, typer.Argument(help="The job spec (YAML).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"job_id": ...} alone on stdout.')
+    ] = False,
+) -> None:
+    """Plan, launch and hand the job to its cluster, then return: the job runs on without this
+    machine. Follow it with status, logs and wait."""
+    from burst.plan import plan_within_budget
+
+    try:
+        job = load_job(spec)
+        plan_within_budget(job.spec)
+    except BurstError as error:
+        raise exit_for(error, spec, as_json) from None
+    from burst.cloud import sandbox
+    from burst.detached import submit as submit_job
+
+    if job.spec.cloud == "sandbox" and sandbox.running_sandbox() is None:
+        started = sandbox.start_detached(idle_stop=sandbox.IDLE_STOP_SECONDS)
+        err.print(
+            f"started the long-lived sandbox at {started['endpoint']}: a detached job needs a "
+            f"cloud that outlives this command (it stops itself after "
+            f"{sandbox.IDLE_STOP_SECONDS // 60:.0f} minutes with no instance; "
+            "`burst sandbox down` stops it now)",
+            highlight=False,
+        )
+    display = Display()
+    try:
+        submission = submit_job(job, on_event=display)
+    except (KeyboardInterrupt, Exception) as error:
+        display.close()
+        raise exit_for(error, spec) from None
+    display.close()
+    if as_json:
+        print(json.dumps(submission))
+    else:
+        job_id = submission["job_id"]
+        out.print(f"job {job_id} submitted", highlight=False)
+        err.print(f"follow it: burst status {job_id}; burst wait {job_id}", highlight=False)
+
+
+@app.command()
+def status(
+    job_id: JobArgument,
+    cloud: FindCloud = None,
+    region: FindRegion = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Stop a job now: tear down its clusters, found by the job's tag, and verify. For a run
-    whose client was killed; the finished tasks' results stay in its results folder."""
-    from burst.gc import cancel_job
+    """A job's state, tasks, instances and cost so far."""
+    from burst.detached import cost_so_far
 
+    job = _locate(job_id, cloud, region)
+    try:
+        found = job.status()
+        cost = cost_so_far(job.read_json("cluster.json"), found)
+    except BurstError as error:
+        raise exit_for(error) from None
+    record = {
+        "job_id": job_id,
+        "cluster_id": job.cluster_id,
+        "state": found["state"],
+        "tasks": {k: found.get(k) for k in ("done", "failed", "total")},
+        "instances": found["instances"],
+        "cost": None if cost is None else str(cost),
+        "error": found.get("error"),
+    }
+    if as_json:
+        print(json.dumps(record, indent=2))
+        return
+    tasks = record["tasks"]
+    out.print(
+        f"job {job_id}: {record['state']}; "
+        + (
+            f"{tasks['done']} done, {tasks['failed']} failed of {tasks['total']} tasks; "
+            if tasks["total"] is not None
+            else ""
+        )
+        + f"{record['instances']} instances running; "
+        + (f"${Decimal(record['cost']):.4f} so far" if record["cost"] else "cost unknown")
+        + (f"; {record['error']}" if record["error"] else ""),
+        highlight=False,
+    )
+
+
+@app.command()
+def logs(
+    job_id: JobArgument,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Until the job ends.")] = False,
+    cloud: FindCloud = None,
+    region: FindRegion = None,
+) -> None:
+    """The job's driver log: what it ran, each task's failure, how it ended. Each task's own
+    output tails are in results.jsonl."""
+    import time as clock
+
+    from burst.drive import TERMINAL
+
+    job = _locate(job_id, cloud, region)
+    shown = 0
+    try:
+        while True:
+            text = (job.bucket.read(f"{job.base}/driver.log") or b"").decode(errors="replace")
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+            if not follow or job.status()["state"] in (*TERMINAL, "lost"):
+                return
+            clock.sleep(2)
+    except BurstError as error:
+        raise exit_for(error) from None
+
+
+@app.command()
+def wait(
+    job_id: JobArgument,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up waiting after this many seconds.")
+    ] = None,
+    cloud: FindCloud = None,
+    region: FindRegion = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the manifest alone on stdout.")
+    ] = False,
+) -> None:
+    """Wait for a job to end, download its results into results/<job-id>/, delete what is left
+    of its cluster, verify, and exit with the job's code."""
+    from burst.detached import wait as wait_for
+
+    job = _locate(job_id, cloud, region)
+    try:
+        manifest = wait_for(job, timeout)
+    except BurstError as error:
+        raise exit_for(error) from None
+    if manifest is None:
+        raise fail(
+            EXIT_CLOUD,
+            f"job {job_id} still runs after {timeout:g}s; nothing was downloaded or deleted",
+            f"wait again: burst wait {job_id}",
+        )
+    _finished(manifest, as_json)
+
+
+@app.command()
+def results(
+    job_id: JobArgument,
+    cloud: FindCloud = None,
+    region: FindRegion = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the manifest alone on stdout.")
+    ] = False,
+) -> None:
+    """Download a finished job's results and delete what is left of its cluster (verified),
+    without waiting: a job still running is refused."""
+    from burst.detached import collect
+    from burst.drive import TERMINAL
+
+    job = _locate(job_id, cloud, region)
+    try:
+        found = job.status()
+        if found["state"] not in (*TERMINAL, "lost"):
+            raise fail(
+                EXIT_CLOUD,
+                f"job {job_id} is {found['state']}: its results are not final",
+                f"burst wait {job_id}, or burst cancel {job_id}",
+            )
+        manifest = collect(job, found)
+    except BurstError as error:
+        raise exit_for(error) from None
+    _finished(manifest, as_json)
+
+
+@app.command()
+def cancel(
+    job_id: JobArgument,
+    cloud: FindCloud = None,
+    region: FindRegion = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop a job now, keep what finished, tear down and verify. A detached job's driver
+    stops its tasks and its results are downloaded first; an attached run whose client was
+    killed has its clusters (found by the job's tag) torn down."""
+    from burst import detached, state
+    from burst.gc import cancel_job
+    from burst.results import job_folder
+
+    try:
+        job_folder(".", job_id)  # a malformed id is refused before any call
+        job = detached.locate(job_id, cloud, region)
+        submitted = job.read_json("cluster.json") is not None
+    except SpecError as error:
+        if not error.problems[0].startswith("job id: no job"):
+            raise exit_for(error) from None
+        job, submitted = None, False
+    except BurstError:
+        job, submitted = None, False
+    if job is not None and submitted:
+        try:
+            manifest = detached.cancel(job)
+        except BurstError as error:
+            raise exit_for(error) from None
+        _finished_cancel(manifest, as_json)
+        return
+    row = state.get(job_id) or {}
+    cloud = cloud or row.get("cloud") or "sandbox"
+    region = region or row.get("region") or "us-east-1"
     clusters = _sweep(cloud, region, as_json, f"Job {job_id}", lambda p: cancel_job(p, job_id))
     if not clusters:
         err.print(f"nothing of job {job_id} is running or left in {cloud} {region}")
+    if row:
+        state.record(job_id, state="cancelled")
+
+
+def _finished_cancel(manifest: dict, as_json: bool) -> None:
+    """A cancelled job ended as the user asked: exit 0 unless its teardown failed."""
+    from burst.results import dumps
+
+    if as_json:
+        print(dumps(manifest, indent=2))
+    else:
+        out.print(summary(manifest))
+    if not manifest["teardown"]["verified"]:
+        raise fail(
+            EXIT_CLOUD,
+            "teardown could not verify that nothing is left",
+            "delete the resources listed in the manifest's teardown.leftovers",
+        )
+
+
+@app.command("ls")
+def list_jobs(
+    cloud: Annotated[
+        str | None, typer.Option(help="Also list jobs found by tag in this cloud (aws, sandbox)")
+    ] = None,
+    region: Annotated[str, typer.Option(help="... in this region.")] = "us-east-1",
+    as_json: JsonOption = False,
+) -> None:
+    """Every job this machine ran or submitted (and with --cloud, every job found by tag
+    there), with its state, cores, cost and age; running ones refreshed from the cloud."""
+    from burst.detached import reconcile
+
+    try:
+        jobs = reconcile(cloud, region)
+    except BurstError as error:
+        raise exit_for(error) from None
+    if as_json:
+        print(json.dumps(jobs, indent=2))
+        return
+    table = Table(title="Jobs", title_justify="left")
+    for column in ("job", "mode", "state", "cores", "cost", "age", "cloud"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            job["job_id"],
+            job["mode"] or "-",
+            job["state"] or "-",
+            job["cores"] or "-",
+            f"${Decimal(job['cost']):.4f}" if job.get("cost") else "-",
+            job["age"],
+            f"{job['cloud']} {job['region']}",
+        )
+    out.print(table)
 
 
 def _offers(spec: JobSpec, offline: bool):

@@ -160,6 +160,7 @@ class BurstCluster(Cluster):
         self.fleet_ids: list[str] = []
         self.teardown_report: TeardownReport | None = None
         self._beats = 0
+        self._detached = False
         self._on_event = on_event or events.ignore
         self._connection: Connection | None = None
         # Cloud calls run in a thread while the event loop waits; closing stops further ones
@@ -359,6 +360,18 @@ class BurstCluster(Cluster):
 
     # ------------------------------------------------------------- teardown
 
+    def detach(self) -> None:
+        """Let go of the cluster without tearing it down: its instances run on, and power
+        off when the job's driver ends them, at no_client_timeout without any client, or at
+        the deadline. What costs nothing stays for `burst wait`, `burst cancel` or gc."""
+        if self._connection is not None and self._connection.private_sandbox is not None:
+            raise BurstError(
+                "a private sandbox dies with this process: nothing can outlive it",
+                "start the long-lived sandbox first: burst sandbox up",
+            )
+        self._detached = True
+        self.close()
+
     def close(self, timeout: float | None = None) -> Any:
         BurstCluster._open.discard(self)
         self._closing.set()
@@ -371,7 +384,7 @@ class BurstCluster(Cluster):
 
     def _teardown(self) -> None:
         with self._cloud_lock:  # the cloud call in flight, if any, finishes first
-            if self.teardown_report is not None or self._connection is None:
+            if self.teardown_report is not None or self._connection is None or self._detached:
                 return
             started = time.monotonic()
             self._emit(events.TearingDown())

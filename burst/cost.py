@@ -10,7 +10,6 @@ from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING
 
 from burst.money import MICRODOLLAR
-from burst.plan import Plan
 
 if TYPE_CHECKING:  # an annotation only: cost sits below the cloud layer
     from burst.cloud.base import InstanceRecord
@@ -31,17 +30,18 @@ def instance_cost(record: InstanceRecord, now: datetime) -> Decimal | None:
     return cost.quantize(MICRODOLLAR, ROUND_CEILING)
 
 
-def cost_report(instances: list[InstanceRecord], capacity_plan: Plan, now: datetime) -> dict:
-    """The real cost next to the plan's estimate, each saying where its prices came from."""
+def cost_report(instances: list[InstanceRecord], plan: dict, now: datetime) -> dict:
+    """The real cost next to the plan's estimate (`plan` as Plan.to_dict gives it, which a
+    detached job keeps in its bucket), each saying where its prices came from."""
     costs = [instance_cost(r, now) for r in instances]
     known = [c for c in costs if c is not None]
     return {
         "actual": str(sum(known, Decimal(0))),
         "actual_complete": len(known) == len(costs),  # False if a price was unknown
         "still_running": sum(1 for r in instances if r.end_time is None),
-        "planned_hourly": str(capacity_plan.hourly),
+        "planned_hourly": plan["hourly"],
         "launched_hourly": str(sum((r.hourly or Decimal(0) for r in instances), Decimal(0))),
-        "cost_bound": str(capacity_plan.cost_bound),
-        "price_source": capacity_plan.price_source,
+        "cost_bound": plan["cost_bound"],
+        "price_source": plan["price_source"],
         "billing": f"per second, {MINIMUM_BILLED_SECONDS} s minimum",
     }

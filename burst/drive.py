@@ -132,6 +132,16 @@ def run_tasks(
     inputs = {f.key: pair for f, pair in zip(futures, numbered, strict=True)}
     outcomes: dict[int, TaskOutcome] = {}
     seconds_left = None if stop_at is None else max(0.0, stop_at - time.time())
+    over = threading.Event()
+    if stopping is not None:
+
+        def cancel_when_stopping() -> None:  # cancelled futures end the loop below
+            while not stopping.wait(1.0):
+                if over.is_set():
+                    return
+            client.cancel([f for f in futures if not f.done()])
+
+        threading.Thread(target=cancel_when_stopping, daemon=True).start()
     try:
         for future in as_completed(futures, timeout=seconds_left):
             number, item = inputs[future.key]
@@ -160,8 +170,250 @@ def run_tasks(
     except DaskTimeoutError:
         client.cancel([f for f in futures if not f.done()])
         return DEADLINE
+    finally:
+        over.set()
     if attempts_on is not None:
         attempts = client.run_on_scheduler(attempts_on)
         for key, (number, _) in inputs.items():
             outcomes[number].attempts = attempts.get(str(key), 1)
     return FINISHED
+
+
+# ------------------------------------------------------------------ detached jobs
+#
+# `burst submit` leaves the job to a driver on the scheduler instance (on-demand). The job's
+# files in the cluster's bucket, under jobs/<job-id>/:
+#   driver.pkl            the Driver below, cloudpickled by the client
+#   cluster.json          what the client launched: plan, instances, prices (burst.detached)
+#   status.json           the driver's state, counts, times, reduce result; updated as it goes
+#   results/part-N.jsonl  outcomes, a batch every FLUSH_SECONDS; results.jsonl once all ran
+#   driver.log            the driver's own output
+#   cancel                put by `burst cancel`: the driver stops the tasks and ends
+#   outputs/<task>/...    a command task's output files (burst.taskrun)
+
+FLUSH_SECONDS = 5.0
+TERMINAL = ("succeeded", "failed", "deadline", "cancelled", "error")
+LOG_BYTES = 1_000_000
+
+
+class BucketSink:
+    """Outcomes and status to S3: outcomes are batched (S3 has no append) and flushed every
+    FLUSH_SECONDS, so a crash loses at most the last few seconds of finished work."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str, total: int, log_path: str):
+        self.s3, self.bucket, self.prefix = s3, bucket, prefix
+        self.status: dict[str, Any] = {"state": "running", "done": 0, "failed": 0}
+        self.status.update(total=total, started_at=time.time(), parts=0)
+        self.outcomes: dict[int, TaskOutcome] = {}
+        self.pending: list[TaskOutcome] = []
+        self.log_path = log_path
+        self.lock = threading.Lock()
+
+    def put(self, name: str, body: str | bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}", Body=body)
+
+    def exists(self, name: str) -> bool:
+        reply = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{name}")
+        return any(item["Key"] == f"{self.prefix}/{name}" for item in reply.get("Contents", []))
+
+    def record(self, outcome: TaskOutcome) -> None:
+        with self.lock:
+            self.outcomes[outcome.task] = outcome
+            self.pending.append(outcome)
+            self.status["done" if outcome.status == "done" else "failed"] += 1
+
+    def flush(self, **status: Any) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+            if batch:
+                self.status["parts"] += 1
+                lines = "".join(dumps(o.to_dict()) + "\n" for o in batch)
+                self.put(f"results/part-{self.status['parts']:06d}.jsonl", lines)
+            self.status.update(status, updated_at=time.time())
+            self.put("status.json", dumps(self.status))
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, 2)
+                log.seek(max(0, log.tell() - LOG_BYTES))
+                self.put("driver.log", log.read())
+        except OSError:
+            pass
+
+    def finish(self, **status: Any) -> None:
+        """Every outcome in one results.jsonl (with attempts), then the final status."""
+        with self.lock:
+            ordered = [self.outcomes[n] for n in sorted(self.outcomes)]
+            self.put("results.jsonl", "".join(dumps(o.to_dict()) + "\n" for o in ordered))
+            self.pending = []
+        self.flush(ended_at=time.time(), **status)
+
+
+class Driver:
+    """A job as it runs on the scheduler instance after `burst submit`: its tasks through a
+    Client of the local scheduler (the scheduler then counts a client, see no_client_timeout),
+    each outcome streamed to the bucket, and at the end, whatever the end, every instance of
+    its cluster terminated: compute stops billing with no client anywhere."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        cluster_id: str,
+        region: str,
+        bucket: str,
+        prefix: str,
+        task: Callable[[Any], dict],
+        numbered: list[tuple[int, Any]],
+        command: bool,
+        retries: int,
+        stop_at: float,
+        reduce: Callable[[list], Any] | None,
+        attempts_on: Callable,
+        attempt_counter: Any,
+    ):
+        self.job_id, self.cluster_id, self.region = job_id, cluster_id, region
+        self.bucket, self.prefix = bucket, prefix
+        self.task, self.numbered, self.command = task, numbered, command
+        self.retries, self.stop_at, self.reduce = retries, stop_at, reduce
+        self.attempts_on, self.attempt_counter = attempts_on, attempt_counter
+
+    def run(self, address: str, log_path: str) -> int:
+        import boto3
+
+        sink = BucketSink(
+            boto3.client("s3", region_name=self.region),
+            self.bucket,
+            self.prefix,
+            len(self.numbered),
+            log_path,
+        )
+        stopping = threading.Event()
+        ended = threading.Event()
+
+        def watch() -> None:  # flushes, and looks for `burst cancel`'s marker
+            while not ended.wait(FLUSH_SECONDS):
+                try:
+                    sink.flush()
+                    if sink.exists("cancel"):
+                        print("cancelled by burst cancel", flush=True)
+                        stopping.set()
+                        return
+                except Exception as error:  # a flush fails: the next one may not
+                    print(f"flush failed: {error}", flush=True)
+
+        state, error, result = "error", None, None
+        try:
+            sink.flush()
+            from distributed import Client
+
+            with Client(address, security=self._security(), timeout=60) as client:
+                client.register_plugin(self.attempt_counter)
+                print(f"driving {len(self.numbered)} tasks on {address}", flush=True)
+                threading.Thread(target=watch, daemon=True).start()
+                how = run_tasks(
+                    client,
+                    self.task,
+                    self.numbered,
+                    command=self.command,
+                    retries=self.retries,
+                    record=sink.record,
+                    stop_at=self.stop_at,
+                    stopping=stopping,
+                    attempts_on=self.attempts_on,
+                )
+            state, error, result = self._outcome(how, sink)
+        except BaseException as failure:
+            error = f"the driver failed: {type(failure).__name__}: {failure}"
+            traceback.print_exc()
+        finally:
+            ended.set()
+            print(f"job {self.job_id}: {state}{f' ({error})' if error else ''}", flush=True)
+            try:
+                sink.finish(state=state, error=error, result=result)
+            finally:
+                self._terminate_cluster()
+        return 0
+
+    def _outcome(self, how: str, sink: BucketSink) -> tuple[str, str | None, Any]:
+        if how == CANCELLED:
+            return "cancelled", "cancelled by burst cancel", None
+        total = len(self.numbered)
+        if how == DEADLINE:
+            done = sink.status["done"]
+            return "deadline", f"max_runtime reached: {done} of {total} tasks done", None
+        failed = sink.status["failed"]
+        if failed:
+            return "failed", f"{failed} of {total} tasks failed", None
+        if self.reduce is None:
+            return "succeeded", None, None
+        try:
+            values = [sink.outcomes[n].result for n in sorted(sink.outcomes)]
+            return "succeeded", None, self.reduce(values)
+        except Exception as error:  # the user's reduce: the results are kept
+            return "failed", f"run.reduce raised {type(error).__name__}: {error}", None
+
+    def _security(self) -> Any:
+        """The client side of the cluster's TLS, from the secret its nodes read."""
+        import boto3
+        from distributed.security import Security
+
+        ssm = boto3.client("ssm", region_name=self.region)
+        secret = ssm.get_parameter(Name=f"/burst/{self.cluster_id}/tls", WithDecryption=True)
+        tls = json.loads(secret["Parameter"]["Value"])
+        return Security(
+            tls_ca_file=tls["ca"],
+            tls_client_cert=tls["cert"],
+            tls_client_key=tls["key"],
+            require_encryption=True,
+        )
+
+    def _terminate_cluster(self) -> None:
+        """Every instance of this cluster, this one last in the same call. The node role may
+        terminate only instances tagged with its own cluster id."""
+        import boto3
+
+        ec2 = boto3.client("ec2", region_name=self.region)
+        reply = ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:burst:cluster", "Values": [self.cluster_id]},
+                {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
+            ]
+        )
+        ids = [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
+        print(f"terminating the cluster's {len(ids)} instances", flush=True)
+        if ids:
+            ec2.terminate_instances(InstanceIds=ids)
+
+
+# Run on the scheduler's host by start_driver: fetch the Driver and run it.
+BOOT = """
+import sys
+
+import boto3
+import cloudpickle
+
+bucket, key, region, address, log_path = sys.argv[1:6]
+body = boto3.client("s3", region_name=region).get_object(Bucket=bucket, Key=key)["Body"]
+sys.exit(cloudpickle.loads(body.read()).run(address, log_path))
+"""
+
+
+def start_driver(bucket: str, key: str, region: str, dask_scheduler: Any = None) -> int:
+    """Run through Client.run_on_scheduler: start the driver as a process of the scheduler's
+    instance (it dies with the instance), outside the scheduler's event loop."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="burst-driver-")
+    log_path = os.path.join(folder, "driver.log")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", BOOT, bucket, key, region, dask_scheduler.address, log_path],
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process.pid

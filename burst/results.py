@@ -30,6 +30,9 @@ class ResultsLog:
         self.path = folder / RESULTS
         self.outcomes: dict[int, TaskOutcome] = {o.task: o for o in earlier or []}
         self.carried = len(self.outcomes)  # finished by earlier runs of the job
+        self.count = {"done": 0, "failed": 0}  # kept as they come: progress is per task
+        for outcome in self.outcomes.values():
+            self.count[outcome.status] += 1
         self._file: IO[str] | None = None
 
     def add(self, outcome: TaskOutcome) -> None:
@@ -38,7 +41,10 @@ class ResultsLog:
             self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
         self._file.write(dumps(outcome.to_dict()) + "\n")
         self._file.flush()
+        if outcome.task in self.outcomes:
+            self.count[self.outcomes[outcome.task].status] -= 1
         self.outcomes[outcome.task] = outcome
+        self.count[outcome.status] += 1
 
     def close(self) -> None:
         if self._file is not None:
@@ -51,10 +57,10 @@ class ResultsLog:
         write_lines(self.path, self.in_order())
 
     def done(self) -> list[TaskOutcome]:
-        return [o for o in self.outcomes.values() if o.status == "done"]
+        return [o for o in self.in_order() if o.status == "done"]
 
     def failed(self) -> list[TaskOutcome]:
-        return [o for o in self.outcomes.values() if o.status == "failed"]
+        return [o for o in self.in_order() if o.status == "failed"]
 
     def in_order(self) -> list[TaskOutcome]:
         return [self.outcomes[i] for i in sorted(self.outcomes)]

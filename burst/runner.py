@@ -22,7 +22,7 @@ from typing import Any
 import cloudpickle
 from distributed import Client
 
-from burst import drive, events, taskrun, transfer
+from burst import drive, events, state, taskrun, transfer
 from burst.bootstrap import client_versions
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster, new_job_id
@@ -146,9 +146,9 @@ def map_tasks(
 
     def record(outcome: TaskOutcome) -> None:
         log.add(outcome)
-        emit(events.TasksProgress(len(log.done()), len(log.failed()), total))
+        emit(events.TasksProgress(log.count["done"], log.count["failed"], total))
 
-    emit(events.TasksProgress(len(log.done()), len(log.failed()), total))
+    emit(events.TasksProgress(log.count["done"], log.count["failed"], total))
     try:
         ended = drive.run_tasks(
             client,
@@ -200,6 +200,17 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
     def observe(event: events.Event) -> None:
         if isinstance(event, events.Planned):
             made.append(event.cluster)
+            state.record(
+                job_id,
+                name=job.spec.name,
+                mode="attached",
+                cloud=job.spec.cloud,
+                region=job.spec.region,
+                cluster_id=event.cluster_id,
+                state="running",
+                cores=job.spec.cores,
+                folder=folder.resolve(),
+            )
         emit(event)
 
     reduced = None
@@ -254,6 +265,7 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
                 earlier_runs,
             )
             _write_json(folder / MANIFEST, manifest)
+            state.record(job_id, state=status, cost=manifest["cost"]["actual"])
             emit(events.ManifestWritten(folder / MANIFEST, manifest))
     return JobResult(job_id, status, folder, manifest, log.in_order(), reduced)
 
@@ -307,7 +319,7 @@ def _manifest(
     outcomes = log.in_order()
     failures = log.failed()
     report = cluster.teardown_report
-    cost = cost_report(instances, cluster.capacity_plan, ended_at)
+    cost = cost_report(instances, cluster.capacity_plan.to_dict(), ended_at)
     manifest = {
         "job_id": job_id,
         "cluster_id": cluster.cluster_id,

@@ -15,6 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from burst.cloud.base import ClusterIdentity, Remnant, tag_dict
+from burst.cloud.botoerrors import error_code, wrap_public_methods
 
 
 def bucket_name(ident: ClusterIdentity) -> str:
@@ -119,6 +120,7 @@ def survey(s3: Any, region: str) -> list[Remnant]:
     return found
 
 
+@wrap_public_methods
 @dataclass(frozen=True)
 class Bucket:
     """The client's handle on the cluster's bucket."""
@@ -129,6 +131,22 @@ class Bucket:
 
     def upload(self, path: Path, key: str) -> None:
         self.s3.upload_file(str(path), self.name, key)  # multipart for large files
+
+    def put(self, key: str, body: bytes | str) -> None:
+        self.s3.put_object(Bucket=self.name, Key=key, Body=body)
+
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes; None when it does not exist (yet)."""
+        try:
+            return self.s3.get_object(Bucket=self.name, Key=key)["Body"].read()
+        except ClientError as error:
+            if error_code(error) in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+                return None  # not written yet, or the bucket is gone with its cluster
+            raise
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
     def download_prefix(self, prefix: str, folder: Path) -> list[Path]:
         """Every object under prefix, to the same relative path under folder."""

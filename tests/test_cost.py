@@ -39,7 +39,7 @@ def test_a_running_instance_is_billed_until_now():
 
 def test_report_totals_and_flags_unknown_prices():
     capacity_plan = plan(parse_spec({"name": "c", "cores": 8, "max_runtime": "1h"}))
-    report = cost_report([record(3600), record(3600, None)], capacity_plan, START)
+    report = cost_report([record(3600), record(3600, None)], capacity_plan.to_dict(), START)
     assert Decimal(report["actual"]) == Decimal("0.36")
     assert report["actual_complete"] is False
     assert report["still_running"] == 0

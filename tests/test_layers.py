@@ -26,6 +26,7 @@ LAYERS = {
     "burst.node": 0,
     "burst.taskrun": 0,
     "burst.drive": 0,
+    "burst.home": 0,
     "burst.tls": 0,
     # What the scientist asks for.
     "burst.spec": 1,
@@ -41,6 +42,7 @@ LAYERS = {
     "burst.cloud.aws": 3,
     "burst.cloud.sandbox": 3,
     "burst.cloud.connect": 3,
+    "burst.cloud.botoerrors": 3,
     "burst.storage": 3,
     "burst.transfer": 3,
     "burst.bootstrap": 3,
@@ -50,8 +52,10 @@ LAYERS = {
     # A cluster's life; finding what was left behind.
     "burst.cluster": 5,
     "burst.gc": 5,
+    "burst.state": 0,
     # Running a job on a cluster.
     "burst.runner": 6,
+    "burst.detached": 6,
     "burst.cli": 7,
     "burst": 8,
 }
@@ -60,6 +64,7 @@ LAYERS = {
 # the providers see neutral requests from cloud.base, not plans, jobs or specs ...
 PROVIDERS = {
     "burst.cloud",
+    "burst.cloud.botoerrors",
     "burst.cloud.base",
     "burst.cloud.aws",
     "burst.cloud.sandbox",

@@ -178,28 +178,40 @@ def test_the_bootstrap_installs_the_software_with_the_exact_dask_stack() -> None
 
 
 def test_command_task_code_unpickles_where_burst_is_not_installed(tmp_path: Path) -> None:
-    """The workers have no burst: the task callable and the attempt counter travel by value."""
+    """The nodes have no burst: the task callables, the attempt counter and a detached job's
+    driver travel by value."""
     import cloudpickle
     from distributed.protocol.pickle import dumps
 
-    from burst import taskrun
-    from burst.runner import by_value
+    from burst import drive, taskrun
 
     # Each as the runner hands it to distributed: the task (wrapped), the scheduler
-    # plugin and the function run on the scheduler.
+    # plugin and the function run on the scheduler; and the driver as submit stores it.
     cloudpickle.register_pickle_by_value(taskrun)
+    cloudpickle.register_pickle_by_value(drive)
     try:
-        task = dumps(by_value(taskrun.CommandTask({"argv": ["echo", "{a}"]})))
+        task = dumps(drive.by_value(taskrun.CommandTask({"argv": ["echo", "{a}"]})))
         counter = dumps(taskrun.AttemptCounter())
         count = dumps(taskrun.attempts_on)
+        function = dumps(drive.by_value(taskrun.FunctionTask(len, 5.0)))
+        driver = cloudpickle.dumps(drive.Driver(
+            job_id="j", cluster_id="c", region="us-east-1", bucket="b", prefix="jobs/j",
+            task=taskrun.FunctionTask(len), numbered=[(0, "ab")], command=False, retries=0,
+            stop_at=0.0, reduce=sum, attempts_on=taskrun.attempts_on,
+            attempt_counter=taskrun.AttemptCounter()))
     finally:
         cloudpickle.unregister_pickle_by_value(taskrun)
-    for name, payload in (("task", task), ("counter", counter), ("count", count)):
+        cloudpickle.unregister_pickle_by_value(drive)
+    for name, payload in (("task", task), ("counter", counter), ("count", count),
+                          ("function", function), ("driver", driver)):
         (tmp_path / name).write_bytes(payload)
     check = textwrap.dedent("""
         import pickle, sys, types
         sys.modules["burst"] = None  # importing burst now fails
-        task, counter, count = (pickle.load(open(n, "rb")) for n in ("task", "counter", "count"))
+        task, counter, count, function, driver = (
+            pickle.load(open(n, "rb")) for n in ("task", "counter", "count", "function", "driver"))
+        assert function.__closure__[0].cell_contents.timeout == 5.0
+        assert driver.numbered == [(0, "ab")] and driver.reduce([1, 2]) == 3
         counter.transition("k", "waiting", "processing")
         counter.transition("k", "processing", "waiting")
         counter.transition("k", "waiting", "processing")

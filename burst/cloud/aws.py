@@ -7,7 +7,6 @@ endpoint URL and the credentials of the session handed in.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from burst import storage
 from burst.catalog import architecture_of
@@ -38,6 +37,7 @@ from burst.cloud.base import (
     TeardownReport,
     tag_dict,
 )
+from burst.cloud.botoerrors import error_code, wrap_public_methods
 from burst.money import HUNDREDTH_CENT
 
 # Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
@@ -63,47 +63,6 @@ IAM_PATH = "/burst/"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
-def _error_code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
-# What to do about the error codes a user can act on; anything else: read the cloud's message.
-_FIXES = {
-    "UnauthorizedOperation": "grant the IAM policy in scripts/iam-policy.json to your credentials",
-    "AccessDenied": "grant the IAM policy in scripts/iam-policy.json to your credentials",
-    "AuthFailure": "check your AWS credentials (aws sts get-caller-identity)",
-    "ExpiredToken": "renew your AWS credentials (aws sso login, or new keys)",
-    "RequestLimitExceeded": "EC2 throttled burst beyond its retries: wait a minute and retry",
-}
-
-
-def as_cloud_error(error: ClientError | BotoCoreError) -> CloudError:
-    """botocore's error as burst's: the cloud's code and message, and a fix where one is known."""
-    if isinstance(error, ClientError):
-        code = _error_code(error)
-        return CloudError(str(error), _FIXES.get(code), code=code or None)
-    return CloudError(f"{type(error).__name__}: {error}", "check your network and credentials")
-
-
-def _cloud_errors(method: Callable) -> Callable:
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except (ClientError, BotoCoreError) as error:
-            raise as_cloud_error(error) from error
-
-    return wrapper
-
-
-def _wrap_public_methods(cls: type) -> type:
-    """The provider seam: no botocore type crosses it, whatever the method."""
-    for name, value in list(vars(cls).items()):
-        if callable(value) and not name.startswith("_"):
-            setattr(cls, name, _cloud_errors(value))
-    return cls
-
-
 def client_cidr() -> str:
     """The client's public address, to which alone the scheduler port is opened."""
     try:
@@ -116,7 +75,7 @@ def client_cidr() -> str:
         ) from error
 
 
-@_wrap_public_methods
+@wrap_public_methods
 class AwsProvider:
     """One region of one account, reached through a boto3 session and optional endpoint."""
 
@@ -217,7 +176,7 @@ class AwsProvider:
 
     def _node_role(self, ident: ClusterIdentity, read_objects: list[str]) -> str:
         """A role per cluster that can read and publish only this cluster's parameters, use
-        its bucket and read the s3:// inputs of the job."""
+        its bucket, read the s3:// inputs of the job and terminate its own instances."""
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -235,6 +194,17 @@ class AwsProvider:
                     "Effect": "Allow",
                     "Action": ["ssm:GetParameter", "ssm:PutParameter"],
                     "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*",
+                },
+                # A detached job's driver ends its own cluster, and no other: terminate only
+                # instances tagged with this cluster's id (DescribeInstances cannot be scoped).
+                {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+                {
+                    "Effect": "Allow",
+                    "Action": "ec2:TerminateInstances",
+                    "Resource": f"arn:aws:ec2:{self.region}:*:instance/*",
+                    "Condition": {
+                        "StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": ident.cluster_id}
+                    },
                 },
                 *storage.node_policy_statements(ident, read_objects),
             ],
@@ -423,7 +393,7 @@ class AwsProvider:
         try:
             value = self.ssm.get_parameter(Name=f"{ident.parameter_path}/scheduler")
         except ClientError as error:
-            if _error_code(error) == "ParameterNotFound":
+            if error_code(error) == "ParameterNotFound":
                 return None
             raise
         return json.loads(value["Parameter"]["Value"])
@@ -482,7 +452,7 @@ class AwsProvider:
                 reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
             except ClientError as error:
                 # moto (not EC2) refuses when every instance of the fleet is already gone.
-                if _error_code(error) != "InvalidParameterCombination":
+                if error_code(error) != "InvalidParameterCombination":
                     raise
                 reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
             for failed in reply.get("UnsuccessfulFleetDeletions", []):
@@ -513,7 +483,7 @@ class AwsProvider:
                     break
                 except ClientError as error:
                     # Network interfaces of terminated instances linger for a while on AWS.
-                    if _error_code(error) != "DependencyViolation" or time.monotonic() > deadline:
+                    if error_code(error) != "DependencyViolation" or time.monotonic() > deadline:
                         raise
                     time.sleep(5)
             deleted.append(group_id)
@@ -670,7 +640,7 @@ def _while_profile_propagates(call: Callable[[], dict], seconds: float = 60) -> 
             return call()
         except ClientError as error:
             propagating = (
-                _error_code(error) == "InvalidParameterValue"
+                error_code(error) == "InvalidParameterValue"
                 and "instance profile" in str(error).lower()
             )
             if not propagating or time.monotonic() > deadline:

@@ -34,16 +34,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
+from burst.home import burst_home
 
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SANDBOX_REGION = "us-east-1"
 POLL_SECONDS = 0.25
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
 FAKE_SHUTDOWN = "#!/bin/sh\nkill -TERM 0\n"
-
-
-def burst_home() -> Path:
-    return Path(os.environ.get("BURST_HOME", Path.home() / ".burst"))
 
 
 def state_file() -> Path:
@@ -450,25 +447,35 @@ def running_sandbox() -> dict | None:
     return state
 
 
-def serve() -> None:
-    """`burst sandbox up` runs this in its own process until SIGTERM."""
+IDLE_STOP_SECONDS = 1800  # a sandbox started by `burst submit` stops after this without work
+
+
+def serve(idle_stop: float | None = None) -> None:
+    """`burst sandbox up` runs this in its own process until SIGTERM; started by `burst submit`
+    (idle_stop), it also stops once no instance has run for `idle_stop` seconds."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with Sandbox() as sandbox:
         sandbox.publish()
+        busy = time.monotonic()
         while not stop.wait(1):
-            pass
+            if sandbox.hypervisor.instances:
+                busy = time.monotonic()
+            elif idle_stop is not None and time.monotonic() - busy > idle_stop:
+                print(f"no instance for {idle_stop:g}s: the sandbox stops", flush=True)
+                break
         state_file().unlink(missing_ok=True)
 
 
-def start_detached(timeout: float = 60) -> dict:
+def start_detached(timeout: float = 60, idle_stop: float | None = None) -> dict:
     home = burst_home()
     home.mkdir(parents=True, exist_ok=True)
     state_file().unlink(missing_ok=True)
+    idle = [] if idle_stop is None else ["--idle-stop", f"{idle_stop:g}"]
     with open(home / "sandbox.log", "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "burst.cloud.sandbox"],
+            [sys.executable, "-m", "burst.cloud.sandbox", *idle],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -500,4 +507,8 @@ def stop_detached(timeout: float = 30) -> bool:
 
 
 if __name__ == "__main__":
-    serve()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m burst.cloud.sandbox")
+    parser.add_argument("--idle-stop", type=float, help="stop after this many seconds idle")
+    serve(parser.parse_args().idle_stop)
