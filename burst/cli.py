@@ -663,7 +663,7 @@ def list_jobs(
         return
     table = Table(title="Jobs", title_justify="left")
     for column in ("job", "mode", "state", "cores", "cost", "age", "cloud"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("job", "cloud"))
     for job in jobs:
         table.add_row(
             job["job_id"],

@@ -232,6 +232,8 @@ def wait(
 ) -> dict | None:
     """Block until the job ends, then collect it; None when `timeout` came first."""
     give_up = None if timeout is None else time.monotonic() + timeout
+    if (done := collected(job)) is not None:
+        return done
     while True:
         status = job.status()
         on_status(status)
@@ -245,6 +247,8 @@ def wait(
 def collect(job: Located, status: dict | None = None) -> dict:
     """Download a finished job's results into its folder, delete what is left of its cluster,
     verify, and write its manifest. Returns the manifest."""
+    if (done := collected(job)) is not None:
+        return done
     status = status or job.status()
     cluster = job.read_json("cluster.json")
     folder = _folder(job, cluster)
@@ -259,6 +263,17 @@ def collect(job: Located, status: dict | None = None) -> dict:
     (folder / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
     state.record(job.job_id, state=manifest["status"], cost=manifest["cost"].get("actual"))
     return manifest
+
+
+def collected(job: Located) -> dict | None:
+    """The manifest of a job already collected here (downloaded, torn down, verified): wait,
+    results and cancel then return it again rather than collect nothing over it."""
+    path = _folder(job, None) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    verified = manifest.get("teardown", {}).get("verified")
+    return manifest if manifest.get("mode") == "detached" and verified else None
 
 
 def _folder(job: Located, cluster: dict | None) -> Path:
@@ -333,6 +348,8 @@ def _manifest(
 
 def cancel(job: Located, seconds: float = 60) -> dict:
     """Ask the driver to stop, wait for it to end (or `seconds`), then collect what finished."""
+    if (done := collected(job)) is not None:
+        return done
     if job.status()["state"] not in (*drive.TERMINAL, "lost"):
         job.bucket.put(f"{job.base}/cancel", b"")
         give_up = time.monotonic() + seconds

@@ -1,0 +1,127 @@
+"""Detached jobs: submitted, then the submitter is gone; found again by id from a fresh
+process; waited for, cancelled, listed. Each drill ends with nothing left in the sandbox."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from burst import state
+from tests.conftest import BURST, settled_leftovers
+from tests.test_pipeline import write_job
+
+TASK = """
+    import time
+
+    def task(x):
+        time.sleep({seconds})
+        if x == {fail}:
+            raise ValueError(f"bad input {{x}}")
+        return x * x
+    """
+
+
+def burst(*args: str, cwd, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([BURST, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def submit(spec, cwd) -> dict:
+    done = burst("submit", str(spec), "--json", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # the submitting process is gone from here on
+
+
+def test_a_submitted_job_is_waited_for_by_another_process(sandbox, tmp_path):
+    spec = write_job(tmp_path, "detached_job", TASK.format(seconds=0.2, fail=-1),
+                     tasks="{range: 12}")
+    spec.write_text(spec.read_text() + "  reduce: detached_job:total\n")
+    (tmp_path / "detached_job.py").write_text(
+        (tmp_path / "detached_job.py").read_text() + "\n\ndef total(values):\n"
+        "    return sum(values)\n")
+    submitted = submit(spec, tmp_path)
+    job_id = submitted["job_id"]
+    assert submitted["state"] == "running" and submitted["cloud"] == "sandbox"
+
+    status = burst("status", job_id, "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] in ("running", "succeeded")
+
+    waited = burst("wait", job_id, "--json", cwd=tmp_path)
+    assert waited.returncode == 0, waited.stderr
+    manifest = json.loads(waited.stdout)
+    assert manifest["status"] == "succeeded" and manifest["mode"] == "detached"
+    assert manifest["result"] == sum(x * x for x in range(12))
+    assert manifest["tasks"] == {"total": 12, "done": 12, "failed": 0, "retried": 0}
+    assert manifest["teardown"]["verified"] and float(manifest["cost"]["actual"]) > 0
+    folder = tmp_path / "results" / job_id
+    lines = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    assert [line["result"] for line in lines] == [x * x for x in range(12)]
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "succeeded"
+    assert "driving 12 tasks" in (folder / "driver.log").read_text()
+
+    listed = burst("ls", "--json", cwd=tmp_path)
+    row = next(r for r in json.loads(listed.stdout) if r["job_id"] == job_id)
+    assert row["state"] == "succeeded" and row["mode"] == "detached"
+    assert settled_leftovers(sandbox, submitted["cluster_id"]) == []
+    # Collected once: the cloud side is gone; waiting again gives the same, and keeps the files.
+    before = (folder / "results.jsonl").read_text()
+    for command in ("wait", "results"):
+        again = burst(command, job_id, "--json", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == manifest
+    assert (folder / "results.jsonl").read_text() == before
+
+
+def test_a_failing_detached_job_exits_1_and_keeps_the_rest(sandbox, tmp_path):
+    spec = write_job(tmp_path, "failing_detached", TASK.format(seconds=0, fail=3),
+                     tasks="{range: 6}", extra="")
+    spec.write_text(spec.read_text() + "  retries: 0\n")
+    submitted = submit(spec, tmp_path)
+    waited = burst("wait", submitted["job_id"], "--json", cwd=tmp_path)
+    assert waited.returncode == 1, waited.stderr
+    manifest = json.loads(waited.stdout)
+    assert manifest["status"] == "failed" and manifest["tasks"]["done"] == 5
+    [failure] = manifest["failures"]
+    assert failure["task"] == 3 and failure["error"].startswith("ValueError: bad input 3")
+    assert settled_leftovers(sandbox, submitted["cluster_id"]) == []
+
+
+def test_cancel_stops_a_detached_job_and_keeps_what_finished(sandbox, tmp_path):
+    spec = write_job(tmp_path, "cancelled_detached", TASK.format(seconds=0.5, fail=-1),
+                     tasks="{range: 400}")
+    submitted = submit(spec, tmp_path)
+    job_id = submitted["job_id"]
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        status = json.loads(burst("status", job_id, "--json", cwd=tmp_path).stdout)
+        if (status["tasks"]["done"] or 0) >= 4:
+            break
+        time.sleep(1)
+    cancelled = burst("cancel", job_id, "--json", cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    manifest = json.loads(cancelled.stdout)
+    assert manifest["status"] == "cancelled" and manifest["teardown"]["verified"]
+    kept = (tmp_path / "results" / job_id / "results.jsonl").read_text().splitlines()
+    assert 4 <= len(kept) == manifest["tasks"]["done"] < 400
+    assert settled_leftovers(sandbox, submitted["cluster_id"]) == []
+    listed = json.loads(burst("ls", "--json", cwd=tmp_path).stdout)
+    assert next(r for r in listed if r["job_id"] == job_id)["state"] == "cancelled"
+
+
+def test_the_job_index_records_and_refuses_unknown_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("BURST_HOME", str(tmp_path))
+    state.record("a-1", name="a", mode="attached", state="running", cores=4)
+    time.sleep(0.01)
+    state.record("b-2", name="b", mode="detached", state="launching")
+    state.record("a-1", state="succeeded", cost="0.01")
+    assert state.get("a-1")["state"] == "succeeded" and state.get("a-1")["cores"] == "4"
+    assert [row["job_id"] for row in state.jobs()] == ["b-2", "a-1"]  # newest first
+    assert state.get("missing") is None
+    try:
+        state.record("a-1", colour="red")
+    except ValueError as error:
+        assert "colour" in str(error)
+    else:
+        raise AssertionError("an unknown column was accepted")
