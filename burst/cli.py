@@ -375,7 +375,7 @@ STATE_EXIT = {
     "succeeded": EXIT_OK,
     "failed": EXIT_JOB_FAILED,
     "deadline": EXIT_DEADLINE,
-    "cancelled": EXIT_INTERRUPTED,
+    "cancelled": EXIT_JOB_FAILED,  # someone stopped it: waiting again will not help
     "interrupted": EXIT_INTERRUPTED,
     "error": EXIT_CLOUD,
     "lost": EXIT_CLOUD,

@@ -7,7 +7,10 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from burst import state
+from burst.cloud import sandbox as sandbox_module
 from tests.conftest import BURST, settled_leftovers
 from tests.test_pipeline import write_job
 
@@ -44,9 +47,13 @@ def test_a_submitted_job_is_waited_for_by_another_process(sandbox, tmp_path):
     job_id = submitted["job_id"]
     assert submitted["state"] == "running" and submitted["cloud"] == "sandbox"
 
+    logs = burst("logs", job_id, "--follow", cwd=tmp_path)  # until the driver ends the job
+    assert logs.returncode == 0 and "driving 12 tasks" in logs.stdout
+    assert f"job {job_id}: succeeded" in logs.stdout
     status = burst("status", job_id, "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["state"] in ("running", "succeeded")
+    assert json.loads(status.stdout)["state"] == "succeeded"
+    assert json.loads(status.stdout)["tasks"] == {"done": 12, "failed": 0, "total": 12}
 
     waited = burst("wait", job_id, "--json", cwd=tmp_path)
     assert waited.returncode == 0, waited.stderr
@@ -125,3 +132,16 @@ def test_the_job_index_records_and_refuses_unknown_columns(tmp_path, monkeypatch
         assert "colour" in str(error)
     else:
         raise AssertionError("an unknown column was accepted")
+
+
+@pytest.mark.sandbox
+def test_a_sandbox_started_for_detached_jobs_stops_itself_when_idle(tmp_path, monkeypatch):
+    monkeypatch.setenv("BURST_HOME", str(tmp_path))
+    started = sandbox_module.start_detached(idle_stop=2)
+    assert sandbox_module.running_sandbox()["endpoint"] == started["endpoint"]
+    give_up = time.monotonic() + 60
+    while sandbox_module.state_file().exists() and time.monotonic() < give_up:
+        time.sleep(0.5)
+    assert not sandbox_module.state_file().exists()
+    assert sandbox_module.running_sandbox() is None
+    assert "no instance for 2s: the sandbox stops" in (tmp_path / "sandbox.log").read_text()

@@ -85,7 +85,7 @@ def _fake_airflow(monkeypatch) -> type[Exception]:
     return AirflowFailException, declared
 
 
-def test_airflow_task_runs_burst_json_and_fails_on_a_bad_exit(sandbox, tmp_path, monkeypatch):
+def test_airflow_tasks_submit_then_wait_and_fail_on_a_bad_exit(sandbox, tmp_path, monkeypatch):
     source = (EXAMPLES / "airflow" / "burst_dag.py").read_text()
     compile(source, "burst_dag.py", "exec")  # a DAG file Airflow can parse
     fail, declared = _fake_airflow(monkeypatch)
@@ -94,21 +94,25 @@ def test_airflow_task_runs_burst_json_and_fails_on_a_bad_exit(sandbox, tmp_path,
     dag = runpy.run_path(str(EXAMPLES / "airflow" / "burst_dag.py"))
     assert [name for name, options in declared] == ["burst_job"]
     spec = write_job(tmp_path, "double", "def task(x):\n    return 2 * x\n", tasks="[1, 2, 3]")
-    assert dag["burst_command"](str(spec)) == ["burst", "run", str(spec), "--json"]
+    assert dag["burst_command"]("submit", str(spec)) == ["burst", "submit", str(spec), "--json"]
 
-    manifest = dag["burst_run"](str(spec))  # what the Airflow task returns, into XCom
-    assert manifest["status"] == "succeeded" and manifest["teardown"]["verified"]
-    assert (tmp_path / "results" / manifest["job_id"] / "results.jsonl").exists()
+    job_id = dag["burst_submit"](str(spec))  # the first task's return value, into XCom
+    manifest = dag["burst_wait"](job_id)  # the second's, after the job ran without it
+    assert manifest["job_id"] == job_id and manifest["status"] == "succeeded"
+    assert manifest["teardown"]["verified"]
+    assert (tmp_path / "results" / job_id / "results.jsonl").exists()
+    assert dag["burst_wait"](job_id) == manifest  # a retried wait task gets the same
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
 
     (tmp_path / "bad.yaml").write_text("name: bad\ncores: -4\n")
-    with pytest.raises(fail, match="the spec is invalid: burst run bad.yaml exited 2"):
-        dag["burst_run"]("bad.yaml")
+    with pytest.raises(fail, match="the spec is invalid: burst submit bad.yaml exited 2"):
+        dag["burst_submit"]("bad.yaml")
 
     failing = write_job(tmp_path, "broken", "def task(x):\n    raise ValueError(x)\n",
                         tasks="[7]", extra="  retries: 0\n")
-    with pytest.raises(fail, match=r"the job failed: .*exited 1.*ValueError: 7"):
-        dag["burst_run"](str(failing))
+    broken = dag["burst_submit"](str(failing))
+    with pytest.raises(fail, match=r"the job failed: burst wait .* exited 1.*ValueError: 7"):
+        dag["burst_wait"](broken)
 
 
 def test_snakemake_rule_command_is_a_burst_run_json_call(sandbox, tmp_path):

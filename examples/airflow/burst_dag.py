@@ -1,12 +1,17 @@
-"""An Airflow DAG that runs a burst job as one task and hands its manifest to the next.
+"""An Airflow DAG that submits a burst job, waits for it in a second task, and hands its
+manifest to the next.
 
-The task runs `burst run SPEC --json`: stdout is the manifest alone (JSON), the progress on
-stderr goes to the task log, and the exit code says what happened. The manifest is the task's
-return value, so Airflow pushes it to XCom for downstream tasks. burst tears its cluster down
-on every path, so a failed or retried task leaves no instance behind.
+`burst submit SPEC --json` launches the job's cluster, hands the job to a driver on it and
+returns at once with `{"job_id": ...}`: the job runs on without the Airflow worker. `burst
+wait JOB_ID --json` blocks until the job ends, downloads its results, deletes what is left of
+the cluster (verified) and exits with the job's code; its stdout is the manifest alone. A
+restarted Airflow worker loses nothing: the wait task runs again and finds the job by its id
+(waiting again for a collected job gives its manifest again). The manifest is the wait
+task's return value, so Airflow pushes it to XCom for downstream tasks.
 
-Put this file in your DAGs folder, with `burst` installed where the task runs, and set
-BURST_SPEC (default jobs/pi.yaml, relative to the worker's working directory).
+Put this file in your DAGs folder, with `burst` installed where the tasks run, and set
+BURST_SPEC (default jobs/pi.yaml, relative to the worker's working directory). On the
+sandbox, `burst sandbox up` first (the job needs a cloud that outlives the submit).
 """
 
 from __future__ import annotations
@@ -38,24 +43,36 @@ NO_RETRY = {
 }
 
 
-def burst_command(spec: str) -> list[str]:
-    return ["burst", "run", spec, "--json"]
+def burst_command(*args: str) -> list[str]:
+    return ["burst", *args, "--json"]
 
 
-def burst_run(spec: str) -> dict:
-    """Run one burst job to completion; return its manifest or fail the task."""
+def _burst(*args: str) -> dict:
+    """One burst command; its JSON, or the task fails (for good, or to be retried)."""
     # stderr is inherited: burst's progress and errors stream into the task log.
-    done = subprocess.run(burst_command(spec), stdout=subprocess.PIPE, text=True)
-    manifest = json.loads(done.stdout) if done.stdout.strip() else None
+    done = subprocess.run(burst_command(*args), stdout=subprocess.PIPE, text=True)
+    document = json.loads(done.stdout) if done.stdout.strip() else None
     if done.returncode == 0:
-        return manifest
-    why = manifest["error"] if manifest and manifest.get("error") else "see burst's errors above"
-    if manifest and manifest.get("failures"):
-        why += f"; first failure: {manifest['failures'][0]['error'].splitlines()[0]}"
-    message = f"burst run {spec} exited {done.returncode}: {why}"
+        return document
+    why = "see burst's errors above"
+    if isinstance(document, dict) and document.get("error"):
+        why = document["error"]
+    if isinstance(document, dict) and document.get("failures"):
+        why += f"; first failure: {document['failures'][0]['error'].splitlines()[0]}"
+    message = f"burst {' '.join(args)} exited {done.returncode}: {why}"
     if done.returncode in NO_RETRY:
         raise AirflowFailException(f"{NO_RETRY[done.returncode]}: {message}")
     raise AirflowException(message)  # retried as the task's `retries` say
+
+
+def burst_submit(spec: str) -> str:
+    """Submit the job; its id (to XCom)."""
+    return _burst("submit", spec)["job_id"]
+
+
+def burst_wait(job_id: str) -> dict:
+    """Wait for the job, collect it; its manifest (to XCom)."""
+    return _burst("wait", job_id)
 
 
 @dag(
@@ -66,8 +83,12 @@ def burst_run(spec: str) -> dict:
 )
 def burst_job():
     @task(retries=2, retry_delay=timedelta(minutes=2))
-    def run_job() -> dict:
-        return burst_run(SPEC)  # the manifest goes to XCom as the task's return value
+    def submit_job() -> str:
+        return burst_submit(SPEC)
+
+    @task(retries=3, retry_delay=timedelta(minutes=1))
+    def wait_job(job_id: str) -> dict:
+        return burst_wait(job_id)
 
     @task
     def report(manifest: dict) -> dict:
@@ -75,7 +96,7 @@ def burst_job():
         print(f"teardown verified: {manifest['teardown']['verified']}")
         return manifest["result"]
 
-    report(run_job())
+    report(wait_job(submit_job()))
 
 
 burst_job()

@@ -9,6 +9,14 @@ burst then tears every instance down and verifies that nothing is left.
 
 On AWS the workers need Prefect too (they run the task engine): this example has been run
 on the sandbox only, whose workers share the client's Python and packages.
+
+What a Prefect server needs: nothing from burst. Without one (as here), Prefect runs the flow
+in a temporary local API. With one (`PREFECT_API_URL` set, e.g. `prefect server start`), the
+flow and task states go there; the workers report task states to it as well, so they must
+reach its URL (on AWS: allow the workers' security group out to it). The cluster lives as
+long as the process running the flow: if that process dies, the cluster powers itself off
+after `no_client_timeout` (a cluster field, default 2m). For a job that must outlive the
+process that started it, use `burst submit` and `burst wait` (see examples/airflow).
 """
 
 from __future__ import annotations
