@@ -393,8 +393,9 @@ def _locate(job_id: str, cloud: str | None, region: str | None):
         raise exit_for(error) from None
 
 
-def _finished(manifest: dict, as_json: bool) -> None:
-    """A collected detached job: its manifest, then the job's own exit code."""
+def _finished(manifest: dict, as_json: bool, job_code: bool = True) -> None:
+    """A collected detached job: its manifest, then the job's own exit code (`job_code`; a
+    job cancelled by the user ended as asked: exit 0 unless its teardown failed)."""
     from burst.results import dumps
 
     if as_json:
@@ -407,7 +408,7 @@ def _finished(manifest: dict, as_json: bool) -> None:
             "teardown could not verify that nothing is left",
             "delete the resources listed in the manifest's teardown.leftovers",
         )
-    code = STATE_EXIT.get(manifest["status"], EXIT_CLOUD)
+    code = STATE_EXIT.get(manifest["status"], EXIT_CLOUD) if job_code else EXIT_OK
     if code:
         raise fail(code, f"job {manifest['job_id']} {manifest['status']}: {manifest['error']}")
 
@@ -614,7 +615,7 @@ def cancel(
             manifest = detached.cancel(job)
         except BurstError as error:
             raise exit_for(error) from None
-        _finished_cancel(manifest, as_json)
+        _finished(manifest, as_json, job_code=False)
         return
     row = state.get(job_id) or {}
     cloud = cloud or row.get("cloud") or "sandbox"
@@ -624,22 +625,6 @@ def cancel(
         err.print(f"nothing of job {job_id} is running or left in {cloud} {region}")
     if row:
         state.record(job_id, state="cancelled")
-
-
-def _finished_cancel(manifest: dict, as_json: bool) -> None:
-    """A cancelled job ended as the user asked: exit 0 unless its teardown failed."""
-    from burst.results import dumps
-
-    if as_json:
-        print(dumps(manifest, indent=2))
-    else:
-        out.print(summary(manifest))
-    if not manifest["teardown"]["verified"]:
-        raise fail(
-            EXIT_CLOUD,
-            "teardown could not verify that nothing is left",
-            "delete the resources listed in the manifest's teardown.leftovers",
-        )
 
 
 @app.command("ls")

@@ -29,7 +29,7 @@ from burst.events import EventHandler
 from burst.gc import survey
 from burst.job import Job
 from burst.results import MANIFEST, RESULTS, TaskOutcome, dumps, job_folder, write_lines
-from burst.runner import ship_by_value
+from burst.runner import index_job, ship_by_value, task_of
 from burst.storage import Bucket
 from burst.sweep import prefix
 
@@ -43,31 +43,21 @@ def submit(job: Job, on_event: EventHandler | None = None) -> dict[str, Any]:
     emit = on_event or events.ignore
     job_id = new_job_id(job.spec.name)
     folder = job_folder(job.spec.outputs, job_id)
-    state.record(
-        job_id,
-        name=job.spec.name,
-        mode="detached",
-        cloud=job.spec.cloud,
-        region=job.spec.region,
-        state="launching",
-        cores=job.spec.cores,
-        folder=folder.resolve(),
-    )
-    cluster = BurstCluster(job.spec, job_id=job_id, on_event=emit, quiet=True)
+    index_job(job, job_id, "detached", folder, "launching")
+    cluster = None
     try:
+        cluster = BurstCluster(job.spec, job_id=job_id, on_event=emit, quiet=True)
         state.record(job_id, cluster_id=cluster.cluster_id)
         bucket, base = cluster.bucket, prefix(job_id)
         command = transfer.command_task(job, bucket, job_id) if job.command else None
         ship_by_value(job.folder)
-        timeout = job.spec.run.timeout
         driver = drive.Driver(
             job_id=job_id,
             cluster_id=cluster.cluster_id,
             region=job.spec.region,
             bucket=bucket.name,
             prefix=base,
-            task=command
-            or taskrun.FunctionTask(job.function, timeout.total_seconds() if timeout else None),
+            task=task_of(job, command),
             numbered=list(enumerate(job.tasks)),
             command=command is not None,
             retries=job.spec.run.retries,
@@ -75,6 +65,7 @@ def submit(job: Job, on_event: EventHandler | None = None) -> dict[str, Any]:
             reduce=job.reduce,
             attempts_on=taskrun.attempts_on,
             attempt_counter=taskrun.AttemptCounter(),
+            instance_ids=sorted(cluster.instances),
         )
         bucket.put(f"{base}/driver.pkl", cloudpickle.dumps(driver))
         bucket.put(f"{base}/cluster.json", dumps(_cluster_record(cluster, job), indent=2))
@@ -86,7 +77,8 @@ def submit(job: Job, on_event: EventHandler | None = None) -> dict[str, Any]:
         state.record(job_id, state="running")
         cluster.detach()  # the driver is the cluster's client now
     except BaseException:
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
         state.record(job_id, state="error")
         raise
     return {

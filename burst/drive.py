@@ -270,12 +270,14 @@ class Driver:
         reduce: Callable[[list], Any] | None,
         attempts_on: Callable,
         attempt_counter: Any,
+        instance_ids: list[str],
     ):
         self.job_id, self.cluster_id, self.region = job_id, cluster_id, region
         self.bucket, self.prefix = bucket, prefix
         self.task, self.numbered, self.command = task, numbered, command
         self.retries, self.stop_at, self.reduce = retries, stop_at, reduce
         self.attempts_on, self.attempt_counter = attempts_on, attempt_counter
+        self.instance_ids = instance_ids  # every instance of the cluster, this one included
 
     def run(self, address: str, log_path: str) -> int:
         import boto3
@@ -368,21 +370,15 @@ class Driver:
         )
 
     def _terminate_cluster(self) -> None:
-        """Every instance of this cluster, this one last in the same call. The node role may
-        terminate only instances tagged with its own cluster id."""
+        """Every instance of this cluster, this one included, in one call (terminating one
+        already gone is no error). The node role may terminate only instances tagged with its
+        own cluster id, and needs no Describe permission: the client gave the ids."""
         import boto3
 
         ec2 = boto3.client("ec2", region_name=self.region)
-        reply = ec2.describe_instances(
-            Filters=[
-                {"Name": "tag:burst:cluster", "Values": [self.cluster_id]},
-                {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
-            ]
-        )
-        ids = [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
-        print(f"terminating the cluster's {len(ids)} instances", flush=True)
-        if ids:
-            ec2.terminate_instances(InstanceIds=ids)
+        print(f"terminating the cluster's {len(self.instance_ids)} instances", flush=True)
+        for start in range(0, len(self.instance_ids), 1000):
+            ec2.terminate_instances(InstanceIds=self.instance_ids[start : start + 1000])
 
 
 # Run on the scheduler's host by start_driver: fetch the Driver and run it.

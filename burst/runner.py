@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -152,7 +153,7 @@ def map_tasks(
     try:
         ended = drive.run_tasks(
             client,
-            command or taskrun.FunctionTask(job.function, _timeout(job)),
+            task_of(job, command),
             [(i, job.tasks[i]) for i in todo],
             command=command is not None,
             retries=job.spec.run.retries,
@@ -167,8 +168,10 @@ def map_tasks(
     return ended == drive.FINISHED
 
 
-def _timeout(job: Job) -> float | None:
-    return job.spec.run.timeout.total_seconds() if job.spec.run.timeout else None
+def task_of(job: Job, command: taskrun.CommandTask | None) -> Callable[[Any], dict]:
+    """What each worker runs for one task: the command, or the function with its timeout."""
+    timeout = job.spec.run.timeout
+    return command or taskrun.FunctionTask(job.function, timeout and timeout.total_seconds())
 
 
 def _text(value: Any) -> str | None:
@@ -200,17 +203,7 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
     def observe(event: events.Event) -> None:
         if isinstance(event, events.Planned):
             made.append(event.cluster)
-            state.record(
-                job_id,
-                name=job.spec.name,
-                mode="attached",
-                cloud=job.spec.cloud,
-                region=job.spec.region,
-                cluster_id=event.cluster_id,
-                state="running",
-                cores=job.spec.cores,
-                folder=folder.resolve(),
-            )
+            index_job(job, job_id, "attached", folder, "running", cluster_id=event.cluster_id)
         emit(event)
 
     reduced = None
@@ -268,6 +261,21 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
             state.record(job_id, state=status, cost=manifest["cost"]["actual"])
             emit(events.ManifestWritten(folder / MANIFEST, manifest))
     return JobResult(job_id, status, folder, manifest, log.in_order(), reduced)
+
+
+def index_job(job: Job, job_id: str, mode: str, folder: Path, state_: str, **fields: Any) -> None:
+    """This machine's record of a job (burst ls), as it starts."""
+    state.record(
+        job_id,
+        name=job.spec.name,
+        mode=mode,
+        cloud=job.spec.cloud,
+        region=job.spec.region,
+        state=state_,
+        cores=job.spec.cores,
+        folder=folder.resolve(),
+        **fields,
+    )
 
 
 def _reduce(job: Job, log: ResultsLog) -> tuple[Any, str, str | None]:

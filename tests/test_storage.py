@@ -33,6 +33,10 @@ def test_bucket_lifecycle_and_node_policy(sandbox):
     assert f"arn:aws:s3:::{name}" in resources and f"arn:aws:s3:::{name}/*" in resources
     assert "arn:aws:s3:::lab-data/runs/table.csv" in resources
     assert not any(r in ("*", "arn:aws:s3:::*") for r in resources)
+    # A detached job's driver may terminate its own cluster's instances, and no others.
+    [terminate] = [st for st in document["Statement"] if st["Action"] == "ec2:TerminateInstances"]
+    assert terminate["Condition"] == {
+        "StringEquals": {"ec2:ResourceTag/burst:cluster": ident.cluster_id}}
 
     s3.put_object(Bucket=name, Key="jobs/j/outputs/0/a.csv", Body=b"1,2\n")
     assert f"bucket {name}" in provider.leftovers(ident)

@@ -198,7 +198,7 @@ def test_command_task_code_unpickles_where_burst_is_not_installed(tmp_path: Path
             job_id="j", cluster_id="c", region="us-east-1", bucket="b", prefix="jobs/j",
             task=taskrun.FunctionTask(len), numbered=[(0, "ab")], command=False, retries=0,
             stop_at=0.0, reduce=sum, attempts_on=taskrun.attempts_on,
-            attempt_counter=taskrun.AttemptCounter()))
+            attempt_counter=taskrun.AttemptCounter(), instance_ids=["i-1"]))
     finally:
         cloudpickle.unregister_pickle_by_value(taskrun)
         cloudpickle.unregister_pickle_by_value(drive)

@@ -196,8 +196,7 @@ class AwsProvider:
                     "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*",
                 },
                 # A detached job's driver ends its own cluster, and no other: terminate only
-                # instances tagged with this cluster's id (DescribeInstances cannot be scoped).
-                {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+                # instances tagged with this cluster's id.
                 {
                     "Effect": "Allow",
                     "Action": "ec2:TerminateInstances",
