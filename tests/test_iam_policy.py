@@ -17,7 +17,9 @@ import yaml
 from burst.catalog import live_offers
 from burst.cloud import sandbox as sandbox_module
 from burst.cloud.aws import AwsProvider
+from burst.detached import locate, submit, wait
 from burst.gc import collect_garbage
+from burst.job import load_job
 from burst.runner import run
 from tests.conftest import REPO, client
 from tests.test_gc import REGION as GC_REGION
@@ -113,6 +115,11 @@ def test_the_policy_allows_every_call_the_client_makes(sandbox, tmp_path, monkey
     assert "9437184 big.bin" in sizes and "8 weights.bin" in sizes  # the inputs went through S3
     assert result.manifest["teardown"]["verified"]
 
+    # A detached job: submitted, found again, waited for and collected, on the same policy.
+    submitted = submit(load_job(tmp_path / "probe.yaml"))
+    manifest = wait(locate(submitted["job_id"]))
+    assert manifest["status"] == "succeeded" and manifest["teardown"]["verified"]
+
     ec2 = sandbox_module.session().client("ec2", endpoint_url=sandbox.endpoint)
     assert live_offers(ec2, "us-east-1", ["c5"])
 
@@ -125,6 +132,7 @@ def test_the_policy_allows_every_call_the_client_makes(sandbox, tmp_path, monkey
     # The three paths ran what they must have: fleets, prices, transfers, the sweep.
     for call in [("ec2", "CreateFleet"), ("ec2", "DescribeSpotPriceHistory"),
                  ("s3", "CreateMultipartUpload"), ("s3", "UploadPart"), ("s3", "GetObject"),
-                 ("s3", "HeadObject"), ("ec2", "DeleteFleets"), ("iam", "ListRoles")]:
+                 ("s3", "HeadObject"), ("ec2", "DeleteFleets"), ("iam", "ListRoles"),
+                 ("s3", "PutObject"), ("s3", "ListObjectsV2")]:
         assert call in calls, call
     assert sorted(actions(calls) - allowed_actions()) == []
