@@ -464,23 +464,13 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """A job's state, tasks, instances and cost so far."""
-    from burst.detached import cost_so_far
+    from burst.detached import describe
 
     job = _locate(job_id, cloud, region)
     try:
-        found = job.status()
-        cost = cost_so_far(job.read_json("cluster.json"), found)
+        record = describe(job)
     except BurstError as error:
         raise exit_for(error) from None
-    record = {
-        "job_id": job_id,
-        "cluster_id": job.cluster_id,
-        "state": found["state"],
-        "tasks": {k: found.get(k) for k in ("done", "failed", "total")},
-        "instances": found["instances"],
-        "cost": None if cost is None else str(cost),
-        "error": found.get("error"),
-    }
     if as_json:
         print(json.dumps(record, indent=2))
         return

@@ -188,6 +188,33 @@ def locate(job_id: str, cloud: str | None = None, region: str | None = None) -> 
 # ------------------------------------------------------------- status, wait, results
 
 
+def describe(job: Located) -> dict:
+    """What `burst status` says: state, tasks, instances running, cost so far, error. A job
+    already collected here is read from its manifest; a `burst run` job from this machine's
+    index and the cloud (its client holds the rest)."""
+    manifest = collected(job)
+    if manifest is not None:
+        found = {**manifest["tasks"], "state": manifest["status"], "error": manifest["error"]}
+        found["instances"], cost = 0, manifest.get("cost", {}).get("actual")
+    elif job.index and job.index.get("mode") == "attached":
+        running = job.provider.instances(job.identity, LIVE)
+        found = {"state": job.index["state"] if running else "ended", "instances": len(running)}
+        cost = job.index.get("cost")
+    else:
+        found = job.status()
+        cost = cost_so_far(job.read_json("cluster.json"), found)
+    return {
+        "job_id": job.job_id,
+        "cluster_id": job.cluster_id,
+        "state": found["state"],
+        "tasks": {k: found.get(k) for k in ("done", "failed", "total")},
+        "instances": found["instances"],
+        "cost": None if cost is None else str(cost),
+        "error": found.get("error"),
+    }
+
+
+
 def cost_so_far(cluster: dict | None, status: dict) -> Decimal | None:
     """Billed until now (or until the driver ended the cluster), from the launch records."""
     if cluster is None:

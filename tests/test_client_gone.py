@@ -31,6 +31,9 @@ def test_burst_cancel_tears_down_a_run_whose_client_was_killed(sandbox, tmp_path
     job_id, cluster_id = re.search(r"job (\S+)  cluster (\S+)",
                                    (tmp_path / "stderr").read_text()).groups()
     assert any(f.startswith("instance") for f in leftovers(sandbox, cluster_id))
+    status = json.loads(subprocess.run([BURST, "status", job_id, "--json"], cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=60).stdout)
+    assert status["state"] == "running" and status["instances"] >= 2  # from the index
     kept = lines_of(folders[0])
     assert len(kept) >= 2
 

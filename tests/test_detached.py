@@ -79,6 +79,8 @@ def test_a_submitted_job_is_waited_for_by_another_process(sandbox, tmp_path):
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout) == manifest
     assert (folder / "results.jsonl").read_text() == before
+    status = json.loads(burst("status", job_id, "--json", cwd=tmp_path).stdout)
+    assert status["state"] == "succeeded" and status["tasks"]["done"] == 12  # from the manifest
 
 
 def test_a_failing_detached_job_exits_1_and_keeps_the_rest(sandbox, tmp_path):
