@@ -51,6 +51,7 @@ sandbox_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 err = Console(stderr=True)
 out = Console()
+ManifestJson = Annotated[bool, typer.Option("--json", help="Print the manifest alone on stdout.")]
 
 
 def say_error(text: str) -> None:
@@ -243,9 +244,7 @@ def _interrupt_on_sigterm() -> None:
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="The job spec (YAML).")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the manifest alone on stdout.")
-    ] = False,
+    as_json: ManifestJson = False,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -420,8 +419,9 @@ def submit(
         bool, typer.Option("--json", help='Print {"job_id": ...} alone on stdout.')
     ] = False,
 ) -> None:
-    """Plan, launch and hand the job to its cluster, then return: the job runs on without this
-    machine. Follow it with status, logs and wait."""
+    """Launch a job and hand it to its cluster: it runs on without this machine.
+
+    Prints the job id; follow it with status, logs and wait."""
     from burst.plan import plan_within_budget
 
     try:
@@ -496,8 +496,9 @@ def logs(
     cloud: FindCloud = None,
     region: FindRegion = None,
 ) -> None:
-    """The job's driver log: what it ran, each task's failure, how it ended. Each task's own
-    output tails are in results.jsonl."""
+    """A detached job's driver log.
+
+    What it ran and how it ended; each task's own output tails are in results.jsonl."""
     import time as clock
 
     from burst.drive import TERMINAL
@@ -525,12 +526,12 @@ def wait(
     ] = None,
     cloud: FindCloud = None,
     region: FindRegion = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the manifest alone on stdout.")
-    ] = False,
+    as_json: ManifestJson = False,
 ) -> None:
-    """Wait for a job to end, download its results into results/<job-id>/, delete what is left
-    of its cluster, verify, and exit with the job's code."""
+    """Wait for a job to end, collect it, exit with its code.
+
+    Downloads the results into results/<job-id>/, deletes what is left of the cluster and
+    verifies that nothing is."""
     from burst.detached import wait as wait_for
 
     job = _locate(job_id, cloud, region)
@@ -552,27 +553,25 @@ def results(
     job_id: JobArgument,
     cloud: FindCloud = None,
     region: FindRegion = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the manifest alone on stdout.")
-    ] = False,
+    as_json: ManifestJson = False,
 ) -> None:
-    """Download a finished job's results and delete what is left of its cluster (verified),
-    without waiting: a job still running is refused."""
-    from burst.detached import collect
-    from burst.drive import TERMINAL
+    """Collect a job that has ended, without waiting.
+
+    Downloads its results and deletes what is left of its cluster (verified); a job still
+    running is refused."""
+    from burst.detached import wait as wait_for
 
     job = _locate(job_id, cloud, region)
     try:
-        found = job.status()
-        if found["state"] not in (*TERMINAL, "lost"):
-            raise fail(
-                EXIT_CLOUD,
-                f"job {job_id} is {found['state']}: its results are not final",
-                f"burst wait {job_id}, or burst cancel {job_id}",
-            )
-        manifest = collect(job, found)
+        manifest = wait_for(job, timeout=0)
     except BurstError as error:
         raise exit_for(error) from None
+    if manifest is None:
+        raise fail(
+            EXIT_CLOUD,
+            f"job {job_id} still runs: its results are not final",
+            f"burst wait {job_id}, or burst cancel {job_id}",
+        )
     _finished(manifest, as_json)
 
 
@@ -583,9 +582,10 @@ def cancel(
     region: FindRegion = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Stop a job now, keep what finished, tear down and verify. A detached job's driver
-    stops its tasks and its results are downloaded first; an attached run whose client was
-    killed has its clusters (found by the job's tag) torn down."""
+    """Stop a job now, keep what finished, tear down and verify.
+
+    A detached job's driver stops its tasks and its results are downloaded first; a burst
+    run whose client was killed has its clusters (found by the job's tag) torn down."""
     from burst import detached, state
     from burst.gc import cancel_job
     from burst.results import job_folder
@@ -625,8 +625,9 @@ def list_jobs(
     region: Annotated[str, typer.Option(help="... in this region.")] = "us-east-1",
     as_json: JsonOption = False,
 ) -> None:
-    """Every job this machine ran or submitted (and with --cloud, every job found by tag
-    there), with its state, cores, cost and age; running ones refreshed from the cloud."""
+    """Every job this machine ran or submitted, with state, cores, cost and age.
+
+    Running ones are refreshed from the cloud; with --cloud, jobs found there by tag too."""
     from burst.detached import reconcile
 
     try:
