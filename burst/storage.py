@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from burst.cloud.base import ClusterIdentity, Remnant, tag_dict
+from burst.cloud.base import TAG_CLUSTER, TAG_MANAGED, ClusterIdentity, Remnant, tag_dict
 from burst.cloud.botoerrors import error_code, wrap_public_methods
 
 
@@ -75,8 +75,22 @@ def _missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404", "NotFound")
 
 
+def _ours(s3: Any, ident: ClusterIdentity) -> bool:
+    """The bucket of that name exists and carries this cluster's tags. A bucket named like a
+    cluster's but not tagged so is somebody else's: never emptied, deleted or reported."""
+    try:
+        tags = tag_dict(s3.get_bucket_tagging(Bucket=bucket_name(ident))["TagSet"])
+    except ClientError as error:
+        if _missing(error) or error_code(error) == "NoSuchTagSet":
+            return False
+        raise
+    return tags.get(TAG_CLUSTER) == ident.cluster_id and tags.get(TAG_MANAGED) == "true"
+
+
 def delete_bucket(s3: Any, ident: ClusterIdentity) -> list[str]:
     name = bucket_name(ident)
+    if not _ours(s3, ident):
+        return []
     try:
         for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
             doomed = [
@@ -94,13 +108,7 @@ def delete_bucket(s3: Any, ident: ClusterIdentity) -> list[str]:
 
 
 def leftovers(s3: Any, ident: ClusterIdentity) -> list[str]:
-    try:
-        s3.head_bucket(Bucket=bucket_name(ident))
-    except ClientError as error:
-        if _missing(error):
-            return []
-        raise
-    return [f"bucket {bucket_name(ident)}"]
+    return [f"bucket {bucket_name(ident)}"] if _ours(s3, ident) else []
 
 
 def survey(s3: Any, region: str) -> list[Remnant]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from burst.cloud.aws import AwsProvider, ClusterIdentity
 from burst.gc import collect_garbage
 from burst.plan import plan
 from burst.spec import parse_spec
-from tests.conftest import settled_leftovers
+from tests.conftest import client, settled_leftovers
 
 SLEEPER = "#!/bin/sh\nsleep 600\n"
 # gc deletes whatever it finds expired in a region: this test abandons its clusters in a sandbox
@@ -96,3 +97,25 @@ def test_gc_lists_then_deletes_expired_and_idle_clusters_only(sandbox):
     assert all(c.teardown.verified for c in swept)
     assert settled_leftovers(sandbox, "gclive0000001") == []
     assert settled_leftovers(sandbox, "gcidle0000001") == []
+
+
+def test_gc_leaves_alone_what_burst_did_not_make(sandbox):
+    """A bucket named like a cluster's, and parameters under /burst, that burst did not tag:
+    gc does not take them for a cluster, and a teardown of that id leaves the bucket alone."""
+    stranger = uuid.uuid4().hex[:12]
+    s3 = client(sandbox, "s3", REGION)
+    s3.create_bucket(Bucket=f"burst-{stranger}",
+                     CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket=f"burst-{stranger}", Key="thesis.tex", Body=b"precious")
+    ssm = client(sandbox, "ssm", REGION)
+    ssm.put_parameter(Name=f"/burst/{stranger}/setting", Value="mine", Type="String")
+    provider = AwsProvider(sandbox_module.session(), REGION, sandbox.endpoint)
+    later = datetime.now(UTC) + timedelta(days=30)
+    swept = collect_garbage(provider, delete=True, now=later)
+    assert stranger not in {c.cluster_id for c in swept}
+    report = provider.teardown(ClusterIdentity(stranger, "?", later), wait=30)
+    assert s3.get_object(Bucket=f"burst-{stranger}", Key="thesis.tex")["Body"].read() == (
+        b"precious")
+    assert report.verified and f"bucket/burst-{stranger}" not in report.deleted
+    s3.delete_object(Bucket=f"burst-{stranger}", Key="thesis.tex")
+    s3.delete_bucket(Bucket=f"burst-{stranger}")

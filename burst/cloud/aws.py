@@ -565,11 +565,18 @@ class AwsProvider:
                 if tags.get(TAG_REGION) == self.region:
                     found.append(Remnant(f"role {role['RoleName']}", tags, role.get("CreateDate")))
         found += storage.survey(self.s3, self.region)
-        for parameter in self._parameters_under("/burst"):
-            cluster_id = parameter["Name"].split("/")[2]
-            # The listing carries no tags: the path names the cluster. Not tag-checked (one
-            # call per parameter); issue 12 tracks it.
-            tags = {TAG_CLUSTER: cluster_id, TAG_MANAGED: "true"}
+        # Only parameters burst tagged (the cluster's secret): a name under /burst alone does
+        # not make a cluster, nor its bucket burst's to delete. DescribeParameters filters by
+        # tag: docs.aws.amazon.com/systems-manager/latest/APIReference/
+        # API_ParameterStringFilter.html
+        pages = self.ssm.get_paginator("describe_parameters").paginate(
+            ParameterFilters=[
+                {"Key": "Path", "Option": "Recursive", "Values": ["/burst"]},
+                {"Key": f"tag:{TAG_MANAGED}", "Values": ["true"]},
+            ]
+        )
+        for parameter in (p for page in pages for p in page["Parameters"]):
+            tags = {TAG_CLUSTER: parameter["Name"].split("/")[2], TAG_MANAGED: "true"}
             found.append(Remnant(f"parameter {parameter['Name']}", tags))
         return found
 
