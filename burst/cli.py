@@ -54,6 +54,26 @@ out = Console()
 ManifestJson = Annotated[bool, typer.Option("--json", help="Print the manifest alone on stdout.")]
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"burst {version('burst')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Rent a supercomputer for an afternoon."""
+
+
 def say_error(text: str) -> None:
     """One unwrapped line on stderr, so tools can grep it."""
     err.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
@@ -313,9 +333,10 @@ RegionOption = Annotated[str, typer.Option(help="The region to look in.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
 
-def _sweep(cloud: str, region: str, as_json: bool, title: str, act) -> list:
+def _sweep(cloud: str, region: str, as_json: bool, title: str, act) -> list | None:
     """Find clusters by tag in one region and act on them (list or delete): `gc`, `cancel`.
-    Prints them as a table (or JSON) and fails when a deletion could not be verified."""
+    Prints them as a table (or JSON) and fails when a deletion could not be verified. None
+    when there was no cloud to look in (the sandbox is not running)."""
     from burst.cloud.connect import open_provider
 
     if cloud not in ("sandbox", "aws"):
@@ -323,14 +344,17 @@ def _sweep(cloud: str, region: str, as_json: bool, title: str, act) -> list:
     try:
         connection = open_provider(cloud, region, start_sandbox=False)
         # A private sandbox dies with its run and leaves nothing.
-        clusters = [] if connection is None else act(connection.provider)
+        clusters = None if connection is None else act(connection.provider)
     except BurstError as error:
         raise exit_for(error) from None
     if connection is None:
         err.print("sandbox: not running, so nothing is left in it")
+        if as_json:
+            print("[]")
+        return None
     if as_json:
         print(json.dumps([c.to_dict() for c in clusters], indent=2))
-    elif connection is not None:
+    elif clusters:
         table = Table(title=f"{title} in {cloud} {region}", title_justify="left")
         for column in ("cluster", "job", "why", "resources", "deleted"):
             table.add_column(column)
@@ -358,6 +382,8 @@ def gc(
     )
     if clusters and not yes:
         err.print("nothing deleted: run `burst gc --yes` to delete these")
+    elif clusters == []:
+        err.print(f"nothing left behind in {cloud} {region}", highlight=False)
 
 
 # --------------------------------------------------------------------- detached jobs
@@ -611,7 +637,7 @@ def cancel(
     cloud = cloud or row.get("cloud") or "sandbox"
     region = region or row.get("region") or "us-east-1"
     clusters = _sweep(cloud, region, as_json, f"Job {job_id}", lambda p: cancel_job(p, job_id))
-    if not clusters:
+    if clusters == []:
         err.print(f"nothing of job {job_id} is running or left in {cloud} {region}")
     if row:
         state.record(job_id, state="cancelled")

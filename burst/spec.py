@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from datetime import timedelta
@@ -404,7 +405,10 @@ def _problems(error: ValidationError) -> list[str]:
         shown = "" if e["type"] == "missing" else f" (got {got[:117] + '...' * (len(got) > 120)})"
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            message = f"unknown field; accepted: {', '.join(_accepted_fields(e['loc']))}"
+            accepted = _accepted_fields(e["loc"])
+            close = difflib.get_close_matches(str(e["loc"][-1]), accepted, n=1, cutoff=0.6)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            message = f"unknown field{guess}; accepted: {', '.join(accepted)}"
         lines.append(f"{field or 'spec'}: {message}{shown}")
     return lines
 

@@ -322,6 +322,16 @@ def test_unknown_top_level_field_lists_accepted_fields() -> None:
     assert "cores" in accepted
 
 
+def test_a_misspelt_field_gets_a_did_you_mean() -> None:
+    line = line_for(problems_of(minimal(max_runtme="1h")), "max_runtme")
+    assert line.startswith("max_runtme: unknown field (did you mean max_runtime?); accepted: ")
+    run = {**VALID_RUN, "retires": 2}
+    line = line_for(problems_of(minimal(run=run)), "run.retires")
+    assert "(did you mean retries?)" in line
+    line = line_for(problems_of(minimal(zzzz=1)), "zzzz")
+    assert "did you mean" not in line and line.startswith("zzzz: unknown field; accepted: ")
+
+
 def test_unknown_field_inside_run_lists_run_fields() -> None:
     run = {**VALID_RUN, "retry": 3}
     line = line_for(problems_of(minimal(run=run)), "run.retry")
