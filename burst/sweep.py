@@ -70,23 +70,106 @@ def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-SHELLS = {"sh", "bash", "dash", "zsh", "ksh"}
+# Programs that parse an argument as code: a value placed there would be code too. Shells
+# take their script after an option cluster holding `c`; the others after their code option
+# (python -c, perl -e, node --eval, ...) or as their first operand (awk, sed, a script file).
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "busybox"}
+INTERPRETERS = {
+    "python",
+    "pypy",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "deno",
+    "Rscript",
+    "R",
+    "julia",
+    "lua",
+    "luajit",
+    "php",
+    "tclsh",
+    "wish",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "sed",
+    "gsed",
+    "jq",
+    "osascript",
+    "pwsh",
+    "expect",
+    "xargs",
+    "find",
+    "parallel",
+}
+PROGRAM_FROM_FILE = {"awk", "gawk", "mawk", "nawk", "sed", "gsed"}
+# Short options that take the next token as their argument, so it is not the code operand.
+OPTION_ARGUMENTS = {"-o", "+o", "-O", "+O", "-W", "-X", "-f", "-v", "-F", "-I", "-M", "-r"}
 
 
-def _refuse_shell_scripts_with_values(tokens: list[str]) -> None:
-    """`sh -c "... {x}"` would hand a value to a shell to parse: the injection that formatting
-    each argument alone prevents. Values may still reach a shell script as its arguments."""
-    if Path(tokens[0]).name not in SHELLS or "-c" not in tokens[1:]:
-        return
-    script = tokens[tokens.index("-c", 1) + 1 : tokens.index("-c", 1) + 2]
-    if script and any(f is not None for _, f, _, _ in string.Formatter().parse(script[0])):
+def _program(token: str) -> str:
+    name = Path(token).name
+    return re.sub(r"[\d.]+$", "", name) or name  # python3.11 -> python, pypy3 -> pypy
+
+
+def _code_span(tokens: list[str], start: int) -> int:
+    """The index of the last token the interpreter at `start` may read as code: its options
+    and its first operand (the script, or the program text; with `-f FILE`, awk and sed read
+    their program from FILE, and the operands are data)."""
+    program = _program(tokens[start])
+    position = start + 1
+    while position < len(tokens):
+        token = tokens[position]
+        if token == "-f" and program in PROGRAM_FROM_FILE:
+            return min(position + 1, len(tokens) - 1)
+        if token == "--":
+            return min(position + 1, len(tokens) - 1)
+        if not token.startswith(("-", "+")) or token in ("-", "+"):
+            return position  # the first operand: a script or program text
+        if token in OPTION_ARGUMENTS:
+            position += 1
+        position += 1
+    return len(tokens) - 1
+
+
+def _has_placeholder(token: str) -> bool:
+    return any(f is not None for _, f, _, _ in string.Formatter().parse(token))
+
+
+def _refuse_values_as_code(tokens: list[str]) -> None:
+    """A value must never be parsed as code: formatting each argument alone keeps it from the
+    shell burst does not use, but a shell or interpreter in the command line (behind `env`,
+    `timeout` or any wrapper) would parse its code argument. So no placeholder may stand in
+    the program's name, nor in an interpreter's options or code; values may still reach a
+    script as its arguments."""
+    if _has_placeholder(tokens[0]):
         raise SpecError(
             [
-                f"run.command: a placeholder inside the {tokens[0]} -c script would be parsed "
-                f"by the shell (got {script[0]!r}); accepted: pass values as arguments, "
-                f"e.g. {tokens[0]} -c 'simulate --seed \"$1\"' _ {{seed}}"
+                f"run.command: the program {tokens[0]!r} is chosen by a value; accepted: a fixed "
+                "program name, with values as its arguments"
             ]
         )
+    for start, token in enumerate(tokens):
+        program = _program(token)
+        if program not in SHELLS and program not in INTERPRETERS:
+            continue
+        end = _code_span(tokens, start)
+        code = [t for t in tokens[start + 1 : end + 1] if _has_placeholder(t)]
+        if code:
+            example = (
+                f"{token} -c 'simulate --seed \"$1\"' _ {{seed}}"
+                if program in SHELLS
+                else f"{token} script.py {{seed}}"
+            )
+            raise SpecError(
+                [
+                    f"run.command: {code[0]!r} would be read by {token} as code or an option, with "
+                    f"a value inside it; accepted: pass values as arguments after the code, e.g. "
+                    f"{example}"
+                ]
+            )
 
 
 def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
@@ -112,7 +195,7 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
                     names.add(field)
     except ValueError as error:
         raise SpecError([f"run.command: {error} in {command!r}"]) from None
-    _refuse_shell_scripts_with_values(tokens)
+    _refuse_values_as_code(tokens)
     for number, row in enumerate(rows, 1):
         unknown = sorted(names - set(row))
         if unknown:

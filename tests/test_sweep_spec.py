@@ -270,7 +270,47 @@ def test_inputs_are_refused_for_a_function_job(tmp_path: Path) -> None:
 def test_a_placeholder_inside_a_shell_script_is_refused() -> None:
     with pytest.raises(SpecError) as info:
         check_template("bash -c 'simulate --seed {seed}'", [{"seed": 1}])
-    assert info.value.problems[0].startswith("run.command: a placeholder inside the bash -c")
+    assert info.value.problems[0].startswith(
+        "run.command: 'simulate --seed {seed}' would be read by bash as code")
     # As the script's arguments, values are never parsed by the shell.
     tokens = check_template("""sh -c 'simulate --seed "$1"' _ {seed}""", [{"seed": 1}])
     assert tokens[-1] == "{seed}"
+
+
+# Each a way the security review found to hand a value to a shell or an interpreter as code.
+@pytest.mark.parametrize("command", [
+    'sh -ec "echo {v}"',
+    'bash -lc "echo {v}"',
+    'env sh -c "echo {v}"',
+    'env FOO=1 sh -c "echo {v}"',
+    '/usr/bin/env bash -c "echo {v}"',
+    'sh -c -- "echo {v}"',
+    "bash -o pipefail -c 'echo {v}'",
+    "timeout 10 bash -c 'echo {v}'",
+    'python -c "print({v})"',
+    'python3.11 -c "print({v})"',
+    "python -cprint({v})",
+    "perl -e 'print {v}'",
+    "awk '{{print {v}}}' data.txt",
+    "sed s/a/{v}/ data.txt",
+    "find . -exec sh -c 'echo {v}' ;",
+    "{v} --seed 1",
+])
+def test_no_value_reaches_a_shell_or_an_interpreter_as_code(command) -> None:
+    with pytest.raises(SpecError, match=r"^run\.command: ") as info:
+        check_template(command, [{"v": "$(touch pwned)"}])
+    assert "{v}" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("command", [
+    """sh -c 'simulate --seed "$1"' _ {v}""",
+    "python simulate.py --seed {v}",
+    "python3 -u simulate.py --seed {v}",
+    "env OMP_NUM_THREADS=1 python sim.py {v}",
+    "bash run.sh {v}",
+    "./simulate --seed {v}",
+    "awk -f prog.awk data-{v}.txt",
+])
+def test_values_as_arguments_after_the_code_are_accepted(command) -> None:
+    tokens = check_template(command, [{"v": "$(touch pwned)"}])
+    assert any("{v}" in t for t in tokens)
