@@ -138,6 +138,23 @@ def _has_placeholder(token: str) -> bool:
     return any(f is not None for _, f, _, _ in string.Formatter().parse(token))
 
 
+def _refuse_shell_syntax(command: str) -> None:
+    """`prog > log.txt`, `a | b`, `a && b`: there is no shell, so these would arrive as the
+    program's arguments ("unrecognized arguments: > log.txt"). Lexed as a shell would, so a
+    quoted '>5' stays a plain argument."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    for token in lexer:
+        if token and set(token) <= set("();<>|&"):
+            raise SpecError(
+                [
+                    f"run.command: {token!r} is shell syntax, and commands run without a shell; "
+                    "accepted: write output files into $BURST_OUTPUT (they are collected), or "
+                    "run a script that redirects: sh -c 'prog > \"$BURST_OUTPUT/log.txt\"'"
+                ]
+            )
+
+
 def _refuse_values_as_code(tokens: list[str]) -> None:
     """A value must never be parsed as code: formatting each argument alone keeps it from the
     shell burst does not use, but a shell or interpreter in the command line (behind `env`,
@@ -196,6 +213,7 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
     except ValueError as error:
         raise SpecError([f"run.command: {error} in {command!r}"]) from None
     _refuse_values_as_code(tokens)
+    _refuse_shell_syntax(command)
     for number, row in enumerate(rows, 1):
         unknown = sorted(names - set(row))
         if unknown:

@@ -314,3 +314,26 @@ def test_no_value_reaches_a_shell_or_an_interpreter_as_code(command) -> None:
 def test_values_as_arguments_after_the_code_are_accepted(command) -> None:
     tokens = check_template(command, [{"v": "$(touch pwned)"}])
     assert any("{v}" in t for t in tokens)
+
+
+@pytest.mark.parametrize("command", [
+    "simulate --seed {v} > log.txt",
+    "simulate --seed {v} >log.txt",
+    "simulate --seed {v} 2> errors.txt",
+    "simulate --seed {v} | tee log.txt",
+    "simulate --seed {v} && echo done",
+    "simulate --seed {v};echo done",
+    "simulate < input.txt --seed {v}",
+])
+def test_shell_syntax_is_refused_with_how_to_write_output(command) -> None:
+    """There is no shell: `> log.txt` would reach the program as two arguments."""
+    with pytest.raises(SpecError) as info:
+        check_template(command, [{"v": 1}])
+    problem = info.value.problems[0]
+    assert problem.startswith("run.command: '") and "is shell syntax" in problem
+    assert "$BURST_OUTPUT" in problem
+
+
+def test_quoted_shell_characters_are_plain_arguments() -> None:
+    tokens = check_template("simulate --threshold '>5' --label 'a|b' --seed {v}", [{"v": 1}])
+    assert tokens == ["simulate", "--threshold", ">5", "--label", "a|b", "--seed", "{v}"]
