@@ -214,21 +214,19 @@ def describe(job: Located) -> dict:
     }
 
 
-
 def cost_so_far(cluster: dict | None, status: dict) -> Decimal | None:
     """Billed until now (or until the driver ended the cluster), from the launch records."""
     if cluster is None:
         return None
+    now, records = _records(cluster, status)
+    return sum((instance_cost(r, now) or Decimal(0) for r in records), Decimal(0))
+
+
+def _records(cluster: dict, status: dict) -> tuple[datetime, list[InstanceRecord]]:
+    """The instances the client launched, each ended when the driver ended the job (or still
+    running, until now), and that moment."""
     ended = status.get("ended_at")
     now = datetime.fromtimestamp(ended, UTC) if ended else datetime.now(UTC)
-    total = Decimal(0)
-    for record in _records(cluster):
-        record.end_time = record.end_time or now
-        total += instance_cost(record, now) or Decimal(0)
-    return total
-
-
-def _records(cluster: dict) -> list[InstanceRecord]:
     records = []
     for data in cluster["instances"]:
         records.append(
@@ -238,12 +236,12 @@ def _records(cluster: dict) -> list[InstanceRecord]:
                     "launch_time": datetime.fromisoformat(data["launch_time"]),
                     "end_time": datetime.fromisoformat(data["end_time"])
                     if data.get("end_time")
-                    else None,
+                    else now,
                     "hourly": Decimal(data["hourly"]) if data.get("hourly") else None,
                 }
             )
         )
-    return records
+    return now, records
 
 
 def wait(
@@ -342,11 +340,7 @@ def _manifest(
         "driver": {k: status.get(k) for k in ("started_at", "ended_at", "updated_at")},
     }
     if cluster is not None:
-        ended = status.get("ended_at")
-        now = datetime.fromtimestamp(ended, UTC) if ended else datetime.now(UTC)
-        records = _records(cluster)
-        for record in records:
-            record.end_time = record.end_time or now
+        now, records = _records(cluster, status)
         manifest.update(
             instances=[{**r.to_dict(), "cost": str(instance_cost(r, now))} for r in records],
             cost=cost_report(records, cluster["plan"], now),
