@@ -49,6 +49,7 @@ LAYERS = {
     "burst.bootstrap": 3,
     # Acquiring capacity through a provider.
     "burst.provision": 4,
+    "burst.preflight": 4,
     "burst.events": 4,
     # A cluster's life; finding what was left behind.
     "burst.cluster": 5,

@@ -39,14 +39,21 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+from burst.cloud.base import VCPU_QUOTAS, standard_family
+
 # Quota code -> (its name in Service Quotas, the market it bounds).
 QUOTAS = {
-    "L-1216C47A": ("Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", "on-demand"),
-    "L-34B43A08": ("All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests", "spot"),
+    VCPU_QUOTAS["on-demand"]: (
+        "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+        "on-demand",
+    ),
+    VCPU_QUOTAS["spot"]: (
+        "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests",
+        "spot",
+    ),
 }
 # Generous enough for every example and test; drills set their own.
 DEFAULT_QUOTAS = {"L-1216C47A": 5120.0, "L-34B43A08": 5120.0}
-STANDARD_FAMILIES = set("acdhimrtz")
 # Bucket name -> (size, refill per second).
 DEFAULT_BUCKETS = {
     "ec2.non-mutating": (100.0, 20.0),
@@ -135,10 +142,6 @@ def _vcpus(instance_type: str) -> int:
     return int(info.get("VCpuInfo", {}).get("DefaultVCpus", 0))
 
 
-def _standard(instance_type: str) -> bool:
-    return instance_type[:1].lower() in STANDARD_FAMILIES
-
-
 @dataclass
 class Launch:
     """What one launch request asks for: instances and standard vCPUs per market."""
@@ -151,7 +154,7 @@ def _run_instances(params: dict[str, str]) -> Launch:
     count = int(params.get("MaxCount", params.get("MinCount", "1")))
     kind = params.get("InstanceType", "m1.small")
     market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
-    return Launch(count, {market: count * _vcpus(kind) if _standard(kind) else 0})
+    return Launch(count, {market: count * _vcpus(kind) if standard_family(kind) else 0})
 
 
 def _fleet(params: dict[str, str]) -> Launch:
@@ -170,7 +173,7 @@ def _fleet(params: dict[str, str]) -> Launch:
     rest = max(0.0, total - spot - demand)
     targets = {"spot": spot + (rest if default == "spot" else 0)}
     targets["on-demand"] = demand + (rest if default != "spot" else 0)
-    per = _vcpus(kind) if _standard(kind) else 0
+    per = _vcpus(kind) if standard_family(kind) else 0
     counts = {market: math.ceil(target / weight) for market, target in targets.items()}
     return Launch(sum(counts.values()), {m: n * per for m, n in counts.items()})
 
@@ -318,7 +321,7 @@ def vcpus_in_use(region: str) -> dict[str, int]:
 
     used = {"spot": 0, "on-demand": 0}
     for instance in ec2_backends[DEFAULT_ACCOUNT_ID][region].all_instances():
-        if instance.state in ("pending", "running") and _standard(instance.instance_type):
+        if instance.state in ("pending", "running") and standard_family(instance.instance_type):
             market = "spot" if instance.lifecycle == "spot" else "on-demand"
             used[market] += _vcpus(instance.instance_type)
     return used
