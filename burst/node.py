@@ -221,7 +221,7 @@ class Node:
                 return json.loads(value["Parameter"]["Value"])["private"]
             except self.ssm.exceptions.ParameterNotFound:
                 await asyncio.sleep(wait)
-                wait = min(5.0, wait * 1.5)
+                wait = min(3.0, wait * 1.5)
         raise RuntimeError("the deadline passed before the scheduler published its address")
 
     async def _spot_notice(self) -> None:
