@@ -79,7 +79,16 @@ class TaskRange(Strict):
 
 
 class TaskFile(Strict):
-    jsonl: str = Field(description="a JSON-lines file, one task per line, relative to the spec")
+    jsonl: str | None = Field(None, description="a JSON-lines file, one task per line")
+    csv: str | None = Field(None, description="a CSV file with a header row, one task per row")
+
+    @property
+    def kind(self) -> str:
+        return "csv" if self.csv is not None else "jsonl"
+
+    @property
+    def name(self) -> str:
+        return self.csv if self.csv is not None else str(self.jsonl)
 
 
 class ParamFile(Strict):
@@ -181,13 +190,14 @@ class RunSpec(Strict):
     @classmethod
     def _task_form(cls, v: Any) -> Any:
         """Pick the form by its key, so an error speaks of that form alone."""
-        forms = {"range": TaskRange, "jsonl": TaskFile}
+        forms = {"range": TaskRange, "jsonl": TaskFile, "csv": TaskFile}
         if isinstance(v, list):
             return v
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in forms:
             return forms[next(iter(v))].model_validate(v)
         raise ValueError(
-            "accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file} or a list"
+            "accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file}, {csv: file} "
+            "or a list"
         )
 
     @field_validator("function", "reduce")

@@ -35,20 +35,45 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, str | int | float | bool)
 
 
+# A CSV cell that reads as a number becomes one, so that {alpha:.2f} works: integers without
+# a leading zero ("007" stays a string, as an identifier would want), decimals and exponents.
+# "nan", "inf" and anything else stay strings.
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_DIGITS = r"[-+]?(?:0|[1-9][0-9]*)"
+_FLOAT = re.compile(rf"{_DIGITS}?\.[0-9]+(?:[eE][-+]?[0-9]+)?|{_DIGITS}\.?(?:[eE][-+]?[0-9]+)?")
+
+
+def typed(cell: str) -> str | int | float:
+    """A CSV cell as the number it reads as, or the string itself."""
+    text = cell.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return cell
+
+
+def read_rows(path: Path, kind: str, field: str) -> list[Any]:
+    """A CSV file's rows (numbers typed, see `typed`; a byte-order mark is ignored) or a
+    JSON-lines file's values."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if kind == "csv":
+            return [
+                {k: typed(v) if isinstance(v, str) else v for k, v in r.items()}
+                for r in csv.DictReader(io.StringIO(text))
+            ]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
+        raise SpecError([f"{field}: cannot read {str(path)!r}: {error}"]) from None
+
+
 def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
     """The rows of a command job, one per task: a grid's product, a file's rows or a list."""
     if isinstance(params, ParamFile):
         kind, name = ("csv", params.csv) if params.csv else ("jsonl", params.jsonl)
-        path = folder / name
         field = f"run.params.{kind}"
-        try:
-            text = path.read_text()
-            if kind == "csv":
-                rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
-            else:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
-            raise SpecError([f"{field}: cannot read {str(path)!r}: {error}"]) from None
+        rows = read_rows(folder / name, kind, field)
         for number, row in enumerate(rows, 1):
             if not isinstance(row, dict) or not all(_scalar(v) for v in row.values()):
                 raise SpecError(
