@@ -146,6 +146,15 @@ def exit_for(
     return fail(EXIT_JOB_FAILED, "burst itself failed (a bug)", "please report the traceback above")
 
 
+def reach_cloud(spec: JobSpec) -> None:
+    """On AWS, credentials and the network are checked before the plan is shown or a results
+    folder made: CloudError (exit 3) with the fix."""
+    if spec.cloud == "aws":
+        from burst.cloud.botoerrors import aws_session
+
+        aws_session(spec.region)
+
+
 class Display:
     """Turns pipeline events into a live progress display on stderr."""
 
@@ -282,6 +291,7 @@ def run(
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
         plan_within_budget(job.spec)
+        reach_cloud(job.spec)
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
 
@@ -453,6 +463,7 @@ def submit(
     try:
         job = load_job(spec)
         plan_within_budget(job.spec)
+        reach_cloud(job.spec)
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
     from burst.cloud import sandbox
