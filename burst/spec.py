@@ -454,15 +454,89 @@ def merged(base: dict, overrides: dict) -> dict:
     return merged
 
 
+# A spec is a page of YAML: aliases may not expand it beyond this many values (an alias bomb
+# of a few lines would otherwise expand to billions), nor may a spec file be bigger.
+MAX_YAML_VALUES = 1_000_000
+MAX_SPEC_BYTES = 10 * 1024 * 1024
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys (with their lines) and documents whose
+    aliases expand them beyond MAX_YAML_VALUES, before anything is constructed."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        sizes: dict[int, int] = {}  # by node: an alias is the same node, counted once here
+
+        def expanded(item: yaml.Node) -> int:
+            if id(item) not in sizes:
+                sizes[id(item)] = 1  # a recursive alias counts once
+                children: list[yaml.Node] = []
+                if isinstance(item, yaml.SequenceNode):
+                    children = item.value
+                elif isinstance(item, yaml.MappingNode):
+                    children = [part for pair in item.value for part in pair]
+                total = 1
+                for child in children:
+                    total += expanded(child)
+                    if total > MAX_YAML_VALUES:
+                        break
+                sizes[id(item)] = total
+            return sizes[id(item)]
+
+        if node is not None and expanded(node) > MAX_YAML_VALUES:
+            raise SpecError(
+                [
+                    f"spec: its aliases (*name) expand it to more than {MAX_YAML_VALUES:,} "
+                    "values; accepted: a spec that is at most that big when expanded (keep "
+                    "long lists of tasks in a file: {jsonl: ...} or {csv: ...})"
+                ]
+            )
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then a key: an override, as YAML means it
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in lines:
+                raise SpecError(
+                    [
+                        f"{key}: the key {key!r} appears twice in the same mapping (line "
+                        f"{lines[key]} and line {line}); accepted: each key once"
+                    ]
+                )
+            if isinstance(key, str | int | float | bool):
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """A spec's YAML: safe, with no duplicate keys and bounded aliases (see SpecLoader)."""
+    loader = SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read and validate a YAML spec without importing its code; raises SpecError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(
+                [f"spec: {str(path)!r} is over {MAX_SPEC_BYTES >> 20} MB; keep data in files"]
+            )
+        data = read_yaml(path.read_text())
     except OSError as error:
         raise SpecError([f"spec: cannot read {str(path)!r}: {error.strerror}"]) from None
     except yaml.YAMLError as error:
         raise SpecError([f"spec: {str(path)!r} is not valid YAML: {error}"]) from None
+    except RecursionError:
+        raise SpecError([f"spec: {str(path)!r} is nested too deeply to be a job spec"]) from None
     if isinstance(data, dict) and overrides:
         data = merged(data, overrides)
     return parse_spec(data)
