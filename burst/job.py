@@ -57,7 +57,7 @@ def _load_tasks(run: RunSpec, folder: Path) -> list[Any]:
         tasks = run.tasks.values()
     elif isinstance(run.tasks, TaskFile):
         kind = run.tasks.kind
-        tasks = sweep.read_rows(folder / run.tasks.name, kind, f"run.tasks.{kind}")
+        tasks = sweep.read_rows(folder, run.tasks.name, kind, f"run.tasks.{kind}")
     else:
         tasks = list(run.tasks)
     if not tasks:

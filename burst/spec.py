@@ -58,6 +58,16 @@ def format_duration(value: timedelta) -> str:
     )
 
 
+def relative_path(value: str, what: str = "a path inside the spec's folder") -> str:
+    """A file field's path: relative, with no '..', so it names something inside its folder
+    (symlinks that leave it are refused when the files are read: see burst.sweep)."""
+    if not value.strip() or "\x00" in value:
+        raise ValueError(f"{what} is accepted, not an empty path")
+    if Path(value).is_absolute() or value.startswith("~") or ".." in Path(value).parts:
+        raise ValueError(f"{what}, relative and without '..', is accepted")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +92,11 @@ class TaskFile(Strict):
     jsonl: str | None = Field(None, description="a JSON-lines file, one task per line")
     csv: str | None = Field(None, description="a CSV file with a header row, one task per row")
 
+    @field_validator("jsonl", "csv")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        return None if v is None else relative_path(v)
+
     @property
     def kind(self) -> str:
         return "csv" if self.csv is not None else "jsonl"
@@ -94,6 +109,11 @@ class TaskFile(Strict):
 class ParamFile(Strict):
     csv: str | None = Field(None, description="a CSV file with a header row, one task per row")
     jsonl: str | None = Field(None, description="a JSON-lines file, one object per task")
+
+    @field_validator("jsonl", "csv")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        return None if v is None else relative_path(v)
 
 
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -123,7 +143,11 @@ class RunSpec(Strict):
             return None
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("csv", "jsonl"):
             if isinstance(next(iter(v.values())), str):
-                return ParamFile.model_validate(v)
+                try:
+                    return ParamFile.model_validate(v)
+                except ValidationError as error:
+                    message = error.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{next(iter(v))}: {message}") from None
         if isinstance(v, dict) and v:
             grid: dict[str, Any] = {}
             for name, values in v.items():
@@ -278,15 +302,29 @@ class JobSpec(Strict):
                 bucket, _, key = item[5:].partition("/")
                 if not bucket or not key or key.endswith("/"):
                     raise ValueError(f"{item!r}: s3://bucket/key of one object is accepted")
-            elif not item.strip() or Path(item).is_absolute() or ".." in Path(item).parts:
-                raise ValueError(
-                    f"{item!r}: a path inside the spec's folder or s3://bucket/key is accepted"
-                )
+                # The nodes' role may read exactly these objects: a wildcard in IAM would
+                # grant more than was named; '$' starts a policy variable.
+                odd = sorted(set(item) & set("*?$"))
+                if odd:
+                    raise ValueError(
+                        f"{item!r}: {' '.join(odd)} is not accepted in an s3:// input; "
+                        "accepted: the exact bucket and key of one object"
+                    )
+            else:
+                try:
+                    relative_path(item, "a path inside the spec's folder or s3://bucket/key")
+                except ValueError as error:
+                    raise ValueError(f"{item!r}: {error}") from None
         names = [input_name(item) for item in v]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"two inputs share the name {twice}; tasks see them by name")
         return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_inside(cls, v: str) -> str:
+        return relative_path(v, "a folder relative to where burst runs")
 
     @field_validator("software")
     @classmethod

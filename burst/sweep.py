@@ -23,12 +23,61 @@ MAX_JOB_FILES = 2000
 MAX_JOB_BYTES = 50 * 1024 * 1024
 
 
+def _outside(path: Path, folder: Path) -> Path | None:
+    """Where `path` really leads, when a symbolic link takes it out of `folder`."""
+    real = path.resolve()
+    return None if real.is_relative_to(folder.resolve()) else real
+
+
+def _link_problem(field: str, name: str, real: Path) -> str:
+    return (
+        f"{field}: {name!r} is a symbolic link out of the spec's folder (to {str(real)!r}); "
+        "accepted: files inside the folder (copy the file in)"
+    )
+
+
+def inside(folder: Path, name: str, field: str) -> Path:
+    """`folder / name`, refused when a symbolic link takes it out of the folder (the spec's
+    own rules already refuse absolute paths and '..')."""
+    path = folder / name
+    real = _outside(path, folder)
+    if real is not None:
+        raise SpecError([_link_problem(field, name, real)])
+    return path
+
+
+def _escaping_links(root: Path, folder: Path) -> list[tuple[Path, Path]]:
+    """Symbolic links under `root` (a file or a folder) that lead out of `folder`."""
+    found = []
+    for here, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = Path(here) / name
+            if path.is_symlink():
+                real = _outside(path, folder)
+                if real is not None:
+                    found.append((path, real))
+    return found
+
+
 def missing_inputs(inputs: list[str], folder: Path) -> list[str]:
-    return [
-        f"inputs: {item!r} does not exist in {folder}"
-        for item in inputs
-        if not item.startswith("s3://") and not (folder / item).exists()
-    ]
+    """What is wrong with the local inputs: missing, or leading out of the spec's folder
+    through a symbolic link (the input itself or any link inside an input folder)."""
+    problems = []
+    for item in inputs:
+        if item.startswith("s3://"):
+            continue
+        path = folder / item
+        real = _outside(path, folder)
+        if real is not None:
+            problems.append(_link_problem("inputs", item, real))
+        elif not path.exists():
+            problems.append(f"inputs: {item!r} does not exist in {folder}")
+        elif path.is_dir():
+            problems += [
+                _link_problem("inputs", str(link.relative_to(folder)), real)
+                for link, real in _escaping_links(path, folder)
+            ]
+    return problems
 
 
 def _scalar(value: Any) -> bool:
@@ -53,9 +102,10 @@ def typed(cell: str) -> str | int | float:
     return cell
 
 
-def read_rows(path: Path, kind: str, field: str) -> list[Any]:
+def read_rows(folder: Path, name: str, kind: str, field: str) -> list[Any]:
     """A CSV file's rows (numbers typed, see `typed`; a byte-order mark is ignored) or a
-    JSON-lines file's values."""
+    JSON-lines file's values; the file must be inside the spec's folder."""
+    path = inside(folder, name, field)
     try:
         text = path.read_text(encoding="utf-8-sig")
         if kind == "csv":
@@ -73,7 +123,7 @@ def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
     if isinstance(params, ParamFile):
         kind, name = ("csv", params.csv) if params.csv else ("jsonl", params.jsonl)
         field = f"run.params.{kind}"
-        rows = read_rows(folder / name, kind, field)
+        rows = read_rows(folder, name, kind, field)
         for number, row in enumerate(rows, 1):
             if not isinstance(row, dict) or not all(_scalar(v) for v in row.values()):
                 raise SpecError(
@@ -282,6 +332,9 @@ def job_files(folder: Path, spec: JobSpec) -> list[Path]:
             path = here / name
             if name.startswith(".") or path.resolve() in skip or not path.is_file():
                 continue
+            real = _outside(path, folder)
+            if real is not None:  # it would ship what it points at
+                raise SpecError([_link_problem("run.command", str(path.relative_to(folder)), real)])
             files.append(path.relative_to(folder))
             size += path.stat().st_size
             if len(files) > MAX_JOB_FILES or size > MAX_JOB_BYTES:

@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from burst.cli import app
 from burst.job import load_job
 from burst.spec import SpecError, load_spec
 
@@ -73,3 +71,85 @@ def test_deep_nesting_is_a_spec_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert "nested too deeply" in info.value.problems[0]
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def sweep_spec(folder: Path, run: dict[str, Any], **fields: Any) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "cores": 2, "run": run, **fields}))
+    return path
+
+
+COMMAND = {"command": "cat {a}", "params": {"a": [1]}}
+
+
+@pytest.mark.parametrize(("run", "fields", "field"), [
+    ({"command": "cat {a}", "params": {"csv": "/etc/passwd"}}, {}, "run.params"),
+    ({"command": "cat {a}", "params": {"jsonl": "../up.jsonl"}}, {}, "run.params"),
+    ({"function": "m:f", "tasks": {"jsonl": "/etc/passwd"}}, {}, "run.tasks.jsonl"),
+    ({"function": "m:f", "tasks": {"csv": "data/../../up.csv"}}, {}, "run.tasks.csv"),
+    ({"function": "m:f", "tasks": {"csv": "~/rows.csv"}}, {}, "run.tasks.csv"),
+    (COMMAND, {"inputs": ["/etc"]}, "inputs"),
+    (COMMAND, {"inputs": ["data/../../x"]}, "inputs"),
+    (COMMAND, {"outputs": "/tmp/results"}, "outputs"),
+    (COMMAND, {"outputs": "../results"}, "outputs"),
+])
+def test_file_fields_are_relative_without_dotdot(tmp_path, run, fields, field) -> None:
+    problems = refused(sweep_spec(tmp_path, run, **fields))
+    assert len(problems) == 1 and problems[0].startswith(f"{field}: ")
+    assert "relative and without '..', is accepted" in problems[0]
+
+
+@pytest.mark.parametrize("item", ["s3://lab/ref/*.fa", "s3://lab/ref/genome?.fa",
+                                  "s3://lab/${aws:username}/x", "s3://*/key"])
+def test_s3_inputs_name_one_exact_object(tmp_path, item) -> None:
+    problems = refused(sweep_spec(tmp_path, COMMAND, inputs=[item]))
+    assert problems[0].startswith(f"inputs: {item!r}: ")
+    assert "is not accepted in an s3:// input" in problems[0]
+
+
+def test_symbolic_links_out_of_the_folder_are_refused_in_every_file_field(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "rows.csv").write_text("a\n1\n")
+    (outside / "rows.jsonl").write_text('{"a": 1}\n')
+    job = tmp_path / "job"
+    (job / "data").mkdir(parents=True)
+    (job / "grid.csv").symlink_to(outside / "rows.csv")
+    (job / "grid.jsonl").symlink_to(outside / "rows.jsonl")
+    (job / "data" / "passwd-link").symlink_to(outside / "rows.csv")
+    (job / "m.py").write_text("def f(x):\n    return x\n")
+    cases = [
+        ({"command": "cat {a}", "params": {"csv": "grid.csv"}}, {}, "run.params.csv"),
+        ({"command": "cat {a}", "params": {"jsonl": "grid.jsonl"}}, {}, "run.params.jsonl"),
+        ({"function": "m:f", "tasks": {"csv": "grid.csv"}}, {}, "run.tasks.csv"),
+        ({"function": "m:f", "tasks": {"jsonl": "grid.jsonl"}}, {}, "run.tasks.jsonl"),
+        (COMMAND, {"inputs": ["grid.csv"]}, "inputs"),
+        (COMMAND, {"inputs": ["data"]}, "inputs"),
+    ]
+    for run, fields, field in cases:
+        problems = refused(sweep_spec(job, run, **fields))
+        assert problems[0].startswith(f"{field}: "), problems
+        assert "symbolic link out of the spec's folder" in problems[0]
+        assert str(outside / "rows.") in problems[0]
+
+
+def test_a_link_out_of_the_folder_never_ships_with_a_command_job(tmp_path) -> None:
+    (tmp_path / "sim.py").write_text("print(1)\n")
+    (tmp_path / "passwd-link").symlink_to("/etc/passwd")
+    problems = refused(sweep_spec(tmp_path, {"command": "python sim.py {a}",
+                                             "params": {"a": [1]}}))
+    assert problems == ["run.command: 'passwd-link' is a symbolic link out of the spec's folder "
+                        "(to '/etc/passwd'); accepted: files inside the folder (copy the file in)"]
+
+
+def test_links_that_stay_inside_the_folder_are_fine(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.csv").write_text("a\n1\n2\n")
+    (tmp_path / "grid.csv").symlink_to(tmp_path / "data" / "rows.csv")
+    (tmp_path / "data" / "alias.csv").symlink_to("rows.csv")
+    job = load_job(sweep_spec(tmp_path, {"command": "cat {a}", "params": {"csv": "grid.csv"}},
+                              inputs=["data"]))
+    assert job.tasks == [{"a": 1}, {"a": 2}]
