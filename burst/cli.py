@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from burst.errors import (
     EXIT_BAD_INPUT,
@@ -74,15 +75,20 @@ def options(
     """Rent a supercomputer for an afternoon."""
 
 
+def say(label: str, style: str, text: str) -> None:
+    """One unwrapped line on stderr, so tools can grep it. The text is printed as it is: a
+    value such as ':x:' or '[red]' is neither an emoji nor markup (a Text is never parsed)."""
+    err.print(Text.assemble((label, style), " ", text), highlight=False, soft_wrap=True)
+
+
 def say_error(text: str) -> None:
-    """One unwrapped line on stderr, so tools can grep it."""
-    err.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+    say("error:", "bold red", text)
 
 
 def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
     say_error(cause)
     if fix:
-        err.print(f"[bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
+        say("fix:", "bold", fix)
     return typer.Exit(code)
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from burst.cli import app
 from burst.job import load_job
 from burst.spec import SpecError, load_spec
 
@@ -153,3 +155,17 @@ def test_links_that_stay_inside_the_folder_are_fine(tmp_path) -> None:
     job = load_job(sweep_spec(tmp_path, {"command": "cat {a}", "params": {"csv": "grid.csv"}},
                               inputs=["data"]))
     assert job.tasks == [{"a": 1}, {"a": 2}]
+
+
+# --------------------------------------------------------------------------- errors as text
+
+
+def test_error_lines_print_values_literally_no_emoji_no_markup(tmp_path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"cores": 2, "name": ":x: [red]boom[/red] [bold]",
+                                    "run": {"function": "m:f", "tasks": [1]}}))
+    done = CliRunner().invoke(app, ["plan", str(path)])
+    assert done.exit_code == 2
+    line = next(x for x in done.stderr.splitlines() if x.startswith("error: name:"))
+    assert "(got ':x: [red]boom[/red] [bold]')" in line
+    assert "\u274c" not in done.stderr  # the emoji rich would have made of :x:
