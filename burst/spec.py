@@ -72,6 +72,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The most tasks (or rows of parameters) one job may have, checked before any list of them
+# is made: a million lines of results is already a big job, and more would exhaust the client.
+MAX_TASKS = 1_000_000
+
+
+def too_many_tasks(count: int, what: str) -> str:
+    return f"{what} make {count:,} tasks; accepted: at most {MAX_TASKS:,} tasks per job"
+
+
 class TaskRange(Strict):
     range: int | list[int] = Field(description="N, [start, stop] or [start, stop, step]")
 
@@ -81,7 +90,14 @@ class TaskRange(Strict):
         bounds = [v] if isinstance(v, int) else v
         if not 1 <= len(bounds) <= 3 or (len(bounds) == 3 and bounds[2] == 0):
             raise ValueError("N, [start, stop] or [start, stop, step] with step != 0 is accepted")
+        count = len(range(*bounds))  # computed, not listed
+        if count > MAX_TASKS:
+            raise ValueError(too_many_tasks(count, "these bounds"))
         return v
+
+    def __len__(self) -> int:
+        bounds = [self.range] if isinstance(self.range, int) else self.range
+        return len(range(*bounds))
 
     def values(self) -> list[int]:
         bounds = [self.range] if isinstance(self.range, int) else self.range
@@ -168,7 +184,15 @@ class RunSpec(Strict):
                         f"{name}: a non-empty list of strings or numbers, or {{range: ...}}, is "
                         f"accepted (got {values!r:.80})"
                     )
+            count = 1  # the grid's product, counted before any row is made
+            for values in grid.values():
+                count *= len(values)
+            if count > MAX_TASKS:
+                sizes = " x ".join(f"{len(values):,}" for values in grid.values())
+                raise ValueError(too_many_tasks(count, f"the grid's {sizes} values"))
             return grid
+        if isinstance(v, list) and len(v) > MAX_TASKS:
+            raise ValueError(too_many_tasks(len(v), "these rows"))
         if isinstance(v, list) and v:
             for number, row in enumerate(v):
                 if not isinstance(row, dict) or not all(
@@ -216,6 +240,8 @@ class RunSpec(Strict):
         """Pick the form by its key, so an error speaks of that form alone."""
         forms = {"range": TaskRange, "jsonl": TaskFile, "csv": TaskFile}
         if isinstance(v, list):
+            if len(v) > MAX_TASKS:
+                raise ValueError(too_many_tasks(len(v), "these values"))
             return v
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in forms:
             return forms[next(iter(v))].model_validate(v)

@@ -6,7 +6,6 @@ downloads around a run are burst.transfer; the worker side is burst.taskrun.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import os
@@ -16,11 +15,18 @@ import string
 from pathlib import Path
 from typing import Any
 
-from burst.spec import JobSpec, ParamFile, SpecError, TaskRange
+from burst.spec import MAX_TASKS, JobSpec, ParamFile, SpecError, TaskRange
 from burst.taskrun import format_argv
 
 MAX_JOB_FILES = 2000
 MAX_JOB_BYTES = 50 * 1024 * 1024
+MAX_TASK_FILE_BYTES = 256 * 1024 * 1024  # a CSV or JSON-lines file of tasks
+# A command's formatted arguments: Linux refuses one argument over 128 KiB (MAX_ARG_STRLEN),
+# and the whole command line is kept far below its 2 MiB limit; a width or precision in a
+# format spec ({a:>4000000000}) is bounded before anything is formatted.
+MAX_ARGUMENT_BYTES = 128 * 1024
+MAX_COMMAND_BYTES = 1024 * 1024
+MAX_FORMAT_NUMBER = 1000
 
 
 def _outside(path: Path, folder: Path) -> Path | None:
@@ -106,16 +112,35 @@ def read_rows(folder: Path, name: str, kind: str, field: str) -> list[Any]:
     """A CSV file's rows (numbers typed, see `typed`; a byte-order mark is ignored) or a
     JSON-lines file's values; the file must be inside the spec's folder."""
     path = inside(folder, name, field)
+    rows: list[Any] = []
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        if kind == "csv":
-            return [
-                {k: typed(v) if isinstance(v, str) else v for k, v in r.items()}
-                for r in csv.DictReader(io.StringIO(text))
-            ]
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if path.stat().st_size > MAX_TASK_FILE_BYTES:
+            raise SpecError(
+                [
+                    f"{field}: {name!r} is over {MAX_TASK_FILE_BYTES >> 20} MB; accepted: a "
+                    "smaller file of parameters (keep data in inputs, read by the tasks)"
+                ]
+            )
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            if kind == "csv":
+                source: Any = (
+                    {k: typed(v) if isinstance(v, str) else v for k, v in row.items()}
+                    for row in csv.DictReader(stream)
+                )
+            else:
+                source = (json.loads(line) for line in stream if line.strip())
+            for row in source:  # counted as read, so a huge file stops at the cap
+                if len(rows) == MAX_TASKS:
+                    raise SpecError(
+                        [
+                            f"{field}: {name!r} has more than {MAX_TASKS:,} rows; "
+                            f"accepted: at most {MAX_TASKS:,} tasks per job"
+                        ]
+                    )
+                rows.append(row)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
         raise SpecError([f"{field}: cannot read {str(path)!r}: {error}"]) from None
+    return rows
 
 
 def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
@@ -216,7 +241,8 @@ def _has_placeholder(token: str) -> bool:
 def _refuse_shell_syntax(command: str) -> None:
     """`prog > log.txt`, `a | b`, `a && b`: there is no shell, so these would arrive as the
     program's arguments ("unrecognized arguments: > log.txt"). Lexed as a shell would, so a
-    quoted '>5' stays a plain argument."""
+    quoted '>5' stays a plain argument, and so does a placeholder's format ({b:>5})."""
+    command = re.sub(r"\{\{|\}\}|\{[^{}]*\}", "_", command)
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     for token in lexer:
@@ -275,8 +301,9 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
     names = set()
     try:
         for token in tokens:
-            for _, field, _, _ in string.Formatter().parse(token):
+            for _, field, spec, _ in string.Formatter().parse(token):
                 if field is not None:
+                    _check_format_spec(field, spec or "")
                     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field):
                         raise SpecError(
                             [
@@ -299,12 +326,42 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
                 ]
             )
         try:
-            format_argv(tokens, row)
+            argv = format_argv(tokens, row)
         except (ValueError, TypeError) as error:
             raise SpecError(
-                [f"run.command: cannot format {command!r} with {row}: {error}"]
+                [f"run.command: cannot format {command!r} with {row!r:.200}: {error}"]
             ) from None
+        sizes = [len(arg.encode(errors="surrogateescape")) for arg in argv]
+        if max(sizes) > MAX_ARGUMENT_BYTES or sum(sizes) > MAX_COMMAND_BYTES:
+            raise SpecError(
+                [
+                    f"run.command: task {number - 1}'s command line is {sum(sizes):,} bytes, its "
+                    f"longest argument {max(sizes):,}; accepted: arguments up to "
+                    f"{MAX_ARGUMENT_BYTES:,} bytes and {MAX_COMMAND_BYTES:,} in all (pass "
+                    "large values in a file)"
+                ]
+            )
     return tokens
+
+
+def _check_format_spec(field: str, spec: str) -> None:
+    """A format spec's widths and precisions are bounded ({a:>4000000000} would make a 4 GB
+    argument), and it may not take them from a value ({a:{w}})."""
+    if "{" in spec:
+        raise SpecError(
+            [
+                f"run.command: the format of {{{field}:{spec}}} holds a placeholder; accepted: "
+                "a fixed format such as {temp:.2f} or {seed:04d}"
+            ]
+        )
+    numbers = [int(n) for n in re.findall(r"\d+", spec)]
+    if numbers and max(numbers) > MAX_FORMAT_NUMBER:
+        raise SpecError(
+            [
+                f"run.command: the width or precision {max(numbers):,} in {{{field}:{spec}}} is "
+                f"too big; accepted: up to {MAX_FORMAT_NUMBER}"
+            ]
+        )
 
 
 def _is_environment(path: Path) -> bool:

@@ -169,3 +169,65 @@ def test_error_lines_print_values_literally_no_emoji_no_markup(tmp_path) -> None
     line = next(x for x in done.stderr.splitlines() if x.startswith("error: name:"))
     assert "(got ':x: [red]boom[/red] [bold]')" in line
     assert "\u274c" not in done.stderr  # the emoji rich would have made of :x:
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_a_huge_range_of_tasks_is_refused_before_it_is_listed(tmp_path) -> None:
+    (tmp_path / "m.py").write_text("def f(x):\n    return x\n")
+    problems = refused(sweep_spec(tmp_path, {"function": "m:f", "tasks": {"range": 10**10}}))
+    assert problems == ["run.tasks.range: these bounds make 10,000,000,000 tasks; accepted: at "
+                        "most 1,000,000 tasks per job (got 10000000000)"]
+
+
+def test_a_huge_grid_is_refused_before_its_product_is_made(tmp_path) -> None:
+    run = {"command": "sim {a} {b}",
+           "params": {"a": {"range": 200_000}, "b": {"range": [0, 400_000, 2]}}}
+    problems = refused(sweep_spec(tmp_path, run))
+    assert problems[0].startswith(
+        "run.params: the grid's 200,000 x 200,000 values make 40,000,000,000 tasks; accepted: "
+        "at most 1,000,000 tasks per job")
+
+
+def test_the_task_cap_itself_is_accepted(tmp_path) -> None:
+    from burst.spec import MAX_TASKS, parse_spec
+
+    run = {"command": "sim {a} {b}", "params": {"a": {"range": 1000}, "b": {"range": 1000}}}
+    assert parse_spec({"cores": 2, "run": run}).run.params["a"].range == 1000
+    assert MAX_TASKS == 1000 * 1000
+
+
+def test_a_file_with_too_many_rows_stops_at_the_cap(tmp_path, monkeypatch) -> None:
+    from burst import sweep
+
+    monkeypatch.setattr(sweep, "MAX_TASKS", 5)
+    (tmp_path / "grid.csv").write_text("a\n" + "1\n" * 6)
+    problems = refused(sweep_spec(tmp_path, {"command": "sim {a}", "params": {"csv": "grid.csv"}}))
+    assert problems == ["run.params.csv: 'grid.csv' has more than 5 rows; accepted: at most 5 "
+                        "tasks per job"]
+
+
+@pytest.mark.parametrize(("command", "words"), [
+    ("sim {a:>4000000000}", "the width or precision 4,000,000,000 in {a:>4000000000} is too big"),
+    ("sim {a:.5000f}", "the width or precision 5,000 in {a:.5000f} is too big"),
+    ("sim {a:{a}}", "the format of {a:{a}} holds a placeholder"),
+])
+def test_format_widths_are_bounded(tmp_path, command, words) -> None:
+    problems = refused(sweep_spec(tmp_path, {"command": command, "params": {"a": [1]}}))
+    assert words in problems[0] and problems[0].startswith("run.command: ")
+
+
+def test_an_argument_too_long_for_the_kernel_is_refused(tmp_path) -> None:
+    (tmp_path / "grid.jsonl").write_text('{"a": "x"}\n{"a": "' + "y" * 200_000 + '"}\n')
+    problems = refused(sweep_spec(tmp_path, {"command": "sim {a}",
+                                             "params": {"jsonl": "grid.jsonl"}}))
+    assert problems == ["run.command: task 1's command line is 200,003 bytes, its longest "
+                        "argument 200,000; accepted: arguments up to 131,072 bytes and "
+                        "1,048,576 in all (pass large values in a file)"]
+
+
+def test_a_format_with_an_alignment_is_not_shell_syntax(tmp_path) -> None:
+    job = load_job(sweep_spec(tmp_path, {"command": "sim {a:>5} {b:<3}",
+                                         "params": {"a": [1], "b": [2]}}))
+    assert job.command == ["sim", "{a:>5}", "{b:<3}"]
