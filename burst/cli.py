@@ -216,6 +216,8 @@ class Display:
 
 
 def summary(manifest: dict) -> Table:
+    from rich.markup import escape
+
     from burst.results import dumps
 
     table = Table(
@@ -243,6 +245,8 @@ def summary(manifest: dict) -> Table:
         if teardown["verified"]
         else f"[red]NOT verified: {teardown['leftovers']} {teardown['errors']}[/]",
     }
+    if manifest["status"] == "failed_fast":  # why most tasks never ran
+        rows["stopped early"] = f"[red]{escape(manifest['error'])}[/]"
     for failure in manifest["failures"][:5]:
         stderr = (failure.get("stderr_tail") or "").strip().splitlines()
         last = f": {stderr[-1][:120]}" if stderr else ""
@@ -399,6 +403,7 @@ FindRegion = Annotated[
 STATE_EXIT = {
     "succeeded": EXIT_OK,
     "failed": EXIT_JOB_FAILED,
+    "failed_fast": EXIT_JOB_FAILED,  # stopped early: the first tasks all failed alike
     "deadline": EXIT_DEADLINE,
     "cancelled": EXIT_JOB_FAILED,  # someone stopped it: waiting again will not help
     "interrupted": EXIT_INTERRUPTED,
