@@ -143,6 +143,12 @@ def failure_signature(outcome: TaskOutcome, command: bool) -> tuple:
     return (outcome.status, *first, outcome.exit_code, *stderr[-1:])
 
 
+def failed_message(failed: int, total: int, reduce: Any) -> str:
+    """Why a job that ran every task failed; says so when its reduce was skipped for it."""
+    skipped = "; reduce not run" if reduce is not None else ""
+    return f"{failed} of {total} tasks failed{skipped}"
+
+
 def fail_fast_message(failures: list[TaskOutcome], not_run: int, total: int) -> str:
     """Why a job stopped early, from its failures (the first FAIL_FAST_AFTER failed alike)."""
     first = failures[0]
@@ -408,7 +414,7 @@ class Driver:
             not_run = total - len(sink.outcomes)
             return FAILED_FAST, fail_fast_message(failures, not_run, total), None
         if failed:
-            return "failed", f"{failed} of {total} tasks failed", None
+            return "failed", failed_message(failed, total, self.reduce), None
         if self.reduce is None:
             return "succeeded", None, None
         try:

@@ -297,7 +297,7 @@ def _reduce(job: Job, log: ResultsLog) -> tuple[Any, str, str | None]:
     """The reduce over every task's result, when every task is done."""
     failed = log.failed()
     if failed:
-        return None, "failed", f"{len(failed)} of {len(job.tasks)} tasks failed"
+        return None, "failed", drive.failed_message(len(failed), len(job.tasks), job.reduce)
     if not job.reduce:
         return None, "succeeded", None
     try:

@@ -203,12 +203,27 @@ def _worker_name() -> str | None:
         return None
 
 
-def failure_text(error: BaseException) -> str:
-    """'Type: message', then where it was raised (the last frames of its traceback)."""
+def failure_text(error: BaseException, frames: int = 8) -> str:
+    """'Type: message', then where it was raised: the last `frames` frames below the task's
+    own call, each at the user's file and line. cloudpickle ships the job's code by value with
+    `<dynamic-code>` as every code object's file name; the function's globals keep the
+    module's `__file__`, which names the file again (its lines show where the file exists)."""
+    import linecache
     import traceback
 
-    frames = "".join(traceback.format_tb(error.__traceback__)[-3:])
-    return f"{type(error).__name__}: {error}\n{frames}".strip()
+    found = []
+    for frame, lineno in list(traceback.walk_tb(error.__traceback__))[1:]:  # below our call
+        filename = frame.f_code.co_filename
+        if filename == "<dynamic-code>":
+            filename = frame.f_globals.get("__file__") or filename
+        line = linecache.getline(filename, lineno).strip() or None
+        found.append(
+            traceback.FrameSummary(
+                filename, lineno, frame.f_code.co_name, lookup_line=False, line=line
+            )
+        )
+    where = "".join(traceback.StackSummary.from_list(found[-frames:]).format())
+    return f"{type(error).__name__}: {error}\n{where}".strip()
 
 
 def _tails(buffers: dict[str, _TailBuffer]) -> dict[str, str]:

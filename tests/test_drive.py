@@ -78,6 +78,8 @@ def test_the_driver_names_each_end_of_a_job(tmp_path):
     assert failing == ("failed", "run.reduce raised ZeroDivisionError: division by zero", None)
     bucket.record(TaskOutcome(0, "a", "failed", error="boom"))
     assert driver()._outcome(drive.FINISHED, bucket)[:2] == ("failed", "1 of 2 tasks failed")
+    assert driver(reduce=sum)._outcome(drive.FINISHED, bucket)[:2] == (
+        "failed", "1 of 2 tasks failed; reduce not run")
     state, message, _ = driver()._outcome(drive.FAILED_FAST, bucket)
     assert state == "failed_fast" and message.startswith("stopped early (run.fail_fast)")
     assert state in drive.TERMINAL

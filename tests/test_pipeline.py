@@ -70,14 +70,22 @@ def test_failing_tasks_exit_1_and_keep_the_others(sandbox, tmp_path):
             if x % 3 == 0:
                 raise ValueError(f"bad input {x}")
             return x * 10
-        """, extra="  retries: 0\n")
+
+        def total(results):
+            return sum(results)
+        """, extra="  retries: 0\n  reduce: sometimes:total\n")
     done = burst("run", str(spec), "--json", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     manifest = json.loads(done.stdout)
     assert manifest["status"] == "failed"
+    assert manifest["error"] == "2 of 6 tasks failed; reduce not run"
     assert manifest["tasks"] == {"total": 6, "done": 4, "failed": 2, "retried": 0}
     assert [f["task"] for f in manifest["failures"]] == [0, 3]
-    assert "ValueError: bad input 3" in manifest["failures"][1]["error"]
+    error = manifest["failures"][1]["error"]
+    assert error.startswith("ValueError: bad input 3\n")
+    # The traceback names the user's file and line, and shows it (not <dynamic-code>).
+    assert f'File "{tmp_path / "sometimes.py"}", line 4, in task' in error
+    assert 'raise ValueError(f"bad input {x}")' in error and "<dynamic-code>" not in error
     results = [json.loads(line) for line in
                (tmp_path / "results" / manifest["job_id"] / "results.jsonl").open()]
     assert [r.get("result") for r in results if r["status"] == "done"] == [10, 20, 40, 50]
