@@ -231,7 +231,28 @@ class Display:
         self.progress.stop()
 
 
+SUMMARY_FAILURES = 5  # failures listed in a summary; the rest are counted
+
+
+def failure_line(failure: dict) -> str:
+    """One failure in one line: its error, where the function raised it (file:line), or a
+    command's last line of stderr."""
+    import re
+
+    lines = (failure.get("error") or "failed").splitlines()
+    text = lines[0]
+    places = [m for line in lines if (m := re.match(r'\s*File "(.+)", line (\d+)', line))]
+    if places:
+        text += f" (at {Path(places[-1][1]).name}:{places[-1][2]})"
+    stderr = (failure.get("stderr_tail") or "").strip().splitlines()
+    if stderr and not places:  # a command's: what it said last
+        text += f": {stderr[-1][:120]}"
+    return text
+
+
 def summary(manifest: dict) -> Table:
+    from rich.markup import escape
+
     from burst.results import dumps
 
     table = Table(
@@ -259,10 +280,18 @@ def summary(manifest: dict) -> Table:
         if teardown["verified"]
         else f"[red]NOT verified: {teardown['leftovers']} {teardown['errors']}[/]",
     }
-    for failure in manifest["failures"][:5]:
-        stderr = (failure.get("stderr_tail") or "").strip().splitlines()
-        last = f": {stderr[-1][:120]}" if stderr else ""
-        rows[f"task {failure['task']}"] = f"[red]{failure['error'].splitlines()[0]}{last}[/]"
+    if manifest["status"] == "failed_fast":  # why most tasks never ran
+        rows["stopped early"] = f"[red]{escape(manifest['error'])}[/]"
+    elif manifest["status"] != "succeeded" and manifest.get("error"):
+        rows["why"] = f"[red]{escape(manifest['error'])}[/]"  # e.g. why the reduce did not run
+    shown = manifest["failures"][:SUMMARY_FAILURES]
+    for failure in shown:
+        rows[f"task {failure['task']}"] = f"[red]{escape(failure_line(failure))}[/]"
+    if tasks["failed"] > len(shown):
+        rows[""] = (
+            f"[red]+{tasks['failed'] - len(shown)} more[/] (every failure: results.jsonl; "
+            "the first 50: manifest.json)"
+        )
     for key, value in rows.items():
         table.add_row(key, value)
     return table
@@ -416,6 +445,7 @@ FindRegion = Annotated[
 STATE_EXIT = {
     "succeeded": EXIT_OK,
     "failed": EXIT_JOB_FAILED,
+    "failed_fast": EXIT_JOB_FAILED,  # stopped early: the first tasks all failed alike
     "deadline": EXIT_DEADLINE,
     "cancelled": EXIT_JOB_FAILED,  # someone stopped it: waiting again will not help
     "interrupted": EXIT_INTERRUPTED,

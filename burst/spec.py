@@ -149,6 +149,12 @@ class RunSpec(Strict):
     timeout: timedelta | None = Field(None, description="per task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
     retries: int = Field(1, ge=0, le=10)
+    fail_fast: bool = Field(
+        True, description="stop when the first 5 tasks to end all failed the same way"
+    )
+    retry_exceptions: bool = Field(
+        False, description="retry a function task that raised (else: lost workers, timeouts)"
+    )
 
     @field_validator("params", mode="before")
     @classmethod
