@@ -122,8 +122,8 @@ class AwsProvider:
     ) -> NodeEnvironment:
         """The network, role, bucket and secret of a cluster, and its images. Zones without a
         subnet in the default VPC are left out (capacity there is re-planned elsewhere)."""
-        self.boundary_arn()  # checked before anything is created
         vpc_id, subnets = self._default_network(zones)
+        self.boundary_arn()  # checked before anything is created
         group = self._security_group(ident, vpc_id, client_cidr)
         profile = self._node_role(ident, read_objects or [])
         storage.create_bucket(self.s3, ident, self.region)
