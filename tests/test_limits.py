@@ -66,7 +66,7 @@ REGION = "us-west-2"
 
 
 def _client(cloud, service, config=ONCE):
-    session = boto3.Session(region_name=REGION, **sandbox_module.SANDBOX_CREDENTIALS)
+    session = boto3.Session(region_name=REGION, **cloud.credentials)
     return session.client(service, endpoint_url=cloud.endpoint, config=config)
 
 
