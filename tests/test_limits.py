@@ -141,6 +141,7 @@ def test_ssm_reads_are_throttled_as_aws_does_and_retries_get_through(limited):
     ssm.put_parameter(Name="/burst/x/other", Value="1", Type="String")
     # The hypervisor's own calls are the cloud's, not the account's: never throttled.
     assert not limited.hypervisor.errors
+    ssm.delete_parameters(Names=["/burst/x/scheduler", "/burst/x/other"])  # moto is shared
 
 
 @pytest.mark.sandbox

@@ -619,9 +619,14 @@ class Sandbox:
         """What an operator does once per AWS account: the node roles' permissions boundary."""
         from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
 
-        self.session().client("iam", endpoint_url=self.endpoint).create_policy(
-            PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=BOUNDARY_DOCUMENT.read_text()
-        )
+        iam = self.session().client("iam", endpoint_url=self.endpoint)
+        # moto's state is one per process: another sandbox of this process may have made it.
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+            iam.create_policy(
+                PolicyName=BOUNDARY_NAME,
+                Path=IAM_PATH,
+                PolicyDocument=BOUNDARY_DOCUMENT.read_text(),
+            )
 
     def session(self) -> boto3.Session:
         """A session with this sandbox's owner keys."""
