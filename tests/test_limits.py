@@ -126,7 +126,9 @@ def test_quotas_are_served_and_launches_past_them_refused(limited):
     assert len(fleet["Instances"][0]["InstanceIds"]) == 1
     assert limits.vcpus_in_use(REGION) == {"spot": 8, "on-demand": 4}
     # moto is one per process, like an account: leave nothing for other tests' sandboxes.
-    ids = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    ids = [
+        i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+    ]
     ec2.terminate_instances(InstanceIds=ids)
     assert limits.vcpus_in_use(REGION) == {"spot": 0, "on-demand": 0}
 
