@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
+import signal
 import ssl
 import time
 from datetime import timedelta
@@ -128,6 +131,51 @@ def test_instances_are_tagged_secured_and_carry_no_secret(sandbox, shared_cluste
         {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
     cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]
     assert cidrs == ["127.0.0.1/32"]  # the client's own address only
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (killed, waiting for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_run_under_a_nanny_as_dask_worker_starts_them(sandbox):
+    """One BLAS/OpenMP thread per task thread, the instance type's memory as the limit, a
+    dead worker process restarted; and the power-off still kills the whole node."""
+    with BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"]) as cluster, \
+            Client(cluster) as c:
+        (name,) = cluster.workers
+        environ = c.run(lambda: {k: os.environ.get(k) for k in (
+            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        assert list(environ.values()) == [dict.fromkeys(
+            ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")]
+        (info,) = cluster.scheduler_info["workers"].values()
+        assert info["memory_limit"] == 4 * 2**30  # a c5.large's 4 GiB, not the host's
+        assert info["nanny"] and info["name"] == name
+        ((address, pid),) = c.run(os.getpid).items()
+        nanny = c.run(os.getppid)[address]
+        os.kill(pid, signal.SIGKILL)  # the worker process dies; its Nanny starts another
+        give_up = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(Exception):
+                pids = c.run(os.getpid, wait=True)
+                if pids and pid not in pids.values():
+                    break
+            assert time.monotonic() < give_up, "the worker process was never restarted"
+            time.sleep(0.5)
+        (new_pid,) = pids.values()
+        assert c.submit(sum, [1, 2, 3], pure=False).result(timeout=30) == 6
+        assert c.run(lambda dask_worker: dask_worker.name) == {next(iter(pids)): name}
+        cluster_id = cluster.cluster_id
+    assert cluster.teardown_report.verified
+    assert settled_leftovers(sandbox, cluster_id) == []
+    give_up = time.monotonic() + 30  # killed with the instance's process group
+    while not all(_gone(p) for p in (nanny, new_pid)) and time.monotonic() < give_up:
+        time.sleep(0.2)
+    assert [p for p in (nanny, new_pid) if not _gone(p)] == []
 
 
 def test_dead_mans_switch_powers_off_at_the_deadline(sandbox):
