@@ -24,7 +24,7 @@ from distributed.deploy import Adaptive, Cluster
 from tornado.ioloop import PeriodicCallback
 
 from burst import bootstrap, events, tls
-from burst.catalog import architecture_of, default_zones, offers_for
+from burst.catalog import SNAPSHOT, architecture_of, default_zones, offers_for
 from burst.cloud.base import (
     CloudError,
     ClusterIdentity,
@@ -911,6 +911,22 @@ class BurstCluster(Cluster):
             f"cores={self.spec.cores}, workers={workers}, status={self.status.name})"
         )
 
+    def _memory_gib(self, instance_type: str) -> float | None:
+        """An instance type's memory, from the plan, the offers or the catalog's snapshot."""
+        for item in (*self.capacity_plan.lines, *(self.offers or ())):
+            if getattr(item, "instance_type", None) == instance_type and item.memory_gib:
+                return item.memory_gib
+        known = SNAPSHOT.get(instance_type)
+        return known.memory_gib if known else None
+
+    def _workers_summary(self) -> str:
+        """The serving workers' cores and memory, as the instance types have them (not the
+        memory of the machine this runs on, which a sandbox's instances share)."""
+        workers = list(self.workers.values())
+        memory = [self._memory_gib(r.instance_type) for r in workers]
+        total = f", {sum(memory):g} GiB memory" if workers and None not in memory else ""
+        return f"{len(workers)} serving, {sum(r.vcpus for r in workers)} cores{total}"
+
     def _repr_html_(self, cluster_status: Any = None) -> str:
         """distributed's cluster card, then what was rented and what it may cost."""
         plan = self.capacity_plan
@@ -921,6 +937,7 @@ class BurstCluster(Cluster):
         rows = {
             "cloud": f"{self.spec.cloud} {self.spec.region}",
             "instances": rented,
+            "workers": self._workers_summary(),
             "cost": f"${plan.hourly:.4f}/h planned, bound ${plan.cost_bound:.4f} "
             f"({plan.price_source})",
             "deadline": f"{self.deadline:%Y-%m-%d %H:%M:%S} UTC (instances power off then)",

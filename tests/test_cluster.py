@@ -56,6 +56,10 @@ def test_cluster_is_a_distributed_cluster_over_tls(sandbox, shared_cluster):
     assert "launched 1 scheduler instance(s)" in logs and "2 of 2 workers joined" in logs
     workers = {r.instance_id for r in cluster.worker_instances}
     assert cluster.plan == cluster.requested == cluster.observed == workers
+    # The notebook card: the instances' memory (2 x c5.large, 4 GiB each), not the host's.
+    card = cluster._repr_html_()
+    assert "<strong>Total memory:</strong> 8.00 GiB" in card
+    assert "2 serving, 4 cores, 8 GiB memory" in card
     with Client(cluster) as c:
         assert sum(c.nthreads().values()) == 4
         assert c.submit(sum, [1, 2, 3]).result() == 6
