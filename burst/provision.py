@@ -28,6 +28,9 @@ from burst.spec import JobSpec
 
 # Rounds per market: the plan's pools, then up to two re-plans without the pools that failed.
 ROUNDS_PER_MARKET = 3
+# Errors of the account, not of a pool: every other pool of the market would answer the same,
+# so the market is closed at once (and, with spot-with-fallback, on-demand is asked next).
+ACCOUNT_WIDE = {"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "RequestLimitExceeded"}
 
 
 def launch_request(line: PlanLine) -> LaunchRequest:
@@ -61,9 +64,13 @@ def acquire_workers(
         reasons = "; ".join(str(e) for e in got.errors) or (
             "the budget allows no more" if budget is not None else "the cloud gave no more"
         )
+        account = [e for e in got.errors if e.code in ACCOUNT_WIDE]
         raise CloudError(
             f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons})",
-            "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
+            f"the account's limit was reached ({account[0].code}): burst doctor shows the "
+            "quotas; request an increase or lower cores"
+            if account
+            else "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
         )
     return got
 
@@ -143,7 +150,7 @@ def _fill(
         failed: set[tuple[str, str, str]] = set(exclude)
         for round_number in range(ROUNDS_PER_MARKET):
             missing = want - got.cores
-            if missing <= 0:
+            if missing <= 0 or _account_wide(got, market):
                 break
             if round_number == 0 and first_pools and market == first_pools[0].market:
                 pools = first_pools
@@ -174,8 +181,14 @@ def _fill(
                     if fleet.errors or fleet.cores < units:
                         failed.add(request.pool)  # short, with or without an error
                         break  # so its other fleets would be short too
+                if _account_wide(got, market):
+                    break
             failed |= {(e.instance_type, e.zone, e.market) for e in got.errors}
     return got
+
+
+def _account_wide(got: Fulfilment, market: str) -> bool:
+    return any(e.code in ACCOUNT_WIDE and e.market == market for e in got.errors)
 
 
 def _hourly_budget(capacity_plan: Plan, spec: JobSpec) -> Decimal | None:

@@ -391,3 +391,25 @@ def test_a_top_up_counts_what_already_runs_against_the_budget():
     assert cloud.calls and all(cap <= workers - half for _, _, cap in cloud.calls)
     assert sum(r.hourly for r in got.records) <= workers - half
     assert hourly_budget_left(capacity_plan, make_spec(), workers) is None
+
+
+@pytest.mark.parametrize("code", ["MaxSpotInstanceCountExceeded", "RequestLimitExceeded"])
+def test_an_account_limit_closes_the_market_at_once_and_falls_back(code):
+    """A quota or the launch rate is the account's, not a pool's: re-planning into other
+    spot pools would only meet it again, so on-demand is asked next."""
+    spec = make_spec(spot="spot-with-fallback")
+    first, *_ = plan(spec).workers
+    cloud = FakeCloud({first.pool: code})
+    got = acquire(cloud, spec)
+    spot_calls = [c for c in cloud.calls if c[0][2] == "spot"]
+    assert spot_calls == asked([first])  # no other spot pool, no re-plan
+    assert got.cores == 24 and {r.market for r in got.records} == {"on-demand"}
+
+
+def test_a_vcpu_limit_on_demand_fails_with_the_quota_fix():
+    spec = make_spec(spot="on-demand")
+    cloud = FakeCloud({"on-demand": "VcpuLimitExceeded"})
+    with pytest.raises(CloudError) as caught:
+        acquire(cloud, spec)
+    assert len(cloud.calls) == 1
+    assert "VcpuLimitExceeded" in caught.value.fix and "burst doctor" in caught.value.fix
