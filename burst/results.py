@@ -8,19 +8,88 @@ arrays as (nested) lists, sets as lists, dates as ISO strings; anything else as 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
 from burst.drive import TaskOutcome, dumps, to_json
 from burst.errors import SpecError
 
-__all__ = ["ResultsLog", "TaskOutcome", "dumps", "job_folder", "load_for_resume", "to_json"]
+__all__ = [
+    "ResultsLog",
+    "TaskOutcome",
+    "dumps",
+    "job_folder",
+    "load_for_resume",
+    "output_folders",
+    "private_folder",
+    "to_json",
+]
 
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
+OUTPUTS = "outputs"
+INDEX = "index.csv"  # in outputs/: each task's number, folder and parameters
+FOLDER_NAME_MAX = 100  # characters; a longer name falls back to the task number
+
+
+def private_folder(folder: Path) -> Path:
+    """The job's results folder (and the outputs folder above it, when burst creates it),
+    readable by its owner alone: results are private."""
+    if not folder.parent.exists():
+        folder.parent.mkdir(parents=True, mode=0o700)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)  # also one made by an earlier run, or by a looser umask
+    return folder
+
+
+def _safe(text: Any) -> str:
+    """A parameter's name or value as a file name's part: letters, digits, '.', '+', '-' and
+    '_' stay, anything else becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9.+_-]", "_", str(text))
+
+
+def output_folders(rows: list[Any]) -> list[str]:
+    """Each command task's outputs folder, in the job's results folder, named by its
+    parameters: `outputs/seed=3,temp=0.5`. A name that two tasks would share (values that
+    differ only in characters a file name cannot hold), one longer than FOLDER_NAME_MAX, or a
+    task with no parameters falls back to the task's number: `outputs/7`."""
+    names = []
+    for row in rows:
+        pairs = row.items() if isinstance(row, dict) else []
+        name = ",".join(f"{_safe(key)}={_safe(value)}" for key, value in pairs)
+        names.append("_" + name[1:] if name.startswith((".", "-")) else name)
+    shared = Counter(names)
+    return [
+        f"{OUTPUTS}/{name}"
+        if name and shared[name] == 1 and len(name) <= FOLDER_NAME_MAX
+        else f"{OUTPUTS}/{number}"
+        for number, name in enumerate(names)
+    ]
+
+
+def write_index(folder: Path, outcomes: list[TaskOutcome]) -> Path | None:
+    """outputs/index.csv: one row per task whose outputs were collected, with its number,
+    its folder and its parameters (one column each)."""
+    kept = [o for o in outcomes if o.status == "done" and o.folder]
+    if not kept:
+        return None
+    names: dict[str, None] = {}
+    for outcome in kept:
+        names.update(dict.fromkeys(outcome.input if isinstance(outcome.input, dict) else {}))
+    path = folder / OUTPUTS / INDEX
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["task", "folder", *names])
+        for o in kept:
+            values = o.input if isinstance(o.input, dict) else {}
+            writer.writerow([o.task, o.folder, *(values.get(n, "") for n in names)])
+    return path
 
 
 class ResultsLog:
@@ -37,7 +106,7 @@ class ResultsLog:
 
     def add(self, outcome: TaskOutcome) -> None:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
             self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
         self._file.write(dumps(outcome.to_dict()) + "\n")
         self._file.flush()
@@ -113,7 +182,7 @@ def load_for_resume(folder: Path, tasks: list[Any]) -> tuple[list[TaskOutcome], 
 
 def write_lines(path: Path, outcomes: list[TaskOutcome]) -> None:
     """results.jsonl replaced at once (a reader never sees half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     temporary = path.with_suffix(".tmp")
     temporary.write_text("".join(dumps(o.to_dict()) + "\n" for o in outcomes))
     os.replace(temporary, path)

@@ -37,6 +37,9 @@ from burst.results import (
     dumps,
     job_folder,
     load_for_resume,
+    output_folders,
+    private_folder,
+    write_index,
 )
 from burst.spec import JobSpec, format_duration, merged, parse_spec
 
@@ -163,6 +166,7 @@ def map_tasks(
             stop_at=stop_at.timestamp() if stop_at else None,
             attempts_on=taskrun.attempts_on,
             fail_fast=fail_fast_after(job),
+            folders=dict(enumerate(output_folders(job.tasks))) if command else None,
         )
     except drive.ClusterLost as error:
         raise CloudError(str(error), "check the cluster's instances; resume the job") from error
@@ -190,7 +194,7 @@ def _text(value: Any) -> str | None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     path.write_text(dumps(data, indent=2) + "\n")
 
 
@@ -221,6 +225,7 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
     status, problem = "error", None
     timings: dict[str, float] = {}
     manifest: dict = {}
+    extras: dict[str, Any] = {}
     try:
         if not todo:  # resumed with every task done: nothing to rent
             reduced, status, problem = _reduce(job, log)
@@ -239,7 +244,7 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
             timings["run"] = time.monotonic() - started
             started = time.monotonic()
             if command is not None:  # before teardown deletes the bucket
-                transfer.download_outputs(cluster.bucket, job_id, folder / "outputs")
+                extras["outputs_ignored"] = collect_outputs(cluster.bucket, job_id, folder, log)
             downloading = time.monotonic() - started
         started = time.monotonic() - downloading
         if ended == drive.FINISHED:
@@ -272,10 +277,25 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
                 started_at,
                 earlier_runs,
             )
+            manifest.update({k: v for k, v in extras.items() if v})
             _write_json(folder / MANIFEST, manifest)
             state.record(job_id, state=status, cost=manifest["cost"]["actual"])
             emit(events.ManifestWritten(folder / MANIFEST, manifest))
     return JobResult(job_id, status, folder, manifest, log.in_order(), reduced)
+
+
+def collect_outputs(bucket: Any, job_id: str, folder: Path, log: ResultsLog) -> list[str]:
+    """The command tasks' outputs into the results folder, after results.jsonl holds every
+    finished task (a failed download loses no line); a task whose outputs cannot be
+    collected fails; then outputs/index.csv. Returns the bucket keys no task reported (the
+    first 20)."""
+    failed, ignored = transfer.download_outputs(bucket, job_id, folder, log.in_order())
+    for outcome in failed:
+        log.add(outcome)
+    if failed:
+        log.rewrite()
+    write_index(folder, log.in_order())
+    return ignored[:20]
 
 
 def index_job(job: Job, job_id: str, mode: str, folder: Path, state_: str, **fields: Any) -> None:

@@ -425,10 +425,13 @@ class CommandTask:
             # A builtin exception travels to the client without burst on either side; its
             # second argument carries the details for the manifest.
             raise RuntimeError(cause, {**record, "cause": cause, "worker": worker})
-        record["outputs"] = self._upload(output, index)
+        record["outputs"], record["sha256"] = self._upload(output, index)
         return {"value": record, "seconds": seconds, "worker": worker}
 
-    def _upload(self, output: Path, index: int) -> list[str]:
+    def _upload(self, output: Path, index: int) -> tuple[list[str], dict[str, str]]:
+        """Each file under `output` to outputs/<index>/ in the bucket: the names, and each
+        file's SHA-256, by which the client tells that what it downloads is what this task
+        wrote (the bucket is shared by every task of the job)."""
         # Not through symlinks: a task must not copy the node's own files into the results.
         files = sorted(
             p
@@ -437,15 +440,19 @@ class CommandTask:
             and not any((output / part).is_symlink() for part in _prefixes(p.relative_to(output)))
         )
         if not files:
-            return []
+            return [], {}
+        import hashlib
+
         s3 = self._s3()
-        names = []
+        names, digests = [], {}
         for path in files:
             name = path.relative_to(output).as_posix()
             key = f"{self.config['prefix']}/outputs/{index}/{name}"
+            with open(path, "rb") as stream:
+                digests[name] = hashlib.file_digest(stream, "sha256").hexdigest()
             s3.upload_file(str(path), self.config["bucket"], key)
             names.append(name)
-        return names
+        return names, digests
 
 
 def _prefixes(relative: Path) -> list[Path]:

@@ -3,6 +3,7 @@ and the worker-side capture and time limit of function tasks."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
@@ -15,7 +16,18 @@ import pytest
 
 from burst import taskrun
 from burst.errors import SpecError
-from burst.results import ResultsLog, TaskOutcome, dumps, job_folder, load_for_resume, to_json
+from burst.results import (
+    ResultsLog,
+    TaskOutcome,
+    dumps,
+    job_folder,
+    load_for_resume,
+    output_folders,
+    to_json,
+    write_index,
+    write_lines,
+)
+from burst.transfer import download_outputs
 
 
 def test_numpy_and_friends_are_stored_as_json_values():
@@ -201,3 +213,104 @@ def test_the_summary_says_why_and_lists_the_first_failures_then_how_many_more():
     text = rendered(manifest_with([command], 1))
     assert "exit code 2: error: [temp] must be positive" in text  # markup-like text kept
     assert "more" not in text
+
+
+def test_output_folders_are_named_by_parameters_or_fall_back_to_the_task_number():
+    rows = [
+        {"seed": 3, "temp": 0.5},
+        {"seed": 3, "temp": 1.0},
+        {"tag": "x; rm -rf /", "n": 1},  # made safe for a file name
+        {"tag": "a b"}, {"tag": "a_b"},  # the same once made safe: both numbered
+        {"seed": 3, "temp": 0.5},  # a duplicate row: so are both
+        {"text": "y" * 200},  # over-long
+        {},  # no parameters
+        {".hidden": "..", "-x": "--"},
+    ]
+    assert output_folders(rows) == [
+        "outputs/0",
+        "outputs/seed=3,temp=1.0",
+        "outputs/tag=x__rm_-rf__,n=1",
+        "outputs/3",
+        "outputs/4",
+        "outputs/5",
+        "outputs/6",
+        "outputs/7",
+        "outputs/_hidden=..,-x=--",
+    ]
+    assert output_folders([{"seed": s} for s in range(3)]) == [
+        "outputs/seed=0", "outputs/seed=1", "outputs/seed=2"]
+
+
+def test_the_results_folder_is_private(tmp_path):
+    folder = tmp_path / "results" / "job-1"
+    log = ResultsLog(folder)
+    log.add(TaskOutcome(0, 0, "done", 1))
+    log.close()
+    assert (folder.stat().st_mode & 0o777, folder.parent.stat().st_mode & 0o777) == (
+        0o700, 0o700)
+    (tmp_path / "shared").mkdir(mode=0o755)
+    write_lines(tmp_path / "shared" / "job-2" / "results.jsonl", [])
+    assert (tmp_path / "shared" / "job-2").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755  # not burst's to change
+
+
+# ---------------------------------------------------------- outputs that cannot escape
+
+@pytest.fixture
+def bucket():
+    import boto3
+    from moto import mock_aws
+
+    from burst.storage import Bucket
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="burst-c1")
+        yield Bucket(s3, "burst-c1", "us-east-1")
+
+
+def wrote(bucket, task: int, files: dict[str, bytes], folder: str) -> TaskOutcome:
+    """What a command task does on its worker: upload its files, report names and digests."""
+    for name, body in files.items():
+        bucket.put(f"jobs/j/outputs/{task}/{name}", body)
+    digests = {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+    return TaskOutcome(task, {"n": task}, "done", {"argv": ["x"], "exit_code": 0,
+                       "outputs": list(files), "sha256": digests}, folder=folder)
+
+
+def test_outputs_go_to_their_task_s_named_folder_with_an_index(bucket, tmp_path):
+    outcomes = [wrote(bucket, 0, {"a.csv": b"1\n", "sub/b.txt": b"b"}, "outputs/n=0"),
+                wrote(bucket, 1, {"a.csv": b"2\n"}, "outputs/n=1"),
+                TaskOutcome(2, {"n": 2}, "failed", error="exit code 1")]
+    failed, ignored = download_outputs(bucket, "j", tmp_path / "job", outcomes)
+    assert (failed, ignored) == ([], [])
+    out = tmp_path / "job" / "outputs"
+    assert (out / "n=0" / "a.csv").read_bytes() == b"1\n"
+    assert (out / "n=0" / "sub" / "b.txt").read_bytes() == b"b"
+    assert (out / "n=1" / "a.csv").read_bytes() == b"2\n"
+    write_index(tmp_path / "job", outcomes)
+    assert (out / "index.csv").read_text().splitlines() == [
+        "task,folder,n", "0,outputs/n=0,0", "1,outputs/n=1,1"]
+
+
+def test_a_task_cannot_escape_its_folder_nor_write_into_another_s(bucket, tmp_path):
+    good = wrote(bucket, 0, {"a.csv": b"mine"}, "outputs/n=0")
+    victim = wrote(bucket, 1, {"a.csv": b"original"}, "outputs/n=1")
+    liar = wrote(bucket, 2, {"ok.txt": b"ok"}, "outputs/n=2")
+    liar.result["outputs"].append("../n=0/a.csv")  # claims a path out of its folder
+    # What a task with the bucket's credentials could do behind the client's back:
+    bucket.put("jobs/j/outputs/0/..", b"turns outputs into a file")
+    bucket.put("jobs/j/outputs/0//x", b"an empty part")
+    bucket.put("jobs/j/outputs/1/a.csv", b"overwritten by another task")
+    bucket.put("jobs/j/outputs/0/planted.txt", b"put into task 0's folder")
+    failed, ignored = download_outputs(bucket, "j", tmp_path / "job", [good, victim, liar])
+    out = tmp_path / "job" / "outputs"
+    assert (out / "n=0" / "a.csv").read_bytes() == b"mine"  # untouched
+    assert sorted(p.name for p in (out / "n=0").iterdir()) == ["a.csv"]  # nothing planted
+    assert [o.task for o in failed] == [1, 2] and {o.status for o in failed} == {"failed"}
+    assert "not what task 1 wrote" in failed[0].error
+    assert failed[1].error.startswith("outputs: refused the output name '../n=0/a.csv'")
+    assert not (out / "n=1").exists() and not (out / "n=2").exists()  # failed: nothing kept
+    assert sorted(ignored) == sorted(["jobs/j/outputs/0//x", "jobs/j/outputs/0/..",
+                                      "jobs/j/outputs/0/planted.txt"])
+    assert out.is_dir()
