@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from burst.errors import (
     EXIT_BAD_INPUT,
@@ -75,15 +76,20 @@ def options(
     """Rent a supercomputer for an afternoon."""
 
 
+def say(label: str, style: str, text: str) -> None:
+    """One unwrapped line on stderr, so tools can grep it. The text is printed as it is: a
+    value such as ':x:' or '[red]' is neither an emoji nor markup (a Text is never parsed)."""
+    err.print(Text.assemble((label, style), " ", text), highlight=False, soft_wrap=True)
+
+
 def say_error(text: str) -> None:
-    """One unwrapped line on stderr, so tools can grep it."""
-    err.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+    say("error:", "bold red", text)
 
 
 def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
     say_error(cause)
     if fix:
-        err.print(f"[bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
+        say("fix:", "bold", fix)
     return typer.Exit(code)
 
 
@@ -145,6 +151,15 @@ def exit_for(
         return fail(error.exit_code, str(error), error.fix)
     traceback.print_exception(error)
     return fail(EXIT_JOB_FAILED, "burst itself failed (a bug)", "please report the traceback above")
+
+
+def reach_cloud(spec: JobSpec) -> None:
+    """On AWS, credentials and the network are checked before the plan is shown or a results
+    folder made: CloudError (exit 3) with the fix."""
+    if spec.cloud == "aws":
+        from burst.cloud.botoerrors import aws_session
+
+        aws_session(spec.region)
 
 
 class Display:
@@ -312,6 +327,7 @@ def run(
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
         plan_within_budget(job.spec)
+        reach_cloud(job.spec)
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
 
@@ -484,6 +500,7 @@ def submit(
     try:
         job = load_job(spec)
         plan_within_budget(job.spec)
+        reach_cloud(job.spec)
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
     from burst.cloud import sandbox
