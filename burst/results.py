@@ -1,6 +1,7 @@
-"""A job's results on disk: `results.jsonl`, one line per finished task, appended and flushed
-as each task finishes, so that Ctrl-C, a crash, the deadline or a lost cluster never loses
-finished work; and read back to resume a job.
+"""A job's results on disk: `results.jsonl`, one line per finished task, appended as tasks
+finish (in batches at most FLUSH_SECONDS apart, and always when the run ends, however it
+ends), so that Ctrl-C, the deadline or a lost cluster never loses finished work; and read back
+to resume a job.
 
 Values are stored as JSON the way a scientist expects them: numpy scalars as numbers, numpy
 arrays as (nested) lists, sets as lists, dates as ISO strings; anything else as its repr.
@@ -12,6 +13,8 @@ import csv
 import json
 import os
 import re
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -92,33 +95,79 @@ def write_index(folder: Path, outcomes: list[TaskOutcome]) -> Path | None:
     return path
 
 
-class ResultsLog:
-    """results.jsonl of one job: each outcome is one line, written and flushed at once."""
+FLUSH_SECONDS = 0.5  # results.jsonl: finished lines reach the file at most this late
 
-    def __init__(self, folder: Path, earlier: list[TaskOutcome] | None = None):
+
+class ResultsLog:
+    """results.jsonl of one job: each outcome is one line. Lines are written in batches: the
+    first at once, then at most every `flush_seconds` (a timer writes what is pending), and
+    always on close(), which the runner calls on every path (the end, the deadline, Ctrl-C,
+    a lost cluster, an error). Only a kill -9 of the client can lose the last
+    `flush_seconds` of finished lines, which --resume then runs again. `flush_seconds=0`
+    writes each line at once."""
+
+    def __init__(
+        self,
+        folder: Path,
+        earlier: list[TaskOutcome] | None = None,
+        flush_seconds: float = FLUSH_SECONDS,
+    ):
         self.path = folder / RESULTS
         self.outcomes: dict[int, TaskOutcome] = {o.task: o for o in earlier or []}
         self.carried = len(self.outcomes)  # finished by earlier runs of the job
         self.count = {"done": 0, "failed": 0}  # kept as they come: progress is per task
         for outcome in self.outcomes.values():
             self.count[outcome.status] += 1
+        self.flush_seconds = flush_seconds
+        self.flushes = 0  # writes to the file, for the benchmark
         self._file: IO[str] | None = None
+        self._pending: list[str] = []
+        self._flushed_at = float("-inf")
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     def add(self, outcome: TaskOutcome) -> None:
-        if self._file is None:
-            private_folder(self.path.parent)
-            self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
-        self._file.write(dumps(outcome.to_dict()) + "\n")
-        self._file.flush()
+        with self._lock:
+            self._pending.append(dumps(outcome.to_dict()) + "\n")
+            wait = self._flushed_at + self.flush_seconds - time.monotonic()
+            if wait <= 0:
+                self._write()
+            elif self._timer is None:  # the pending lines go out when their time comes
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
         if outcome.task in self.outcomes:
             self.count[self.outcomes[outcome.task].status] -= 1
         self.outcomes[outcome.task] = outcome
         self.count[outcome.status] += 1
 
+    def flush(self) -> None:
+        """Write the pending lines now."""
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        if self._file is None:
+            private_folder(self.path.parent)
+            self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
+        self._file.write("".join(self._pending))
+        self._file.flush()
+        self._pending.clear()
+        self._flushed_at = time.monotonic()
+        self.flushes += 1
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Write what is pending and close the file."""
+        with self._lock:
+            self._write()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def rewrite(self) -> None:
         """The whole file from the outcomes, in task order (once attempts are known)."""

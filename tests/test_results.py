@@ -53,7 +53,7 @@ def test_numpy_and_friends_are_stored_as_json_values():
 
 
 def test_each_outcome_is_on_disk_as_soon_as_it_is_added(tmp_path):
-    log = ResultsLog(tmp_path / "job")
+    log = ResultsLog(tmp_path / "job", flush_seconds=0)
     log.add(TaskOutcome(1, 10, "done", np.float64(2.5), seconds=0.1))
     # Another reader (a crash right now) sees the line already: it was flushed.
     lines = (tmp_path / "job" / "results.jsonl").read_text().splitlines()
@@ -314,3 +314,43 @@ def test_a_task_cannot_escape_its_folder_nor_write_into_another_s(bucket, tmp_pa
     assert sorted(ignored) == sorted(["jobs/j/outputs/0//x", "jobs/j/outputs/0/..",
                                       "jobs/j/outputs/0/planted.txt"])
     assert out.is_dir()
+
+
+def read_lines(folder) -> list[int]:
+    path = folder / "results.jsonl"
+    return [json.loads(line)["task"] for line in path.open()] if path.exists() else []
+
+
+def test_lines_are_written_in_batches_and_all_of_them_on_close(tmp_path):
+    log = ResultsLog(tmp_path / "job", flush_seconds=3600)
+    for task in range(100):
+        log.add(TaskOutcome(task, task, "done", task))
+    assert read_lines(tmp_path / "job") == [0]  # the first at once, the rest batched
+    log.close()  # what the runner does on every path: end, deadline, Ctrl-C, lost cluster
+    assert read_lines(tmp_path / "job") == list(range(100)) and log.flushes == 2
+
+
+def test_a_pending_line_is_written_by_the_timer_without_another_task(tmp_path):
+    log = ResultsLog(tmp_path / "job", flush_seconds=0.2)
+    log.add(TaskOutcome(0, 0, "done", 0))
+    log.add(TaskOutcome(1, 1, "done", 1))  # nothing else finishes after it
+    give_up = time.monotonic() + 30
+    while read_lines(tmp_path / "job") != [0, 1] and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert read_lines(tmp_path / "job") == [0, 1]
+    log.close()
+
+
+def test_the_results_log_benchmark_prints_json():
+    import subprocess
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_results_log.py"),
+                           "--tasks", "300"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [r["flush_seconds"] for r in report["runs"]] == [0, 0.5]
+    each, batched = report["runs"]
+    assert each["lines"] == batched["lines"] == 300 and each["writes"] == 300
+    assert batched["writes"] < 300
