@@ -162,12 +162,15 @@ class FunctionTask:
         try:
             with _time_limit(self.timeout):
                 value = self.function(task)
-        except _Timeout:  # raised just outside the time limit's own handler
+        except _Timeout as stopped:  # raised just outside the time limit's own handler
             error = TimeoutError(f"timed out after {self.timeout:g}s")
             error.burst_output = _tails(buffers)
+            error.burst_error = failure_text(error, where=stopped)  # where it was stopped
             raise error from None
-        except TimeoutError as error:
+        except TimeoutError as error:  # burst's time limit, or the function's own: retried
             error.burst_output = _tails(buffers)
+            stopped = error.__context__ if isinstance(error.__context__, _Timeout) else None
+            error.burst_error = failure_text(error, where=stopped)
             raise
         except Exception as error:
             if self.retry_exceptions:
@@ -203,16 +206,22 @@ def _worker_name() -> str | None:
         return None
 
 
-def failure_text(error: BaseException, frames: int = 8) -> str:
-    """'Type: message', then where it was raised: the last `frames` frames below the task's
-    own call, each at the user's file and line. cloudpickle ships the job's code by value with
+def failure_text(error: BaseException, frames: int = 8, where: BaseException | None = None) -> str:
+    """'Type: message', then where it was raised (or, for a timeout, where the function was
+    when it was stopped: `where`'s traceback): the last `frames` frames below the task's own
+    call, each at the user's file and line. cloudpickle ships the job's code by value with
     `<dynamic-code>` as every code object's file name; the function's globals keep the
     module's `__file__`, which names the file again (its lines show where the file exists)."""
+    import contextlib
     import linecache
     import traceback
 
+    walked = list(traceback.walk_tb((where or error).__traceback__))
+    ours = (__name__, contextlib.__name__)  # FunctionTask and its time limit: not the user's
+    while walked and walked[0][0].f_globals.get("__name__") in ours:
+        walked.pop(0)
     found = []
-    for frame, lineno in list(traceback.walk_tb(error.__traceback__))[1:]:  # below our call
+    for frame, lineno in walked:
         filename = frame.f_code.co_filename
         if filename == "<dynamic-code>":
             filename = frame.f_globals.get("__file__") or filename

@@ -208,6 +208,9 @@ def test_the_summary_says_why_and_lists_the_first_failures_then_how_many_more():
     for n in range(5):
         assert f"task {n}" in text and f"ValueError: bad input {n} (at model.py:12)" in text
     assert "task 5" not in text and "+2 more" in text
+    in_a_library = {"task": 0, "error": 'ValueError: x\n  File "/home/me/job/model.py", line 3, '
+                    'in task\n  File "/v/lib/python3.11/site-packages/numpy/core.py", line 9, in f'}
+    assert "ValueError: x (at model.py:3)" in rendered(manifest_with([in_a_library], 1))
     command = {"task": 3, "input": {"seed": 3}, "error": "exit code 2", "exit_code": 2,
                "stderr_tail": "usage: simulate.py\nerror: [temp] must be positive"}
     text = rendered(manifest_with([command], 1))
