@@ -289,6 +289,7 @@ def collect_outputs(bucket: Any, job_id: str, folder: Path, log: ResultsLog) -> 
     finished task (a failed download loses no line); a task whose outputs cannot be
     collected fails; then outputs/index.csv. Returns the bucket keys no task reported (the
     first 20)."""
+    log.flush()
     failed, ignored = transfer.download_outputs(bucket, job_id, folder, log.in_order())
     for outcome in failed:
         log.add(outcome)

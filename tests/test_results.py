@@ -357,3 +357,23 @@ def test_the_results_log_benchmark_prints_json():
     each, batched = report["runs"]
     assert each["lines"] == batched["lines"] == 300 and each["writes"] == 300
     assert batched["writes"] < 300
+
+
+def test_every_finished_line_is_on_disk_before_any_output_is_downloaded(bucket, tmp_path,
+                                                                         monkeypatch):
+    from burst.runner import collect_outputs
+
+    log = ResultsLog(tmp_path / "job", flush_seconds=3600)
+    log.add(wrote(bucket, 0, {"a.csv": b"0"}, "outputs/n=0"))
+    log.add(wrote(bucket, 1, {"a.csv": b"1"}, "outputs/n=1"))  # pending: batched
+    seen = []
+
+    def download_file(*args):
+        seen.append(read_lines(tmp_path / "job"))
+        raise RuntimeError("the network went away")
+
+    monkeypatch.setattr(bucket.s3, "download_file", download_file)
+    with pytest.raises(RuntimeError, match="network"):
+        collect_outputs(bucket, "j", tmp_path / "job", log)
+    assert seen == [[0, 1]]
+    log.close()
