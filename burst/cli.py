@@ -32,6 +32,7 @@ from burst.errors import (
     EXIT_JOB_FAILED,
     EXIT_OK,
     BurstError,
+    CloudError,
     SpecError,
 )
 from burst.job import load_job
@@ -791,11 +792,15 @@ def doctor(
         if job_spec:
             cloud, region = job_spec.cloud, job_spec.region
         cloud, region = cloud or "sandbox", region or "us-east-1"
-        connection = open_provider(cloud, region)
         try:
-            done = preflight.checks(connection.provider, capacity)
-        finally:
-            connection.close()
+            connection = open_provider(cloud, region)
+        except CloudError as error:  # no credentials or no network: that is the first check
+            done = [preflight.Check("credentials", False, str(error), error.fix)]
+        else:
+            try:
+                done = preflight.checks(connection.provider, capacity)
+            finally:
+                connection.close()
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
     if as_json:
@@ -867,7 +872,12 @@ def sandbox_down() -> None:
     """Stop the long-lived sandbox and every instance in it."""
     from burst.cloud import sandbox
 
-    stopped = sandbox.stop_detached()
+    try:
+        stopped = sandbox.stop_detached()
+    except sandbox.NotTheSandbox as error:
+        raise fail(
+            EXIT_CLOUD, str(error), f"if no sandbox runs, delete {sandbox.state_file()}"
+        ) from None
     out.print("sandbox stopped" if stopped else "sandbox was not running")
 
 
