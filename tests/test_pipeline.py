@@ -269,3 +269,19 @@ def test_outputs_cannot_escape_their_task_s_folder(sandbox, tmp_path, monkeypatc
         [f"{where['base']}/outputs/0/..", f"{where['base']}/outputs/0/planted.txt"])
     assert result.manifest["teardown"]["verified"]
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_the_csv_grid_example_names_its_output_folders(sandbox, tmp_path):
+    done = burst("run", str(REPO / "jobs" / "grid.yaml"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    folder = tmp_path / "results" / manifest["job_id"]
+    lines = [json.loads(line) for line in (folder / "results.jsonl").open()]
+    names = ["seed=1,temp=0.5,label=cold", "seed=1,temp=2.0,label=warm",
+             "seed=2,temp=0.5,label=cold", "seed=2,temp=2.0,label=warm"]
+    assert [line["folder"] for line in lines] == [f"outputs/{n}" for n in names]
+    assert all((folder / "outputs" / n / "ising.csv").is_file() for n in names)
+    index = (folder / "outputs" / "index.csv").read_text().splitlines()
+    assert index[0] == "task,folder,seed,temp,label"
+    assert index[1] == '0,"outputs/seed=1,temp=0.5,label=cold",1,0.5,cold'
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
