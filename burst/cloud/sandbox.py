@@ -393,6 +393,7 @@ class Hypervisor:
         }
         self.instances: dict[str, SandboxInstance] = {}
         self._vcpus: dict[str, int] = {}
+        self._memory: dict[str, int] = {}  # instance type -> bytes
         self._fleets_seen: set[str] = set()
         self._template_data: dict[str, dict] = {}  # instance id -> its launch template's data
         self._stop = threading.Event()
@@ -464,6 +465,8 @@ class Hypervisor:
         if instance_type not in self._vcpus:
             info = ec2.describe_instance_types(InstanceTypes=[instance_type])
             self._vcpus[instance_type] = info["InstanceTypes"][0]["VCpuInfo"]["DefaultVCpus"]
+            mib = info["InstanceTypes"][0].get("MemoryInfo", {}).get("SizeInMiB", 0)
+            self._memory[instance_type] = mib * 2**20
         template = self._launch_template_data(ec2, instance_id)
         profile = described.get("IamInstanceProfile", {}).get("Arn") or template.get(
             "IamInstanceProfile", {}
@@ -545,6 +548,7 @@ class Hypervisor:
                 # the host's cores are shared, so the instance's vCPUs are declared, not counted.
                 "BURST_NODE_PYTHON": sys.executable,
                 "BURST_NODE_VCPUS": str(instance.vcpus),
+                "BURST_NODE_MEMORY": str(self._memory.get(instance.instance_type, 0)),
             }
         )
         if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):  # spot drills: see node.py
