@@ -285,3 +285,30 @@ def test_the_csv_grid_example_names_its_output_folders(sandbox, tmp_path):
     assert index[0] == "task,folder,seed,temp,label"
     assert index[1] == '0,"outputs/seed=1,temp=0.5,label=cold",1,0.5,cold'
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_a_command_failing_alike_stops_early_after_its_retries(sandbox, tmp_path):
+    (tmp_path / "needs_data.py").write_text(textwrap.dedent("""
+        import sys
+
+        sys.exit(f"error: cannot open data/run-{sys.argv[1]}.csv"[:23])  # the same line
+        """))
+    (tmp_path / "cmd_fails.yaml").write_text(textwrap.dedent("""\
+        name: cmd-fails
+        cores: 2
+        max_runtime: 5m
+        instance_types: [c5.large]
+        run:
+          command: python needs_data.py {n}
+          params: {n: {range: 60}}
+          retries: 1
+        """))
+    done = burst("run", "cmd_fails.yaml", "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["status"] == "failed_fast"
+    assert "(exit code 1: error: cannot open data)" in manifest["error"]
+    assert manifest["tasks"]["failed"] == 5 and manifest["tasks"]["not_run"] == 55
+    # a command's non-zero exit is retried: each of the five ran twice
+    assert {f["attempts"] for f in manifest["failures"]} == {2}
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
