@@ -120,17 +120,46 @@ class JobResult:
 STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
 
 
-def ship_by_value(folder: Path) -> None:
-    """Job code lives next to the spec, not on the workers: pickle every module loaded from
-    the spec's folder by value (the function's module and what it imports from there), and
-    burst's own modules that run on the nodes (the nodes have no copy of burst)."""
-    cloudpickle.register_pickle_by_value(taskrun)
-    cloudpickle.register_pickle_by_value(drive)
-    environment = Path(sys.prefix).resolve()  # a virtualenv may sit inside the folder
+def job_modules(folder: Path) -> list[Any]:
+    """The modules loaded from the spec's folder (the function's module and what it imports
+    from there), not from a virtualenv that may sit inside it."""
+    environment = Path(sys.prefix).resolve()
+    found = []
     for module in list(sys.modules.values()):
         path = Path(getattr(module, "__file__", None) or "/").resolve()
         if path.is_relative_to(folder) and not path.is_relative_to(environment):
-            cloudpickle.register_pickle_by_value(module)
+            found.append(module)
+    return found
+
+
+def ship_by_value(folder: Path) -> None:
+    """Job code lives next to the spec, not on the workers: pickle every module loaded from
+    the spec's folder by value, and burst's own modules that run on the nodes (the nodes have
+    no copy of burst)."""
+    cloudpickle.register_pickle_by_value(taskrun)
+    cloudpickle.register_pickle_by_value(drive)
+    for module in job_modules(folder):
+        cloudpickle.register_pickle_by_value(module)
+
+
+SOURCES_BYTES = 1_000_000  # job module text shipped for tracebacks, at most
+
+
+def job_sources(folder: Path) -> dict[str, str]:
+    """The text of the job's modules by file name, as their code objects name them: a
+    traceback on a worker without the files still shows the failing lines."""
+    sources: dict[str, str] = {}
+    size = 0
+    for module in job_modules(folder):
+        try:
+            text = Path(module.__file__).read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        size += len(text)
+        if size > SOURCES_BYTES:
+            break
+        sources[module.__file__] = text
+    return sources
 
 
 def map_tasks(
@@ -185,7 +214,10 @@ def task_of(job: Job, command: taskrun.CommandTask | None) -> Callable[[Any], di
     (its exceptions retried only if the spec says so)."""
     timeout = job.spec.run.timeout
     return command or taskrun.FunctionTask(
-        job.function, timeout and timeout.total_seconds(), job.spec.run.retry_exceptions
+        job.function,
+        timeout and timeout.total_seconds(),
+        job.spec.run.retry_exceptions,
+        job_sources(job.folder),
     )
 
 

@@ -147,10 +147,18 @@ class FunctionTask:
     retry it; a timeout, or any exception with `retry_exceptions`, is raised (Dask's retries
     apply) and carries the tails in its `burst_output` attribute (pickled with it)."""
 
-    def __init__(self, function: Any, timeout: float | None = None, retry_exceptions=False):
+    def __init__(
+        self,
+        function: Any,
+        timeout: float | None = None,
+        retry_exceptions: bool = False,
+        sources: dict[str, str] | None = None,
+    ):
         self.function = function
         self.timeout = timeout
         self.retry_exceptions = retry_exceptions
+        # The job's module files by path: a worker without them still shows the failing line.
+        self.sources = sources or {}
 
     def __call__(self, task: Any) -> dict[str, Any]:
         streams = {"stdout": _router("stdout"), "stderr": _router("stderr")}
@@ -165,20 +173,20 @@ class FunctionTask:
         except _Timeout as stopped:  # raised just outside the time limit's own handler
             error = TimeoutError(f"timed out after {self.timeout:g}s")
             error.burst_output = _tails(buffers)
-            error.burst_error = failure_text(error, where=stopped)  # where it was stopped
+            error.burst_error = self.failure_text(error, where=stopped)  # where it was stopped
             raise error from None
         except TimeoutError as error:  # burst's time limit, or the function's own: retried
             error.burst_output = _tails(buffers)
             stopped = error.__context__ if isinstance(error.__context__, _Timeout) else None
-            error.burst_error = failure_text(error, where=stopped)
+            error.burst_error = self.failure_text(error, where=stopped)
             raise
         except Exception as error:
             if self.retry_exceptions:
                 error.burst_output = _tails(buffers)
-                error.burst_error = failure_text(error)
+                error.burst_error = self.failure_text(error)
                 raise
             return {
-                "error": failure_text(error),
+                "error": self.failure_text(error),
                 "seconds": time.perf_counter() - started,
                 "worker": _worker_name(),
                 **_tails(buffers),
@@ -197,6 +205,10 @@ class FunctionTask:
         }
 
 
+    def failure_text(self, error: BaseException, where: BaseException | None = None) -> str:
+        return failure_text(error, where=where, sources=self.sources)
+
+
 def _worker_name() -> str | None:
     from distributed import get_worker
 
@@ -206,12 +218,18 @@ def _worker_name() -> str | None:
         return None
 
 
-def failure_text(error: BaseException, frames: int = 8, where: BaseException | None = None) -> str:
+def failure_text(
+    error: BaseException,
+    frames: int = 8,
+    where: BaseException | None = None,
+    sources: dict[str, str] | None = None,
+) -> str:
     """'Type: message', then where it was raised (or, for a timeout, where the function was
     when it was stopped: `where`'s traceback): the last `frames` frames below the task's own
     call, each at the user's file and line. cloudpickle ships the job's code by value with
     `<dynamic-code>` as every code object's file name; the function's globals keep the
-    module's `__file__`, which names the file again (its lines show where the file exists)."""
+    module's `__file__`, which names the file again. Its lines come from `sources` (the job's
+    files as the client read them), else from the file where it exists."""
     import contextlib
     import linecache
     import traceback
@@ -225,7 +243,11 @@ def failure_text(error: BaseException, frames: int = 8, where: BaseException | N
         filename = frame.f_code.co_filename
         if filename == "<dynamic-code>":
             filename = frame.f_globals.get("__file__") or filename
-        line = linecache.getline(filename, lineno).strip() or None
+        if filename in (sources or {}):
+            lines = sources[filename].splitlines()
+            line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+        else:
+            line = linecache.getline(filename, lineno).strip() or None
         found.append(
             traceback.FrameSummary(
                 filename, lineno, frame.f_code.co_name, lookup_line=False, line=line

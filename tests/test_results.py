@@ -377,3 +377,37 @@ def test_every_finished_line_is_on_disk_before_any_output_is_downloaded(bucket, 
         collect_outputs(bucket, "j", tmp_path / "job", log)
     assert seen == [[0, 1]]
     log.close()
+
+
+def test_the_failing_line_shows_on_a_worker_without_the_job_s_files(tmp_path, monkeypatch):
+    import linecache
+
+    import cloudpickle
+
+    from burst.runner import job_sources
+
+    path = tmp_path / "remote_job.py"
+    path.write_text("def task(x):\n    return 1 / x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import remote_job
+
+    cloudpickle.register_pickle_by_value(remote_job)
+    try:
+        sources = job_sources(tmp_path)
+        assert sources == {str(path): path.read_text()}
+        with_sources = cloudpickle.dumps(taskrun.FunctionTask(remote_job.task, sources=sources))
+        without = cloudpickle.dumps(taskrun.FunctionTask(remote_job.task))
+    finally:
+        cloudpickle.unregister_pickle_by_value(remote_job)
+        sys.modules.pop("remote_job")
+    path.unlink()  # as on an AWS worker: the job's files are not there
+    linecache.clearcache()
+    assert cloudpickle.loads(with_sources)(0)["error"].splitlines() == [
+        "ZeroDivisionError: division by zero",
+        f'  File "{path}", line 2, in task',
+        "    return 1 / x",
+    ]
+    assert cloudpickle.loads(without)(0)["error"].splitlines() == [
+        "ZeroDivisionError: division by zero",
+        f'  File "{path}", line 2, in task',
+    ]
