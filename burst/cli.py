@@ -243,8 +243,11 @@ def failure_line(failure: dict) -> str:
     lines = (failure.get("error") or "failed").splitlines()
     text = lines[0]
     places = [m for line in lines if (m := re.match(r'\s*File "(.+)", line (\d+)', line))]
+    # the innermost frame of the user's own code, rather than of a library it called
+    own = [m for m in places if "site-packages" not in m[1] and "/lib/python" not in m[1]]
     if places:
-        text += f" (at {Path(places[-1][1]).name}:{places[-1][2]})"
+        place = (own or places)[-1]
+        text += f" (at {Path(place[1]).name}:{place[2]})"
     stderr = (failure.get("stderr_tail") or "").strip().splitlines()
     if stderr and not places:  # a command's: what it said last
         text += f": {stderr[-1][:120]}"

@@ -28,7 +28,17 @@ from burst.errors import CloudError, SpecError
 from burst.events import EventHandler
 from burst.gc import survey
 from burst.job import Job
-from burst.results import MANIFEST, RESULTS, TaskOutcome, dumps, job_folder, write_lines
+from burst.results import (
+    MANIFEST,
+    RESULTS,
+    TaskOutcome,
+    dumps,
+    job_folder,
+    output_folders,
+    private_folder,
+    write_index,
+    write_lines,
+)
 from burst.runner import fail_fast_after, index_job, ship_by_value, task_of
 from burst.storage import Bucket
 from burst.sweep import prefix
@@ -67,6 +77,7 @@ def submit(job: Job, on_event: EventHandler | None = None) -> dict[str, Any]:
             attempt_counter=taskrun.AttemptCounter(),
             instance_ids=sorted(cluster.instances),
             fail_fast=fail_fast_after(job),
+            folders=dict(enumerate(output_folders(job.tasks))) if command else None,
         )
         bucket.put(f"{base}/driver.pkl", cloudpickle.dumps(driver))
         bucket.put(f"{base}/cluster.json", dumps(_cluster_record(cluster, job), indent=2))
@@ -269,15 +280,25 @@ def collect(job: Located, status: dict | None = None) -> dict:
         return done
     status = status or job.status()
     cluster = job.read_json("cluster.json")
-    folder = _folder(job, cluster)
+    folder = private_folder(_folder(job, cluster))
     outcomes = _outcomes(job)
-    write_lines(folder / RESULTS, outcomes)
-    job.bucket.download_prefix(f"{job.base}/outputs", folder / "outputs")
+    write_lines(folder / RESULTS, outcomes)  # first: a failed download loses no line
+    failed, ignored = transfer.download_outputs(job.bucket, job.job_id, folder, outcomes)
+    if failed:  # those tasks' outputs could not be collected: they failed
+        replaced = {o.task: o for o in failed}
+        outcomes = [replaced.get(o.task, o) for o in outcomes]
+        write_lines(folder / RESULTS, outcomes)
+        if status["state"] == "succeeded":
+            status = {**status, "state": "failed", "result": None}
+            status["error"] = f"{len(failed)} of {status.get('total')} tasks failed"
+    write_index(folder, outcomes)
     log = job.bucket.read(f"{job.base}/driver.log")
     if log is not None:
         (folder / "driver.log").write_bytes(log)
     report = job.provider.teardown(job.identity, wait=300)
     manifest = _manifest(job, status, cluster, outcomes, report.to_dict())
+    if ignored:
+        manifest["outputs_ignored"] = ignored[:20]
     (folder / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
     state.record(job.job_id, state=manifest["status"], cost=manifest["cost"].get("actual"))
     return manifest

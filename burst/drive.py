@@ -36,6 +36,7 @@ class TaskOutcome:
     exit_code: int | None = None  # command tasks
     stdout_tail: str | None = None  # what the task printed (its last lines)
     stderr_tail: str | None = None  # ... and wrote to stderr, log records included
+    folder: str | None = None  # a command task's outputs, in the job's results folder
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -106,9 +107,11 @@ def failure_outcome(number: int, task: Any, future: Any, command: bool) -> TaskO
     )
 
 
-def done_outcome(number: int, task: Any, reply: dict, command: bool) -> TaskOutcome:
+def done_outcome(
+    number: int, task: Any, reply: dict, command: bool, folder: str | None = None
+) -> TaskOutcome:
     """A task that ran to its end: its value, or (a function that raised, not retried: see
-    burst.taskrun.FunctionTask) its error."""
+    burst.taskrun.FunctionTask) its error. `folder`: where its outputs go, if it wrote any."""
     if "error" in reply:
         return TaskOutcome(
             number,
@@ -130,6 +133,7 @@ def done_outcome(number: int, task: Any, reply: dict, command: bool) -> TaskOutc
         exit_code=reply["value"]["exit_code"] if command else None,
         stdout_tail=reply.get("stdout_tail"),
         stderr_tail=reply.get("stderr_tail"),
+        folder=folder if command and reply["value"].get("outputs") else None,
     )
 
 
@@ -175,6 +179,7 @@ def run_tasks(
     stopping: threading.Event | None = None,
     attempts_on: Callable | None = None,
     fail_fast: int = 0,
+    folders: dict[int, str] | None = None,
 ) -> str:
     """Run `task` (a burst.taskrun FunctionTask or CommandTask) on each (number, input),
     handing each outcome to `record` as it finishes. Returns FINISHED, DEADLINE (the UNIX
@@ -183,7 +188,8 @@ def run_tasks(
     and some were still to run; 0: never); what still ran then is cancelled, what finished
     was recorded. Raises ClusterLost when the cluster loses a task. When all finished or
     failed fast, `attempts_on` (run on the scheduler) gives each recorded outcome its number
-    of attempts (after `record` saw it: the caller rewrites)."""
+    of attempts (after `record` saw it: the caller rewrites). `folders` names each command
+    task's outputs folder (burst.results.output_folders), kept in its outcome."""
     from distributed import TimeoutError as DaskTimeoutError
     from distributed import as_completed
 
@@ -212,7 +218,8 @@ def run_tasks(
         for future in as_completed(futures, timeout=seconds_left):
             number, item = inputs[future.key]
             if future.status == "finished":
-                outcome = done_outcome(number, item, future.result(), command)
+                folder = (folders or {}).get(number)
+                outcome = done_outcome(number, item, future.result(), command, folder)
             elif future.status == "error":
                 outcome = failure_outcome(number, item, future, command)
             elif stopping is not None and stopping.is_set():
@@ -251,7 +258,7 @@ def run_tasks(
 #   results/part-N.jsonl  outcomes, a batch every FLUSH_SECONDS; results.jsonl once all ran
 #   driver.log            the driver's own output
 #   cancel                put by `burst cancel`: the driver stops the tasks and ends
-#   outputs/<task>/...    a command task's output files (burst.taskrun)
+#   outputs/<task>/...    a command task's output files (burst.taskrun), by task number
 
 FLUSH_SECONDS = 5.0
 TERMINAL = ("succeeded", "failed", FAILED_FAST, "deadline", "cancelled", "error")
@@ -334,6 +341,7 @@ class Driver:
         attempt_counter: Any,
         instance_ids: list[str],
         fail_fast: int = 0,
+        folders: dict[int, str] | None = None,
     ):
         self.job_id, self.cluster_id, self.region = job_id, cluster_id, region
         self.bucket, self.prefix = bucket, prefix
@@ -341,7 +349,7 @@ class Driver:
         self.retries, self.stop_at, self.reduce = retries, stop_at, reduce
         self.attempts_on, self.attempt_counter = attempts_on, attempt_counter
         self.instance_ids = instance_ids  # every instance of the cluster, this one included
-        self.fail_fast = fail_fast
+        self.fail_fast, self.folders = fail_fast, folders
 
     def run(self, address: str, log_path: str) -> int:
         import boto3
@@ -387,6 +395,7 @@ class Driver:
                     stopping=stopping,
                     attempts_on=self.attempts_on,
                     fail_fast=self.fail_fast,
+                    folders=self.folders,
                 )
             state, error, result = self._outcome(how, sink)
         except BaseException as failure:

@@ -37,6 +37,9 @@ from burst.results import (
     dumps,
     job_folder,
     load_for_resume,
+    output_folders,
+    private_folder,
+    write_index,
 )
 from burst.spec import JobSpec, format_duration, merged, parse_spec
 
@@ -117,17 +120,46 @@ class JobResult:
 STAGES = ("plan", "connect", "provision", "bootstrap", "run", "collect", "teardown")
 
 
-def ship_by_value(folder: Path) -> None:
-    """Job code lives next to the spec, not on the workers: pickle every module loaded from
-    the spec's folder by value (the function's module and what it imports from there), and
-    burst's own modules that run on the nodes (the nodes have no copy of burst)."""
-    cloudpickle.register_pickle_by_value(taskrun)
-    cloudpickle.register_pickle_by_value(drive)
-    environment = Path(sys.prefix).resolve()  # a virtualenv may sit inside the folder
+def job_modules(folder: Path) -> list[Any]:
+    """The modules loaded from the spec's folder (the function's module and what it imports
+    from there), not from a virtualenv that may sit inside it."""
+    environment = Path(sys.prefix).resolve()
+    found = []
     for module in list(sys.modules.values()):
         path = Path(getattr(module, "__file__", None) or "/").resolve()
         if path.is_relative_to(folder) and not path.is_relative_to(environment):
-            cloudpickle.register_pickle_by_value(module)
+            found.append(module)
+    return found
+
+
+def ship_by_value(folder: Path) -> None:
+    """Job code lives next to the spec, not on the workers: pickle every module loaded from
+    the spec's folder by value, and burst's own modules that run on the nodes (the nodes have
+    no copy of burst)."""
+    cloudpickle.register_pickle_by_value(taskrun)
+    cloudpickle.register_pickle_by_value(drive)
+    for module in job_modules(folder):
+        cloudpickle.register_pickle_by_value(module)
+
+
+SOURCES_BYTES = 1_000_000  # job module text shipped for tracebacks, at most
+
+
+def job_sources(folder: Path) -> dict[str, str]:
+    """The text of the job's modules by file name, as their code objects name them: a
+    traceback on a worker without the files still shows the failing lines."""
+    sources: dict[str, str] = {}
+    size = 0
+    for module in job_modules(folder):
+        try:
+            text = Path(module.__file__).read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        size += len(text)
+        if size > SOURCES_BYTES:
+            break
+        sources[module.__file__] = text
+    return sources
 
 
 def map_tasks(
@@ -163,6 +195,7 @@ def map_tasks(
             stop_at=stop_at.timestamp() if stop_at else None,
             attempts_on=taskrun.attempts_on,
             fail_fast=fail_fast_after(job),
+            folders=dict(enumerate(output_folders(job.tasks))) if command else None,
         )
     except drive.ClusterLost as error:
         raise CloudError(str(error), "check the cluster's instances; resume the job") from error
@@ -181,7 +214,10 @@ def task_of(job: Job, command: taskrun.CommandTask | None) -> Callable[[Any], di
     (its exceptions retried only if the spec says so)."""
     timeout = job.spec.run.timeout
     return command or taskrun.FunctionTask(
-        job.function, timeout and timeout.total_seconds(), job.spec.run.retry_exceptions
+        job.function,
+        timeout and timeout.total_seconds(),
+        job.spec.run.retry_exceptions,
+        job_sources(job.folder),
     )
 
 
@@ -190,7 +226,7 @@ def _text(value: Any) -> str | None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     path.write_text(dumps(data, indent=2) + "\n")
 
 
@@ -221,6 +257,7 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
     status, problem = "error", None
     timings: dict[str, float] = {}
     manifest: dict = {}
+    extras: dict[str, Any] = {}
     try:
         if not todo:  # resumed with every task done: nothing to rent
             reduced, status, problem = _reduce(job, log)
@@ -239,7 +276,7 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
             timings["run"] = time.monotonic() - started
             started = time.monotonic()
             if command is not None:  # before teardown deletes the bucket
-                transfer.download_outputs(cluster.bucket, job_id, folder / "outputs")
+                extras["outputs_ignored"] = collect_outputs(cluster.bucket, job_id, folder, log)
             downloading = time.monotonic() - started
         started = time.monotonic() - downloading
         if ended == drive.FINISHED:
@@ -272,10 +309,26 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
                 started_at,
                 earlier_runs,
             )
+            manifest.update({k: v for k, v in extras.items() if v})
             _write_json(folder / MANIFEST, manifest)
             state.record(job_id, state=status, cost=manifest["cost"]["actual"])
             emit(events.ManifestWritten(folder / MANIFEST, manifest))
     return JobResult(job_id, status, folder, manifest, log.in_order(), reduced)
+
+
+def collect_outputs(bucket: Any, job_id: str, folder: Path, log: ResultsLog) -> list[str]:
+    """The command tasks' outputs into the results folder, after results.jsonl holds every
+    finished task (a failed download loses no line); a task whose outputs cannot be
+    collected fails; then outputs/index.csv. Returns the bucket keys no task reported (the
+    first 20)."""
+    log.flush()
+    failed, ignored = transfer.download_outputs(bucket, job_id, folder, log.in_order())
+    for outcome in failed:
+        log.add(outcome)
+    if failed:
+        log.rewrite()
+    write_index(folder, log.in_order())
+    return ignored[:20]
 
 
 def index_job(job: Job, job_id: str, mode: str, folder: Path, state_: str, **fields: Any) -> None:

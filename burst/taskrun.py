@@ -147,10 +147,18 @@ class FunctionTask:
     retry it; a timeout, or any exception with `retry_exceptions`, is raised (Dask's retries
     apply) and carries the tails in its `burst_output` attribute (pickled with it)."""
 
-    def __init__(self, function: Any, timeout: float | None = None, retry_exceptions=False):
+    def __init__(
+        self,
+        function: Any,
+        timeout: float | None = None,
+        retry_exceptions: bool = False,
+        sources: dict[str, str] | None = None,
+    ):
         self.function = function
         self.timeout = timeout
         self.retry_exceptions = retry_exceptions
+        # The job's module files by path: a worker without them still shows the failing line.
+        self.sources = sources or {}
 
     def __call__(self, task: Any) -> dict[str, Any]:
         streams = {"stdout": _router("stdout"), "stderr": _router("stderr")}
@@ -162,20 +170,23 @@ class FunctionTask:
         try:
             with _time_limit(self.timeout):
                 value = self.function(task)
-        except _Timeout:  # raised just outside the time limit's own handler
+        except _Timeout as stopped:  # raised just outside the time limit's own handler
             error = TimeoutError(f"timed out after {self.timeout:g}s")
             error.burst_output = _tails(buffers)
+            error.burst_error = self.failure_text(error, where=stopped)  # where it was stopped
             raise error from None
-        except TimeoutError as error:
+        except TimeoutError as error:  # burst's time limit, or the function's own: retried
             error.burst_output = _tails(buffers)
+            stopped = error.__context__ if isinstance(error.__context__, _Timeout) else None
+            error.burst_error = self.failure_text(error, where=stopped)
             raise
         except Exception as error:
             if self.retry_exceptions:
                 error.burst_output = _tails(buffers)
-                error.burst_error = failure_text(error)
+                error.burst_error = self.failure_text(error)
                 raise
             return {
-                "error": failure_text(error),
+                "error": self.failure_text(error),
                 "seconds": time.perf_counter() - started,
                 "worker": _worker_name(),
                 **_tails(buffers),
@@ -194,6 +205,10 @@ class FunctionTask:
         }
 
 
+    def failure_text(self, error: BaseException, where: BaseException | None = None) -> str:
+        return failure_text(error, where=where, sources=self.sources)
+
+
 def _worker_name() -> str | None:
     from distributed import get_worker
 
@@ -203,20 +218,36 @@ def _worker_name() -> str | None:
         return None
 
 
-def failure_text(error: BaseException, frames: int = 8) -> str:
-    """'Type: message', then where it was raised: the last `frames` frames below the task's
-    own call, each at the user's file and line. cloudpickle ships the job's code by value with
+def failure_text(
+    error: BaseException,
+    frames: int = 8,
+    where: BaseException | None = None,
+    sources: dict[str, str] | None = None,
+) -> str:
+    """'Type: message', then where it was raised (or, for a timeout, where the function was
+    when it was stopped: `where`'s traceback): the last `frames` frames below the task's own
+    call, each at the user's file and line. cloudpickle ships the job's code by value with
     `<dynamic-code>` as every code object's file name; the function's globals keep the
-    module's `__file__`, which names the file again (its lines show where the file exists)."""
+    module's `__file__`, which names the file again. Its lines come from `sources` (the job's
+    files as the client read them), else from the file where it exists."""
+    import contextlib
     import linecache
     import traceback
 
+    walked = list(traceback.walk_tb((where or error).__traceback__))
+    ours = (__name__, contextlib.__name__)  # FunctionTask and its time limit: not the user's
+    while walked and walked[0][0].f_globals.get("__name__") in ours:
+        walked.pop(0)
     found = []
-    for frame, lineno in list(traceback.walk_tb(error.__traceback__))[1:]:  # below our call
+    for frame, lineno in walked:
         filename = frame.f_code.co_filename
         if filename == "<dynamic-code>":
             filename = frame.f_globals.get("__file__") or filename
-        line = linecache.getline(filename, lineno).strip() or None
+        if filename in (sources or {}):
+            lines = sources[filename].splitlines()
+            line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+        else:
+            line = linecache.getline(filename, lineno).strip() or None
         found.append(
             traceback.FrameSummary(
                 filename, lineno, frame.f_code.co_name, lookup_line=False, line=line
@@ -425,10 +456,13 @@ class CommandTask:
             # A builtin exception travels to the client without burst on either side; its
             # second argument carries the details for the manifest.
             raise RuntimeError(cause, {**record, "cause": cause, "worker": worker})
-        record["outputs"] = self._upload(output, index)
+        record["outputs"], record["sha256"] = self._upload(output, index)
         return {"value": record, "seconds": seconds, "worker": worker}
 
-    def _upload(self, output: Path, index: int) -> list[str]:
+    def _upload(self, output: Path, index: int) -> tuple[list[str], dict[str, str]]:
+        """Each file under `output` to outputs/<index>/ in the bucket: the names, and each
+        file's SHA-256, by which the client tells that what it downloads is what this task
+        wrote (the bucket is shared by every task of the job)."""
         # Not through symlinks: a task must not copy the node's own files into the results.
         files = sorted(
             p
@@ -437,15 +471,19 @@ class CommandTask:
             and not any((output / part).is_symlink() for part in _prefixes(p.relative_to(output)))
         )
         if not files:
-            return []
+            return [], {}
+        import hashlib
+
         s3 = self._s3()
-        names = []
+        names, digests = [], {}
         for path in files:
             name = path.relative_to(output).as_posix()
             key = f"{self.config['prefix']}/outputs/{index}/{name}"
+            with open(path, "rb") as stream:
+                digests[name] = hashlib.file_digest(stream, "sha256").hexdigest()
             s3.upload_file(str(path), self.config["bucket"], key)
             names.append(name)
-        return names
+        return names, digests
 
 
 def _prefixes(relative: Path) -> list[Path]:

@@ -5,11 +5,17 @@ deletes the bucket). The pure half (rows, template, file list) is burst.sweep.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from burst.job import Job
+from burst.results import OUTPUTS, TaskOutcome, private_folder
 from burst.spec import input_name
 from burst.storage import Bucket
 from burst.sweep import prefix
@@ -61,6 +67,88 @@ def command_task(job: Job, bucket: Bucket, job_id: str) -> CommandTask:
     )
 
 
-def download_outputs(bucket: Bucket, job_id: str, folder: Path) -> list[Path]:
-    """results/<job-id>/outputs/<task>/..., from the bucket, before teardown deletes it."""
-    return bucket.download_prefix(f"{prefix(job_id)}/outputs", folder)
+def bad_part(path: str) -> bool:
+    """A relative path that could leave its folder, or name it: empty, absolute, with an
+    empty, '.' or '..' part, a backslash or a NUL."""
+    return (
+        not isinstance(path, str)
+        or not path
+        or "\\" in path
+        or "\0" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    )
+
+
+def download_outputs(
+    bucket: Bucket, job_id: str, folder: Path, outcomes: list[TaskOutcome]
+) -> tuple[list[TaskOutcome], list[str]]:
+    """Each done command task's outputs, from the bucket into its folder of the results
+    (`outcome.folder`, such as outputs/seed=3,temp=0.5), before teardown deletes the bucket.
+
+    Only what a task reported it wrote (its `result.outputs`) is downloaded, from its own
+    outputs/<task>/ in the bucket, and each file is checked against the SHA-256 the task
+    reported: a task cannot put files into another task's folder, nor change them unseen.
+    A name with an empty, '.' or '..' part, a missing object or one whose content changed
+    fails that task alone (its folder is removed). Returns those tasks' outcomes, now failed,
+    and the keys under outputs/ that no task reported (ignored, never downloaded)."""
+    base = f"{prefix(job_id)}/outputs"
+    failed, claimed = [], set()
+    for outcome in outcomes:
+        result = outcome.result if isinstance(outcome.result, dict) else {}
+        names = result.get("outputs") or []
+        if outcome.status != "done" or not names:
+            continue
+        keys = {name: f"{base}/{outcome.task}/{name}" for name in names if not bad_part(name)}
+        claimed.update(keys.values())
+        problem = _download_task(bucket, folder, outcome, names, keys, result.get("sha256"))
+        if problem is not None:
+            failed.append(
+                dataclasses.replace(
+                    outcome, status="failed", error=f"outputs: {problem}", result=None, folder=None
+                )
+            )
+    ignored = [key for key in bucket.keys(f"{base}/") if key not in claimed]
+    return failed, ignored
+
+
+def _download_task(
+    bucket: Bucket,
+    folder: Path,
+    outcome: TaskOutcome,
+    names: list[str],
+    keys: dict[str, str],
+    digests: dict[str, str] | None,
+) -> str | None:
+    """One task's outputs into its folder; the reason it failed, or None."""
+    where = outcome.folder or f"{OUTPUTS}/{outcome.task}"
+    parts = where.split("/")
+    if len(parts) != 2 or parts[0] != OUTPUTS or bad_part(parts[1]):
+        return f"refused the folder {where!r}: one folder under {OUTPUTS}/ is accepted"
+    target_folder = private_folder(folder) / where
+    problem = None
+    for name in names:
+        if bad_part(name):
+            problem = (
+                f"refused the output name {name!r}: a relative path without empty, '.' or "
+                "'..' parts is accepted"
+            )
+            break
+        target = target_folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            bucket.s3.download_file(bucket.name, keys[name], str(target))
+        except ClientError as error:
+            problem = f"{name!r} could not be downloaded from the bucket: {error}"
+            break
+        if digests is not None:
+            with open(target, "rb") as stream:
+                digest = hashlib.file_digest(stream, "sha256").hexdigest()
+            if digest != digests.get(name):
+                problem = (
+                    f"{name!r} in the bucket is not what task {outcome.task} wrote (it changed "
+                    "after the task uploaded it: another task may have written into its folder)"
+                )
+                break
+    if problem is not None:
+        shutil.rmtree(target_folder, ignore_errors=True)  # a failed task keeps no outputs
+    return problem

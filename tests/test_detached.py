@@ -165,3 +165,26 @@ def test_a_detached_job_whose_tasks_all_fail_alike_stops_early(sandbox, tmp_path
     assert {f["attempts"] for f in manifest["failures"]} == {1}  # not retried
     assert manifest["teardown"]["verified"]
     assert settled_leftovers(sandbox, submitted["cluster_id"]) == []
+
+
+def test_a_detached_sweep_s_outputs_are_named_by_their_parameters(sandbox, tmp_path):
+    (tmp_path / "write.py").write_text(
+        "import os, sys\nfrom pathlib import Path\n\n"
+        "Path(os.environ['BURST_OUTPUT'], 'out.txt').write_text(' '.join(sys.argv[1:]))\n")
+    (tmp_path / "named.yaml").write_text(
+        "name: named-detached\ncores: 2\nmax_runtime: 5m\ninstance_types: [c5.large]\n"
+        "run:\n  command: python write.py {seed} {temp}\n"
+        "  params: {seed: [1, 2], temp: [0.5]}\n")
+    submitted = submit(tmp_path / "named.yaml", tmp_path)
+    waited = burst("wait", submitted["job_id"], "--json", cwd=tmp_path)
+    assert waited.returncode == 0, waited.stderr
+    folder = tmp_path / "results" / submitted["job_id"]
+    lines = [json.loads(line) for line in (folder / "results.jsonl").open()]
+    assert [line["folder"] for line in lines] == ["outputs/seed=1,temp=0.5",
+                                                  "outputs/seed=2,temp=0.5"]
+    assert (folder / "outputs" / "seed=2,temp=0.5" / "out.txt").read_text() == "2 0.5"
+    assert (folder / "outputs" / "index.csv").read_text().splitlines() == [
+        "task,folder,seed,temp", '0,"outputs/seed=1,temp=0.5",1,0.5',
+        '1,"outputs/seed=2,temp=0.5",2,0.5']
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert settled_leftovers(sandbox, submitted["cluster_id"]) == []

@@ -210,7 +210,11 @@ def test_a_timed_out_function_is_retried(dask_client, tmp_path):
 
     ended, outcomes = run(dask_client, stuck, [1], retries=1, timeout=0.3)
     assert calls_in(calls) == ["1", "1"] and outcomes[0].attempts == 2
-    assert outcomes[0].error.startswith("TimeoutError: timed out after 0.3s")
+    error = outcomes[0].error
+    assert error.startswith("TimeoutError: timed out after 0.3s\n")
+    # where the function was when it was stopped, in the user's file
+    assert f'File "{__file__}"' in error and ", in stuck\n" in error
+    assert "time.sleep(0.01)" in error and "<dynamic-code>" not in error
 
 
 def test_a_command_s_failures_are_alike_by_exit_code_and_last_stderr_line():

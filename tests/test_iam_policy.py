@@ -411,7 +411,7 @@ def test_the_policy_allows_every_call_the_client_makes(sandbox, tmp_path, monkey
 
     result = run(tmp_path / "probe.yaml")
     assert result.status == "succeeded", result.manifest["failures"]
-    sizes = (result.folder / "outputs" / "0" / "sizes-1.txt").read_text()
+    sizes = (result.folder / "outputs" / "n=1" / "sizes-1.txt").read_text()
     assert "9437184 big.bin" in sizes and "8 weights.bin" in sizes  # the inputs went through S3
     assert result.manifest["teardown"]["verified"]
 

@@ -220,3 +220,97 @@ def test_tasks_all_failing_alike_stop_early_and_exit_1(sandbox, tmp_path):
     # lost workers and timeouts)
     assert len(lines) == 5 and {line["attempts"] for line in lines} == {1}
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_outputs_cannot_escape_their_task_s_folder(sandbox, tmp_path, monkeypatch):
+    """A task with the bucket's credentials writes behind the client's back, once every task
+    finished: `0/..` (which turned outputs/ into a file and lost the job), a file planted in
+    another task's folder, another task's output overwritten. The job keeps every line and
+    every honest output; only the overwritten task fails."""
+    from burst import events
+    from tests.conftest import client
+
+    (tmp_path / "write.py").write_text(textwrap.dedent("""
+        import os, sys
+        from pathlib import Path
+
+        Path(os.environ["BURST_OUTPUT"], "out.txt").write_text(f"task {sys.argv[1]}")
+        """))
+    (tmp_path / "hostile.yaml").write_text(textwrap.dedent("""\
+        name: hostile
+        cores: 2
+        max_runtime: 5m
+        instance_types: [c5.large]
+        run:
+          command: python write.py {n}
+          params: {n: [0, 1, 2]}
+        """))
+    where: dict = {}
+
+    def behind_the_back(event):
+        if isinstance(event, events.Planned):
+            where.update(bucket=f"burst-{event.cluster_id}", base=f"jobs/{event.job_id}")
+        if isinstance(event, events.TasksProgress) and event.done == event.total:
+            s3, base = client(sandbox, "s3"), where["base"]
+            for key, body in [("0/..", b"x"), ("0/planted.txt", b"y"), ("1/out.txt", b"z")]:
+                s3.put_object(Bucket=where["bucket"], Key=f"{base}/outputs/{key}", Body=body)
+
+    monkeypatch.chdir(tmp_path)
+    result = run(tmp_path / "hostile.yaml", on_event=behind_the_back)
+    assert result.status == "failed"
+    [failure] = result.failures
+    assert failure.task == 1 and "not what task 1 wrote" in failure.error
+    outputs = result.folder / "outputs"
+    assert sorted(p.name for p in outputs.iterdir()) == ["index.csv", "n=0", "n=2"]
+    assert [p.name for p in (outputs / "n=0").iterdir()] == ["out.txt"]
+    assert (outputs / "n=0" / "out.txt").read_text() == "task 0"
+    lines = [json.loads(line) for line in (result.folder / "results.jsonl").open()]
+    assert [(line["task"], line["status"]) for line in lines] == [
+        (0, "done"), (1, "failed"), (2, "done")]
+    assert sorted(result.manifest["outputs_ignored"]) == sorted(
+        [f"{where['base']}/outputs/0/..", f"{where['base']}/outputs/0/planted.txt"])
+    assert result.manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_the_csv_grid_example_names_its_output_folders(sandbox, tmp_path):
+    done = burst("run", str(REPO / "jobs" / "grid.yaml"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    folder = tmp_path / "results" / manifest["job_id"]
+    lines = [json.loads(line) for line in (folder / "results.jsonl").open()]
+    names = ["seed=1,temp=0.5,label=cold", "seed=1,temp=2.0,label=warm",
+             "seed=2,temp=0.5,label=cold", "seed=2,temp=2.0,label=warm"]
+    assert [line["folder"] for line in lines] == [f"outputs/{n}" for n in names]
+    assert all((folder / "outputs" / n / "ising.csv").is_file() for n in names)
+    index = (folder / "outputs" / "index.csv").read_text().splitlines()
+    assert index[0] == "task,folder,seed,temp,label"
+    assert index[1] == '0,"outputs/seed=1,temp=0.5,label=cold",1,0.5,cold'
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_a_command_failing_alike_stops_early_after_its_retries(sandbox, tmp_path):
+    (tmp_path / "needs_data.py").write_text(textwrap.dedent("""
+        import sys
+
+        sys.exit(f"error: cannot open data/run-{sys.argv[1]}.csv"[:23])  # the same line
+        """))
+    (tmp_path / "cmd_fails.yaml").write_text(textwrap.dedent("""\
+        name: cmd-fails
+        cores: 2
+        max_runtime: 5m
+        instance_types: [c5.large]
+        run:
+          command: python needs_data.py {n}
+          params: {n: {range: 60}}
+          retries: 1
+        """))
+    done = burst("run", "cmd_fails.yaml", "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["status"] == "failed_fast"
+    assert "(exit code 1: error: cannot open data)" in manifest["error"]
+    assert manifest["tasks"]["failed"] == 5 and manifest["tasks"]["not_run"] == 55
+    # a command's non-zero exit is retried: each of the five ran twice
+    assert {f["attempts"] for f in manifest["failures"]} == {2}
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []

@@ -40,10 +40,17 @@ def test_the_example_sweep_collects_every_tasks_output(sandbox, tmp_path):
         assert result["result"]["outputs"] == ["ising.csv"]
         assert result["result"]["argv"][:3] == ["python", "simulate.py", "--seed"]
         assert f"T {result['input']['temp']}:" in result["result"]["stdout_tail"]
-        rows = list(csv.reader((folder / "outputs" / str(result["task"]) / "ising.csv").open()))
+        # each task's outputs in a folder named by its parameters, kept in results.jsonl
+        assert result["folder"] == "outputs/seed={seed},temp={temp}".format(**result["input"])
+        rows = list(csv.reader((folder / result["folder"] / "ising.csv").open()))
         assert rows[0] == ["sweep", "energy_per_spin", "magnetisation"] and len(rows) == 201
     assert sorted(p.name for p in (folder / "outputs").iterdir()) == sorted(
-        str(i) for i in range(16))
+        [f"seed={s},temp={t}" for s in range(4) for t in (0.5, 1.0, 2.0, 4.0)] + ["index.csv"])
+    index = list(csv.DictReader((folder / "outputs" / "index.csv").open()))
+    assert [(int(r["task"]), r["folder"]) for r in index] == [
+        (r["task"], r["folder"]) for r in results]
+    assert index[5]["seed"] == "1" and index[5]["temp"] == "1.0"
+    assert folder.stat().st_mode & 0o777 == 0o700  # results are private
     assert manifest["teardown"]["verified"]
     assert any(d.startswith("bucket/") for d in manifest["teardown"]["deleted"])
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
@@ -76,8 +83,9 @@ def test_failing_values_exit_1_keep_the_other_outputs_and_name_the_failures(sand
         assert "temperature must be positive, got 0.0" in failure["stderr_tail"]
         assert failure["attempts"] == 2
     outputs = tmp_path / "results" / manifest["job_id"] / "outputs"
-    assert sorted(p.name for p in outputs.iterdir()) == ["0", "2", "4"]
-    assert all((outputs / t / "ising.csv").stat().st_size > 0 for t in ("0", "2", "4"))
+    kept = ["seed=1,temp=1.5", "seed=2,temp=1.5", "seed=3,temp=1.5"]
+    assert sorted(p.name for p in outputs.iterdir()) == ["index.csv", *kept]
+    assert all((outputs / t / "ising.csv").stat().st_size > 0 for t in kept)
     results = [json.loads(line) for line in
                (tmp_path / "results" / manifest["job_id"] / "results.jsonl").open()]
     assert [r["status"] for r in results] == ["done", "failed"] * 3
@@ -152,9 +160,9 @@ def test_inputs_values_timeouts_and_retries(sandbox, tmp_path, monkeypatch):
     assert timed_out["exit_code"] is None and timed_out["attempts"] == 2
     assert [o.attempts for o in result.outcomes] == [1, 1, 2, 2]
 
-    outputs = result.folder / "outputs"
-    probes = {int(t.name): json.loads((t / "nested" / "probe.json").read_text())
-              for t in outputs.iterdir()}
+    probes = {o.task: json.loads((result.folder / o.folder / "nested" / "probe.json").read_text())
+              for o in result.outcomes if o.status == "done"}
+    assert result.outcomes[0].folder == "outputs/mode=ok,tag=x__touch_pwned"  # keys sorted
     assert sorted(probes) == [0, 1, 3]
     # Each value arrived as one literal argument; no shell ever saw it.
     assert probes[0]["argv"][0] == "x; touch pwned"
@@ -202,7 +210,9 @@ def test_retries_of_a_function_job_are_counted(sandbox, tmp_path, monkeypatch):
         """))
     (tmp_path / "flaky.yaml").write_text(yaml.safe_dump({
         "name": "flaky", "cores": 2, "max_runtime": "5m", "instance_types": ["c5.large"],
-        "run": {"function": "flaky_fn:task", "tasks": [1, 2, 3], "retries": 2}}))
+        # an exception is retried only when the spec asks (it is deterministic by default)
+        "run": {"function": "flaky_fn:task", "tasks": [1, 2, 3], "retries": 2,
+                "retry_exceptions": True}}))
     monkeypatch.chdir(tmp_path)
     result = run(tmp_path / "flaky.yaml")
     assert result.ok and result.results == [1, 2, 3]
