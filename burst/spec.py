@@ -148,6 +148,11 @@ class RunSpec(Strict):
     )
     timeout: timedelta | None = Field(None, description="per task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
+    allow_any_module: bool = Field(
+        False,
+        description="function and reduce may come from installed modules, not only the "
+        "spec's folder",
+    )
     retries: int = Field(1, ge=0, le=10)
 
     @field_validator("params", mode="before")

@@ -5,6 +5,7 @@ functions from outside the job's folder."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,68 @@ def test_a_format_with_an_alignment_is_not_shell_syntax(tmp_path) -> None:
     job = load_job(sweep_spec(tmp_path, {"command": "sim {a:>5} {b:<3}",
                                          "params": {"a": [1], "b": [2]}}))
     assert job.command == ["sim", "{a:>5}", "{b:<3}"]
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def function_spec(folder: Path, function: str, **run: Any) -> Path:
+    return sweep_spec(folder, {"function": function, "tasks": [1, 2], **run})
+
+
+@pytest.mark.parametrize("entry", ["os:system", "subprocess:getoutput", "math:sqrt",
+                                   "burst.cli:main"])
+def test_a_function_outside_the_job_folder_is_refused_by_default(tmp_path, entry) -> None:
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x\n")
+    problems = refused(function_spec(tmp_path, entry))
+    top = entry.split(":")[0].split(".")[0]
+    assert problems == [
+        f"run.function: {entry!r} is not a module of the spec's folder {tmp_path.resolve()} "
+        f"(no {top}.py there; its modules: model); accepted: a module next to the spec, or "
+        "run.allow_any_module: true to call an installed module's function"]
+
+
+def test_a_reduce_outside_the_folder_is_refused_too(tmp_path) -> None:
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x\n")
+    problems = refused(function_spec(tmp_path, "model:fit", reduce="os:system"))
+    assert problems[0].startswith("run.reduce: 'os:system' is not a module of the spec's folder")
+
+
+def test_a_misspelt_module_gets_a_did_you_mean(tmp_path) -> None:
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x\n")
+    problems = refused(function_spec(tmp_path, "modl:fit"))
+    assert "did you mean model?" in problems[0]
+
+
+def test_allow_any_module_opts_in_to_installed_functions(tmp_path) -> None:
+    import math
+
+    job = load_job(function_spec(tmp_path, "math:sqrt", allow_any_module=True))
+    assert job.function is math.sqrt and sys.modules["math"] is math  # not reloaded
+
+
+def test_a_folder_module_shadowed_by_a_loaded_one_is_refused(tmp_path, monkeypatch) -> None:
+    """json.py in the folder, but `json` already imported from the standard library: the
+    function would come from elsewhere than the folder, so it is refused."""
+    (tmp_path / "json.py").write_text("def dumps(x):\n    return 'mine'\n")
+    import json
+
+    monkeypatch.setitem(sys.modules, "json", json)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    import burst.job as job_module
+
+    with pytest.raises(SpecError) as info:
+        job_module.import_entry_point("json:dumps", tmp_path, "run.function")
+    assert "not in the spec's folder" in info.value.problems[0]
+
+
+def test_two_job_folders_with_the_same_module_name_each_get_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.py").write_text(f"def fit(x):\n    return {name!r}\n")
+    first = load_job(function_spec(tmp_path / "one", "model:fit"))
+    second = load_job(function_spec(tmp_path / "two", "model:fit"))
+    again = load_job(function_spec(tmp_path / "one", "model:fit"))
+    assert (first.function(0), second.function(0), again.function(0)) == ("one", "two", "one")
+    monkeypatch.delitem(sys.modules, "model")
