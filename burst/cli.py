@@ -9,6 +9,7 @@ Exit codes (burst.errors): 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -230,7 +231,28 @@ class Display:
         self.progress.stop()
 
 
+SUMMARY_FAILURES = 5  # failures listed in a summary; the rest are counted
+
+
+def failure_line(failure: dict) -> str:
+    """One failure in one line: its error, where the function raised it (file:line), or a
+    command's last line of stderr."""
+    import re
+
+    lines = (failure.get("error") or "failed").splitlines()
+    text = lines[0]
+    places = [m for line in lines if (m := re.match(r'\s*File "(.+)", line (\d+)', line))]
+    if places:
+        text += f" (at {Path(places[-1][1]).name}:{places[-1][2]})"
+    stderr = (failure.get("stderr_tail") or "").strip().splitlines()
+    if stderr and not places:  # a command's: what it said last
+        text += f": {stderr[-1][:120]}"
+    return text
+
+
 def summary(manifest: dict) -> Table:
+    from rich.markup import escape
+
     from burst.results import dumps
 
     table = Table(
@@ -258,10 +280,18 @@ def summary(manifest: dict) -> Table:
         if teardown["verified"]
         else f"[red]NOT verified: {teardown['leftovers']} {teardown['errors']}[/]",
     }
-    for failure in manifest["failures"][:5]:
-        stderr = (failure.get("stderr_tail") or "").strip().splitlines()
-        last = f": {stderr[-1][:120]}" if stderr else ""
-        rows[f"task {failure['task']}"] = f"[red]{failure['error'].splitlines()[0]}{last}[/]"
+    if manifest["status"] == "failed_fast":  # why most tasks never ran
+        rows["stopped early"] = f"[red]{escape(manifest['error'])}[/]"
+    elif manifest["status"] != "succeeded" and manifest.get("error"):
+        rows["why"] = f"[red]{escape(manifest['error'])}[/]"  # e.g. why the reduce did not run
+    shown = manifest["failures"][:SUMMARY_FAILURES]
+    for failure in shown:
+        rows[f"task {failure['task']}"] = f"[red]{escape(failure_line(failure))}[/]"
+    if tasks["failed"] > len(shown):
+        rows[""] = (
+            f"[red]+{tasks['failed'] - len(shown)} more[/] (every failure: results.jsonl; "
+            "the first 50: manifest.json)"
+        )
     for key, value in rows.items():
         table.add_row(key, value)
     return table
@@ -415,6 +445,7 @@ FindRegion = Annotated[
 STATE_EXIT = {
     "succeeded": EXIT_OK,
     "failed": EXIT_JOB_FAILED,
+    "failed_fast": EXIT_JOB_FAILED,  # stopped early: the first tasks all failed alike
     "deadline": EXIT_DEADLINE,
     "cancelled": EXIT_JOB_FAILED,  # someone stopped it: waiting again will not help
     "interrupted": EXIT_INTERRUPTED,
@@ -735,12 +766,75 @@ def plan_command(
         out.print(plan_table(capacity))
 
 
-@sandbox_app.command("up")
-def sandbox_up() -> None:
-    """Start a long-lived sandbox cloud that `burst run` will use."""
-    from burst.cloud import sandbox
+@app.command()
+def doctor(
+    spec: Annotated[
+        Path | None, typer.Argument(help="Also check this job's plan against the account.")
+    ] = None,
+    cloud: Annotated[str | None, typer.Option(help="sandbox or aws (default: the spec's)")] = None,
+    region: Annotated[str | None, typer.Option(help="The region (default: the spec's)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check what a launch needs before anything is created: credentials, zones, the planned
+    instance types, the vCPU quotas. Exit 3 when a check fails."""
+    from burst import preflight
+    from burst.cloud.connect import open_provider
+    from burst.plan import plan
 
-    state = sandbox.running_sandbox() or sandbox.start_detached()
+    overrides = {k: v for k, v in (("cloud", cloud), ("region", region)) if v is not None}
+    try:
+        job_spec = load_spec(spec, overrides) if spec else None
+        capacity = plan(job_spec, offers=_offers(job_spec, False)) if job_spec else None
+        if job_spec:
+            cloud, region = job_spec.cloud, job_spec.region
+        cloud, region = cloud or "sandbox", region or "us-east-1"
+        connection = open_provider(cloud, region)
+        try:
+            done = preflight.checks(connection.provider, capacity)
+        finally:
+            connection.close()
+    except BurstError as error:
+        raise exit_for(error, spec, as_json) from None
+    if as_json:
+        print(json.dumps([check.as_dict() for check in done], indent=2))
+    else:
+        table = Table(title=f"burst doctor: {cloud} {region}", title_justify="left")
+        for column in ("check", "", "detail"):
+            table.add_column(column, no_wrap=column != "detail")
+        for check in done:
+            detail = check.detail + (f"\nfix: {check.fix}" if check.fix else "")
+            table.add_row(check.name, "ok" if check.ok else "FAIL", detail)
+        out.print(table)
+    if not all(check.ok for check in done):
+        raise typer.Exit(EXIT_CLOUD)
+
+
+@sandbox_app.command("up")
+def sandbox_up(
+    quota: Annotated[
+        list[str] | None,
+        typer.Option(help="A vCPU quota, e.g. L-34B43A08=640 (spot) or L-1216C47A=64."),
+    ] = None,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(help="A request bucket SIZE/REFILL, e.g. ssm.read=40/40; off: none."),
+    ] = None,
+) -> None:
+    """Start a long-lived sandbox cloud that `burst run` will use, with AWS's limits."""
+    from burst.cloud import limits, sandbox
+
+    settings = {"BURST_SANDBOX_QUOTAS": quota, "BURST_SANDBOX_LIMITS": limit}
+    for name, values in settings.items():
+        if values:
+            try:  # refused here, before a sandbox starts with them
+                (limits.quotas_from if "QUOTAS" in name else limits.buckets_from)(",".join(values))
+            except ValueError as error:
+                raise fail(EXIT_BAD_INPUT, str(error)) from None
+            os.environ[name] = ",".join(values)  # the sandbox's process inherits them
+    running = sandbox.running_sandbox()
+    if running and (quota or limit):
+        raise fail(EXIT_BAD_INPUT, "the sandbox is already up", "burst sandbox down first")
+    state = running or sandbox.start_detached()
     out.print(f"sandbox running at {state['endpoint']} (pid {state['pid']})", highlight=False)
 
 

@@ -154,6 +154,12 @@ class RunSpec(Strict):
         "spec's folder",
     )
     retries: int = Field(1, ge=0, le=10)
+    fail_fast: bool = Field(
+        True, description="stop when the first 5 tasks to end all failed the same way"
+    )
+    retry_exceptions: bool = Field(
+        False, description="retry a function task that raised (else: lost workers, timeouts)"
+    )
 
     @field_validator("params", mode="before")
     @classmethod

@@ -105,5 +105,3 @@ def wrap_public_methods(cls: type) -> type:
         if callable(value) and not name.startswith("_"):
             setattr(cls, name, cloud_errors(value))
     return cls
-
-

@@ -34,6 +34,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
+from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits
 from burst.home import burst_home
 
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -200,7 +201,13 @@ class Hypervisor:
         self.endpoint = endpoint
         self.folder = folder
         self.clients = {
-            r: session().client("ec2", region_name=r, endpoint_url=endpoint)
+            # The hypervisor is the cloud itself: its calls are not the account's (limits.py).
+            r: session().client(
+                "ec2",
+                region_name=r,
+                endpoint_url=endpoint,
+                config=Config(user_agent_extra=HYPERVISOR_AGENT),
+            )
             for r in SANDBOX_REGIONS
         }
         self.instances: dict[str, SandboxInstance] = {}
@@ -389,18 +396,28 @@ class Sandbox:
     """moto's server plus the hypervisor, in this process."""
 
     def __init__(self, folder: Path | None = None):
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._owns_folder = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="burst-sandbox-"))
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        # moto's app behind AWS's limits (request rates, launch rate, vCPU quotas).
+        self.limits = AwsLimits.from_environment(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            "127.0.0.1", 0, self.limits, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._serving = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.endpoint = ""
         self.hypervisor: Hypervisor | None = None
 
     def start(self) -> Sandbox:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
+        self._serving.start()
+        host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host}:{port}"
         _power_cut_on_terminate()
         self.hypervisor = Hypervisor(self.endpoint, self.folder)
@@ -410,7 +427,8 @@ class Sandbox:
     def stop(self) -> None:
         if self.hypervisor:
             self.hypervisor.stop()
-        self._server.stop()
+        self._server.shutdown()
+        self._serving.join()
         if self._owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 
