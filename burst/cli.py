@@ -32,6 +32,7 @@ from burst.errors import (
     EXIT_JOB_FAILED,
     EXIT_OK,
     BurstError,
+    CloudError,
     SpecError,
 )
 from burst.job import load_job
@@ -788,11 +789,15 @@ def doctor(
         if job_spec:
             cloud, region = job_spec.cloud, job_spec.region
         cloud, region = cloud or "sandbox", region or "us-east-1"
-        connection = open_provider(cloud, region)
         try:
-            done = preflight.checks(connection.provider, capacity)
-        finally:
-            connection.close()
+            connection = open_provider(cloud, region)
+        except CloudError as error:  # no credentials, or no answer: the first check failed
+            done = [preflight.Check("credentials", False, str(error), error.fix)]
+        else:
+            try:
+                done = preflight.checks(connection.provider, capacity)
+            finally:
+                connection.close()
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
     if as_json:
