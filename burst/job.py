@@ -125,6 +125,7 @@ def job_from_spec(spec: JobSpec, folder: Path) -> Job:
     if spec.run.command is not None:
         rows = sweep.load_params(spec.run.params, folder)
         argv = sweep.check_template(spec.run.command, rows)
+        sweep.check_programs(argv, folder, spec.cloud)
         reduce = None
         if spec.run.reduce:
             if not anywhere:

@@ -80,6 +80,7 @@ def test_deep_nesting_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def sweep_spec(folder: Path, run: dict[str, Any], **fields: Any) -> Path:
+    (folder / "sim").write_text("#!/bin/sh\n")  # the program the templates name
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "cores": 2, "run": run, **fields}))
     return path
