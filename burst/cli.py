@@ -36,12 +36,29 @@ from burst.errors import (
     SpecError,
 )
 from burst.job import load_job
-from burst.spec import JobSpec, format_duration, load_spec
+from burst.spec import JobSpec, assignments, format_duration, load_spec
 
 # The exit codes are the CLI's contract with workflow tools.
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_DEADLINE", "EXIT_INTERRUPTED"]
 __all__ += ["EXIT_JOB_FAILED", "EXIT_OK", "app"]
 
+def _flags_without_a_type_label() -> None:
+    """typer's rich help labels every option with its type, flags too (`--json <bool>`); a
+    flag takes no value, so it gets no label (options that take one keep theirs)."""
+    from typer.core import TyperOption
+
+    labelled = TyperOption.display_type_rich
+    if getattr(labelled, "_burst", False):
+        return
+
+    def label(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else labelled(self, ctx)
+
+    label._burst = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = label  # type: ignore[method-assign]
+
+
+_flags_without_a_type_label()
 app = typer.Typer(
     help="Rent a supercomputer for an afternoon.",
     no_args_is_help=True,
@@ -55,6 +72,15 @@ app.add_typer(sandbox_app, name="sandbox")
 err = Console(stderr=True)
 out = Console()
 ManifestJson = Annotated[bool, typer.Option("--json", help="Print the manifest alone on stdout.")]
+SetFields = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="FIELD=VALUE",
+        help="Change a spec field as if written in the file: cores=64, max_runtime=2h, "
+        "run.timeout=5m (dotted for nested fields; repeatable).",
+    ),
+]
 
 
 def _print_version(asked: bool) -> None:
@@ -319,12 +345,13 @@ def run(
             help="Run only the tasks not done in that job's results, into its folder.",
         ),
     ] = None,
+    set_fields: SetFields = None,
 ) -> None:
     """Plan, launch, run, collect and tear down one job."""
     from burst.plan import plan_within_budget
 
     try:
-        job = load_job(spec)
+        job = load_job(spec, assignments(set_fields))
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
         plan_within_budget(job.spec)
@@ -492,6 +519,7 @@ def submit(
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"job_id": ...} alone on stdout.')
     ] = False,
+    set_fields: SetFields = None,
 ) -> None:
     """Launch a job and hand it to its cluster: it runs on without this machine.
 
@@ -499,7 +527,7 @@ def submit(
     from burst.plan import plan_within_budget
 
     try:
-        job = load_job(spec)
+        job = load_job(spec, assignments(set_fields))
         plan_within_budget(job.spec)
         reach_cloud(job.spec)
     except BurstError as error:
@@ -748,12 +776,16 @@ def plan_command(
     offline: Annotated[
         bool, typer.Option("--offline", help="Use the snapshot's prices even on AWS.")
     ] = False,
+    set_fields: SetFields = None,
 ) -> None:
     """Plan the capacity and its cost; launches nothing. Exit 4 when over budget."""
     from burst.plan import BudgetError, check_budget, plan
 
     try:
-        job_spec = load_spec(spec, {"cores": cores} if cores is not None else None)
+        overrides = assignments(set_fields)
+        if cores is not None:
+            overrides["cores"] = cores
+        job_spec = load_spec(spec, overrides)
         offers = _offers(job_spec, offline)
         capacity = plan(job_spec, offers=offers)
         check_budget(job_spec, capacity, offers=offers)

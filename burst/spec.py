@@ -597,6 +597,38 @@ def read_yaml(text: str) -> Any:
         loader.dispose()
 
 
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def assignments(items: list[str] | None) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items as overrides: `cores=64`, `run.timeout=5m` (dotted for a
+    nested field). Each VALUE is read as YAML, as if written in the spec file (`64` is a
+    number, `[c5, m5]` a list, `2h` a string); a later item wins. Raises SpecError."""
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        field, equals, text = item.partition("=")
+        field = field.strip()
+        if not equals or not _FIELD_PATH.fullmatch(field):
+            raise SpecError(
+                [
+                    f"--set: {item!r} is not accepted; accepted: FIELD=VALUE, such as cores=64 "
+                    "or run.timeout=5m"
+                ]
+            )
+        try:
+            value = read_yaml(text) if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise SpecError([f"{field}: --set value {text!r} is not valid YAML: {error}"]) from None
+        *sections, name = field.split(".")
+        target = overrides
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                target[section] = {}
+            target = target[section]
+        target[name] = value
+    return overrides
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read and validate a YAML spec without importing its code; raises SpecError."""
     path = Path(path)

@@ -128,3 +128,15 @@ def test_the_price_source_on_aws_never_claims_the_sandbox(no_aws):
     assert done.exit_code == 0
     source = json.loads(done.stdout)["price_source"]
     assert "sandbox" not in source and "not a live price" in source
+
+
+@pytest.mark.parametrize("command", ["run", "submit", "plan", "gc"])
+def test_flags_have_no_type_label_in_help(command):
+    done = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}, color=False)
+    assert done.exit_code == 0
+    assert "<bool>" not in done.stdout and "BOOLEAN" not in done.stdout
+    assert "--json" in done.stdout or "--yes" in done.stdout
+    if command != "gc":
+        assert "--set" in done.stdout and "FIELD=VALUE" in done.stdout
+    else:
+        assert "<str>" in done.stdout  # options that take a value keep their label
