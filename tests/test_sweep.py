@@ -202,7 +202,8 @@ def test_retries_of_a_function_job_are_counted(sandbox, tmp_path, monkeypatch):
         """))
     (tmp_path / "flaky.yaml").write_text(yaml.safe_dump({
         "name": "flaky", "cores": 2, "max_runtime": "5m", "instance_types": ["c5.large"],
-        "run": {"function": "flaky_fn:task", "tasks": [1, 2, 3], "retries": 2}}))
+        "run": {"function": "flaky_fn:task", "tasks": [1, 2, 3], "retries": 2,
+                "retry_exceptions": True}}))
     monkeypatch.chdir(tmp_path)
     result = run(tmp_path / "flaky.yaml")
     assert result.ok and result.results == [1, 2, 3]
