@@ -823,7 +823,7 @@ def doctor(
         cloud, region = cloud or "sandbox", region or "us-east-1"
         try:
             connection = open_provider(cloud, region)
-        except CloudError as error:  # no credentials, or no answer: the first check failed
+        except CloudError as error:  # no credentials or no network: that is the first check
             done = [preflight.Check("credentials", False, str(error), error.fix)]
         else:
             try:
@@ -901,7 +901,12 @@ def sandbox_down() -> None:
     """Stop the long-lived sandbox and every instance in it."""
     from burst.cloud import sandbox
 
-    stopped = sandbox.stop_detached()
+    try:
+        stopped = sandbox.stop_detached()
+    except sandbox.NotTheSandbox as error:
+        raise fail(
+            EXIT_CLOUD, str(error), f"if no sandbox runs, delete {sandbox.state_file()}"
+        ) from None
     out.print("sandbox stopped" if stopped else "sandbox was not running")
 
 

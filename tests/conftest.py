@@ -74,13 +74,16 @@ def sandbox(tmp_path_factory):
 def client(cloud, service: str, region: str = "us-east-1"):
     """The tests' own client of the sandbox, made once: a new boto3 client loads its service
     model anew, which made every leftover check cost seconds."""
-    return _client(cloud.endpoint, service, region)
+    keys = cloud.credentials
+    return _client(cloud.endpoint, keys["aws_access_key_id"], keys["aws_secret_access_key"],
+                   service, region)
 
 
 @functools.cache
-def _client(endpoint: str, service: str, region: str):
+def _client(endpoint: str, key_id: str, secret: str, service: str, region: str):
     # Not sandbox_module.session(): tests patch it to inject faults into burst's calls.
-    session = boto3.Session(region_name=region, **sandbox_module.SANDBOX_CREDENTIALS)
+    session = boto3.Session(region_name=region, aws_access_key_id=key_id,
+                            aws_secret_access_key=secret)
     return session.client(service, region_name=region, endpoint_url=endpoint)
 
 

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -63,6 +64,12 @@ def fleet_chunks(cores: int, vcpus: int) -> list[int]:
 
 
 IAM_PATH = "/burst/"
+# Every role burst creates carries this managed policy as its permissions boundary, so that the
+# client's right to create roles can never give a role more than the boundary: its own
+# parameters, its buckets, terminating burst's instances (scripts/iam-boundary.json). The
+# account's operator creates it once; the sandbox creates it at start.
+BOUNDARY_NAME = "burst-node-boundary"
+BOUNDARY_DOCUMENT = Path(__file__).with_name("iam-boundary.json")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
@@ -102,6 +109,7 @@ class AwsProvider:
         self.s3 = client("s3")
         self.sts = client("sts")
         self.quotas = client("service-quotas")
+        self._boundary: str | None = None
         self.scheduler_port = scheduler_port
         self.dashboard_port = dashboard_port
 
@@ -119,6 +127,7 @@ class AwsProvider:
         """The network, role, bucket and secret of a cluster, and its images. Zones without a
         subnet in the default VPC are left out (capacity there is re-planned elsewhere)."""
         vpc_id, subnets = self._default_network(zones)
+        self.boundary_arn()  # checked before anything is created
         group = self._security_group(ident, vpc_id, client_cidr)
         profile = self._node_role(ident, read_objects or [])
         storage.create_bucket(self.s3, ident, self.region)
@@ -179,6 +188,25 @@ class AwsProvider:
         )
         return group_id
 
+    def boundary_arn(self) -> str:
+        """The permissions boundary every node role gets; it must exist in the account."""
+        if self._boundary is None:
+            account = self.sts.get_caller_identity()["Account"]  # needs no permission
+            arn = f"arn:aws:iam::{account}:policy{IAM_PATH}{BOUNDARY_NAME}"
+            try:
+                self.iam.get_policy(PolicyArn=arn)
+            except ClientError as error:
+                if error_code(error) != "NoSuchEntity":
+                    raise
+                raise CloudError(
+                    f"the permissions boundary {arn} does not exist: burst creates node roles "
+                    "only under it",
+                    f"once per account: `aws iam create-policy --path {IAM_PATH} --policy-name "
+                    f"{BOUNDARY_NAME} --policy-document file://scripts/iam-boundary.json`",
+                ) from error
+            self._boundary = arn
+        return self._boundary
+
     def _node_role(self, ident: ClusterIdentity, read_objects: list[str]) -> str:
         """A role per cluster that can read and publish only this cluster's parameters, use
         its bucket, read the s3:// inputs of the job and terminate its own instances."""
@@ -219,6 +247,7 @@ class AwsProvider:
             RoleName=ident.name,
             Path=IAM_PATH,
             AssumeRolePolicyDocument=json.dumps(trust),
+            PermissionsBoundary=self.boundary_arn(),
             Tags=tags,
         )
         self.iam.put_role_policy(
@@ -352,6 +381,15 @@ class AwsProvider:
         self, ident: ClusterIdentity, states: list[str] | None = None
     ) -> list[InstanceRecord]:
         return [_record(i) for i in self._tagged_instances(TAG_CLUSTER, ident.cluster_id, states)]
+
+    def terminate(self, ident: ClusterIdentity, instance_ids: list[str]) -> list[str]:
+        """Terminate some of the cluster's instances (a scale-down): only those tagged with
+        its id, a call per 1,000, without waiting. Returns the ids it terminated."""
+        wanted = set(instance_ids)
+        ids = [r.instance_id for r in self.instances(ident, LIVE_STATES) if r.instance_id in wanted]
+        for start in range(0, len(ids), 1000):
+            self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
+        return ids
 
     # Resources by tag: of one cluster (burst:cluster) for teardown, of all (burst:managed)
     # for gc.
