@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -120,11 +121,23 @@ def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
     return typer.Exit(code)
 
 
-def plan_table(plan) -> Table:
-    table = Table(title="Plan", title_justify="left")
+def plan_table(plan) -> Group:
+    """The plan as a person reads it, at 80 columns too: a line per pool (the type and zone
+    never cut), then its totals, the price source once, and the notes."""
+    table = Table(
+        title="Plan",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     columns = ("role", "type", "zone", "market", "count", "vCPUs", "GiB", "$/h")
     for column in columns:
-        table.add_column(column, justify="left" if column in columns[:4] else "right")
+        table.add_column(
+            column,
+            justify="left" if column in columns[:4] else "right",
+            no_wrap=True,
+        )
     for line in plan.lines:
         table.add_row(
             line.role,
@@ -137,18 +150,20 @@ def plan_table(plan) -> Table:
             f"{line.total_hourly:.4f}",
         )
     wanted = f" ({plan.cores} requested)" if plan.cores else ""
+    # The pool cap is worth a word only where it changed the plan (a relaxed cap has its note).
     share = (
-        f", at most {plan.max_pool_share:.0%} of the cores per spot pool"
-        if plan.max_pool_share
+        f"; at most {plan.max_pool_share:.0%} of the cores per spot pool"
+        if plan.max_pool_share and plan.share_binds
         else ""
     )
-    table.caption = (
-        f"{plan.worker_cores} worker cores{wanted} on {plan.instances} instances{share}; "
+    lines = [
+        f"{plan.worker_cores} worker cores{wanted} on {plan.instances} instances{share}",
         f"${plan.hourly:.4f}/h, cost bound ${plan.cost_bound:.4f} "
-        f"({format_duration_hours(plan.max_runtime_hours)} incl. grace)\n"
-        f"prices: {plan.price_source}" + "".join(f"\nnote: {note}" for note in plan.notes)
-    )
-    return table
+        f"({format_duration_hours(plan.max_runtime_hours)} incl. grace)",
+        f"prices: {plan.price_source}",
+        *(f"note: {note}" for note in plan.notes),
+    ]
+    return Group(table, *(Text(line) for line in lines))
 
 
 def format_duration_hours(hours) -> str:

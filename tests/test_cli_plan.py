@@ -181,3 +181,27 @@ def test_run_set_reaches_the_budget_check(work: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(write_spec(work)), "--set", "max_cost=0.5"])
     assert result.exit_code == EXIT_BUDGET
     assert "over max_cost $0.5 by $" in stderr_of(result)
+
+
+def test_plan_reads_at_80_columns(tmp_path: Path) -> None:
+    """Every line fits 80 columns; instance types and zones are whole; the price source is
+    said once."""
+    import os
+    import subprocess
+    import sys
+
+    burst = str(Path(sys.executable).parent / "burst")
+    env = {**os.environ, "COLUMNS": "80", "BURST_HOME": str(tmp_path)}
+    path = write_spec(tmp_path, cores=100_000, max_runtime="7d", region="eu-west-1",
+                      instance_types=["c6i.24xlarge", "c5.xlarge"])
+    done = subprocess.run([burst, "plan", str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line.split() for line in lines if line.split()[:1] in (["scheduler"], ["worker"])]
+    assert rows and all(row[1] in ("m5.2xlarge", "m5.4xlarge", "c6i.24xlarge", "c5.xlarge")
+                        and row[2].startswith("eu-west-1") and len(row[2]) == 10 for row in rows)
+    assert "…" not in done.stdout
+    assert done.stdout.count("prices:") == 1 and done.stdout.count("2026-11-01") == 1
+    assert "note: one scheduler serves" in done.stdout
