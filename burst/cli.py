@@ -890,9 +890,43 @@ def sandbox_up(
     out.print(f"sandbox running at {state['endpoint']} (pid {state['pid']})", highlight=False)
 
 
+def sandbox_counts(instances: list[dict]) -> list[str]:
+    """What `burst sandbox status` says of the sandbox's instances (as DescribeInstances gives
+    them, every region): each number with what it means."""
+    from burst.catalog import SANDBOX_REGIONS
+
+    states: dict[str, int] = {}
+    clusters: dict[str, int] = {}
+    for instance in instances:
+        state = instance["State"]["Name"]
+        states[state] = states.get(state, 0) + 1
+        if state in ("pending", "running"):
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            cluster = tags.get("burst:cluster", "(no burst:cluster tag)")
+            clusters[cluster] = clusters.get(cluster, 0) + 1
+    running, pending = states.get("running", 0), states.get("pending", 0)
+    stopping = sum(states.get(s, 0) for s in ("shutting-down", "stopping", "stopped"))
+    ended = states.get("terminated", 0)
+    lines = [
+        f"{running} running: each is a process group on this machine (a Dask scheduler or "
+        "worker, with its node agent) using its CPU and memory",
+        f"{pending} starting (pending) and {stopping} stopping: on their way up or down",
+        f"{ended} terminated: ended instances the EC2 API keeps listing, as AWS does for a "
+        "while; nothing runs for them and nothing is left of them",
+        f"{len(instances)} in all, over the regions {', '.join(SANDBOX_REGIONS)}",
+    ]
+    if clusters:
+        lines.append(
+            "live instances by cluster: "
+            + ", ".join(f"{c} ({n})" for c, n in sorted(clusters.items()))
+            + " (`burst ls` names their jobs; `burst cancel JOB_ID` stops one)"
+        )
+    return lines
+
+
 @sandbox_app.command("status")
 def sandbox_status() -> None:
-    """Show whether the sandbox runs, and its instances."""
+    """Whether the sandbox runs, and its instances: what each number means."""
     from burst.cloud import sandbox
 
     state = sandbox.running_sandbox()
@@ -904,11 +938,12 @@ def sandbox_status() -> None:
         ec2 = sandbox.session().client("ec2", region_name=region, endpoint_url=state["endpoint"])
         described += [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     out.print(
-        f"sandbox running at {state['endpoint']} (pid {state['pid']}); "
-        f"{sum(i['State']['Name'] == 'running' for i in described)} instances running, "
-        f"{len(described)} known",
+        f"sandbox running at {state['endpoint']} (pid {state['pid']}): moto's EC2, S3, SSM "
+        "and IAM on this machine; its instances are local processes",
         highlight=False,
     )
+    for line in sandbox_counts(described):
+        out.print(f"  {line}", highlight=False, markup=False)
 
 
 @sandbox_app.command("down")
