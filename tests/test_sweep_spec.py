@@ -427,3 +427,29 @@ def test_an_absolute_program_is_checked_here_on_the_sandbox_only(tmp_path: Path)
     path.write_text(yaml.safe_dump({"name": "p", "cores": 2, "cloud": "aws", "run": {
         "command": "/opt/absent/tool {seed}", "params": {"seed": [1]}}}))
     assert load_job(path).command[0] == "/opt/absent/tool"  # the image may hold it
+
+
+def test_the_csv_sweep_example_validates_plans_and_its_first_row_runs(tmp_path: Path) -> None:
+    """jobs/csv_sweep.yaml: one task per row of points.csv, numbers typed so {temp:.2f}
+    formats; it plans without a cloud; its first task's command, run here as a node would
+    (cwd = the job's folder, $BURST_OUTPUT an empty folder), writes ising.csv."""
+    from typer.testing import CliRunner
+
+    from burst.cli import app
+
+    example = Path(__file__).resolve().parents[1] / "jobs" / "csv_sweep.yaml"
+    job = load_job(example)
+    assert job.tasks[0] == {"seed": 1, "temp": 0.25, "sweeps": 200}
+    assert job.tasks[4] == {"seed": 5, "temp": 2.269, "sweeps": 300} and len(job.tasks) == 6
+    argv = format_argv(job.command, job.tasks[4])
+    assert argv == ["python", "simulate.py", "--seed", "5", "--temp", "2.27", "--sweeps", "300"]
+    planned = CliRunner().invoke(app, ["plan", str(example), "--json"])
+    assert planned.exit_code == 0 and json.loads(planned.stdout)["worker_cores"] >= 4
+    output = tmp_path / "output"
+    output.mkdir()
+    first = format_argv(job.command, job.tasks[0])
+    done = subprocess.run([sys.executable, *first[1:]], cwd=job.folder, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "BURST_OUTPUT": str(output)})
+    assert done.returncode == 0, done.stderr
+    rows = (output / "ising.csv").read_text().splitlines()
+    assert rows[0] == "sweep,energy_per_spin,magnetisation" and len(rows) == 201
