@@ -363,6 +363,23 @@ def _power_cut_on_terminate() -> None:
     Instance.terminate = cutting(Instance.terminate)
     Instance.stop = cutting(Instance.stop)
     Instance._burst_power_cut = True
+    _fleet_deletion_as_ec2()
+
+
+def _fleet_deletion_as_ec2() -> None:
+    """EC2 deletes an instant fleet with TerminateInstances=True whose instances are already
+    gone; moto then calls TerminateInstances with no ids and refuses. Only that is changed."""
+    from moto.ec2.models.fleets import Fleet
+
+    terminate = Fleet.terminate_instances
+
+    def terminate_live(self) -> None:
+        requests = self.spot_requests + self.on_demand_instances
+        instances = [getattr(r, "instance", None) or r["instance"] for r in requests]
+        if any(i.state != "terminated" for i in instances):
+            terminate(self)
+
+    Fleet.terminate_instances = terminate_live
 
 
 class Hypervisor:
