@@ -251,7 +251,9 @@ class Display:
                     highlight=False,
                 )
             case events.CapacityRefused(error=error):
-                self.progress.console.print(f"[yellow]no capacity:[/] {error}", highlight=False)
+                self.progress.console.print(
+                    Text.assemble(("no capacity:", "yellow"), f" {error}"), highlight=False
+                )
             case events.SchedulerUp():
                 self.progress.console.print(str(event), highlight=False)
             case events.WorkersJoined(joined=joined, expected=expected):
@@ -398,7 +400,7 @@ def run(
         raise exit_for(failure, spec, show_plan=False)
     if not as_json:
         out.print(summary(manifest))
-        out.print(f"results: {result.folder}/", highlight=False)
+        out.print(Text(f"results: {result.folder}/"), highlight=False)
     if not manifest["teardown"]["verified"]:
         raise fail(
             EXIT_CLOUD,
@@ -604,6 +606,8 @@ def status(
         + (f"${Decimal(record['cost']):.4f} so far" if record["cost"] else "cost unknown")
         + (f"; {record['error']}" if record["error"] else ""),
         highlight=False,
+        markup=False,  # the error is the cloud's or a task's text: no markup, no emoji
+        emoji=False,
     )
 
 
@@ -776,7 +780,7 @@ def _offers(spec: JobSpec, offline: bool):
         return None
     from burst.catalog import offers_for
 
-    return offers_for(spec, warn=lambda note: err.print(note, highlight=False))
+    return offers_for(spec, warn=lambda note: err.print(Text(note), highlight=False))
 
 
 @app.command("plan")
@@ -943,7 +947,7 @@ def sandbox_status() -> None:
         highlight=False,
     )
     for line in sandbox_counts(described):
-        out.print(f"  {line}", highlight=False, markup=False)
+        out.print(Text(f"  {line}"), highlight=False)
 
 
 @sandbox_app.command("down")

@@ -298,3 +298,17 @@ def test_two_job_folders_with_the_same_module_name_each_get_their_own(tmp_path, 
     again = load_job(function_spec(tmp_path / "one", "model:fit"))
     assert (first.function(0), second.function(0), again.function(0)) == ("one", "two", "one")
     monkeypatch.delitem(sys.modules, "model")
+
+
+def test_a_cloud_warning_with_brackets_is_printed_as_written(tmp_path, monkeypatch) -> None:
+    """The live-price warning carries AWS's own text: '[/x]' or ':x:' in it must neither
+    crash rich (MarkupError) nor become an emoji."""
+    from burst import catalog
+
+    monkeypatch.setattr(catalog, "offers_for",
+                        lambda spec, warn: warn("live prices unavailable ([/x] :x:)") or None)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"cores": 2, "cloud": "aws"}))
+    done = CliRunner().invoke(app, ["plan", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "live prices unavailable ([/x] :x:)" in done.stderr
