@@ -830,6 +830,7 @@ def doctor(
     """Check what a launch needs before anything is created: credentials, zones, the planned
     instance types, the vCPU quotas. Exit 3 when a check fails."""
     from burst import preflight
+    from burst.bootstrap import client_versions
     from burst.cloud.connect import open_provider
     from burst.plan import plan
 
@@ -846,7 +847,8 @@ def doctor(
             done = [preflight.Check("credentials", False, str(error), error.fix)]
         else:
             try:
-                done = preflight.checks(connection.provider, capacity)
+                stock = None if connection.endpoint else client_versions()["python"]
+                done = preflight.checks(connection.provider, capacity, stock)
             finally:
                 connection.close()
     except BurstError as error:

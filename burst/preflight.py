@@ -31,8 +31,29 @@ class Check:
         return asdict(self)
 
 
-def checks(provider: Provider, plan: Plan | None = None) -> list[Check]:
-    """Every check, in order; once the credentials fail nothing else can be asked.
+# The Pythons Amazon Linux 2023 packages (python3.X), which a stock-image node installs to
+# match the client: https://docs.aws.amazon.com/linux/al2023/ug/python.html
+AL2023_PYTHONS = ("3.9", "3.11", "3.12", "3.13", "3.14")
+
+
+def node_python(version: str) -> Check:
+    """Can a stock Amazon Linux 2023 node run the client's Python (`major.minor`)?"""
+    if version in AL2023_PYTHONS:
+        return Check("node python", True, f"python{version} is packaged by Amazon Linux 2023")
+    return Check(
+        "node python",
+        False,
+        f"the client runs Python {version}, which Amazon Linux 2023 does not package "
+        f"(it has {', '.join(AL2023_PYTHONS)}); nodes must run the client's Python",
+        f"run burst from Python {AL2023_PYTHONS[-2]} or {AL2023_PYTHONS[-1]} (python -m venv)",
+    )
+
+
+def checks(
+    provider: Provider, plan: Plan | None = None, python: str | None = None
+) -> list[Check]:
+    """Every check, in order; once the credentials fail nothing else can be asked. `python`:
+    the client's Python, checked when nodes boot a stock image (on AWS, not the sandbox).
 
     Examples
     --------
@@ -45,6 +66,8 @@ def checks(provider: Provider, plan: Plan | None = None) -> list[Check]:
     except CloudError as error:
         return [Check("credentials", False, str(error), error.fix or _CREDENTIALS_FIX)]
     found = [Check("credentials", True, who)]
+    if python is not None:
+        found.append(node_python(python))
     zones = set(provider.zones())
     found.append(Check("zones", bool(zones), f"{provider.region}: {', '.join(sorted(zones))}"))
     if plan is not None:
@@ -53,9 +76,9 @@ def checks(provider: Provider, plan: Plan | None = None) -> list[Check]:
     return found
 
 
-def require(provider: Provider, plan: Plan) -> list[Check]:
+def require(provider: Provider, plan: Plan, python: str | None = None) -> list[Check]:
     """The checks of a launch: a CloudError (exit 3) naming every one that failed."""
-    done = checks(provider, plan)
+    done = checks(provider, plan, python)
     failed = [check for check in done if not check.ok]
     if failed:
         raise CloudError(

@@ -8,6 +8,7 @@ reports an error (no capacity, price too low, ...) or fills short is left out of
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
@@ -175,6 +176,7 @@ def _fill(
                     cap = None if budget is None else budget - spent
                     if cap is not None and cap < pool.hourly:
                         break  # not one more instance fits the budget
+                    LaunchPacer.of(provider.region).take(-(-units // request.vcpus))
                     fleet = provider.launch_fleet(ident, env, template_id, request, units, cap)
                     got.extend(fleet)
                     on_launch(fleet)
@@ -234,3 +236,39 @@ def check_nodes(
             "fewer cores",
         )
     return alive
+
+
+class LaunchPacer:
+    """EC2's instance-launch bucket, mirrored here: 1,000 instances, refilling 2 per second
+    per account and region, drawn on by RunInstances and EC2 Fleet alike
+    (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html). A fleet waits
+    until the bucket holds its instances, so a cluster of thousands of instances launches at
+    the rate EC2 allows instead of failing with RequestLimitExceeded. One per region, for
+    every cluster this process launches."""
+
+    _regions: dict[str, LaunchPacer] = {}
+
+    def __init__(
+        self, size: float = 1000, refill: float = 2.0, clock=time.monotonic, sleep=time.sleep
+    ):
+        self.size, self.refill, self.clock, self.sleep = size, refill, clock, sleep
+        self.tokens, self.stamp = size, clock()
+        self.waited = 0.0
+
+    @classmethod
+    def of(cls, region: str) -> LaunchPacer:
+        return cls._regions.setdefault(region, cls())
+
+    def take(self, instances: int) -> float:
+        """Wait until `instances` may launch; returns the seconds waited."""
+        now = self.clock()
+        self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.refill)
+        self.stamp = now
+        wait = max(0.0, (min(instances, self.size) - self.tokens) / self.refill)
+        if wait:
+            self.sleep(wait)
+            self.tokens += wait * self.refill
+            self.stamp = self.clock()
+        self.tokens -= instances  # a fleet above the bucket's size leaves it in debt
+        self.waited += wait
+        return wait

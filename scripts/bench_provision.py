@@ -48,6 +48,7 @@ def measure(
         calls: dict[str, Counter] = {"provision": Counter(), "teardown": Counter()}
         phase = "provision"
         session = sandbox.session()
+        sandbox.create_boundary(session.client("iam", endpoint_url=endpoint))
         session.events.register(
             "before-call.ec2", lambda model, **kw: calls[phase].update([model.name])
         )

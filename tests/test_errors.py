@@ -143,3 +143,16 @@ def test_one_unknown_fleet_id_does_not_hide_the_others_from_teardown():
         ec2.add_client_error("describe_fleets", "UnauthorizedOperation", "no")
         with pytest.raises(ClientError):
             provider._describe_fleets(["fleet-a"])
+
+
+def test_the_client_address_can_be_given_and_a_bad_one_is_named(monkeypatch):
+    from burst.cloud.aws import client_cidr
+
+    monkeypatch.setenv("BURST_CLIENT_CIDR", "203.0.113.7")
+    assert client_cidr() == "203.0.113.7/32"
+    monkeypatch.setenv("BURST_CLIENT_CIDR", "10.1.2.3/16")
+    assert client_cidr() == "10.1.0.0/16"
+    monkeypatch.setenv("BURST_CLIENT_CIDR", "my laptop")
+    with pytest.raises(CloudError, match="'my laptop' is not an address") as refused:
+        client_cidr()
+    assert refused.value.exit_code == 3

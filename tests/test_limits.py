@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from burst.cloud import limits
 from burst.cloud import sandbox as sandbox_module
 
-ONCE = Config(retries={"max_attempts": 1})
+ONCE = Config(retries={"total_max_attempts": 1})  # no retry at all
 
 
 def test_a_bucket_empties_and_refills_at_its_rate():
@@ -143,6 +143,7 @@ def test_ssm_reads_are_throttled_as_aws_does_and_retries_get_through(limited):
         ssm.get_parameter(Name="/burst/x/scheduler")
     assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
     assert limited.limits.throttled["ssm.read"] >= 1
+    assert limited.limits.calls["ssm", "GetParameter", "client"] == 6  # counted, throttled too
     # Writes are not reads: they pass (SSM's own PutParameter limit is not modelled).
     ssm.put_parameter(Name="/burst/x/other", Value="1", Type="String")
     # The hypervisor's own calls are the cloud's, not the account's: never throttled.

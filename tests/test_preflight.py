@@ -157,3 +157,10 @@ def test_doctor_on_aws_without_credentials_says_so(tmp_path):
     (check,) = json.loads(done.stdout)
     assert check["name"] == "credentials" and not check["ok"]
     assert "credentials" in check["detail"].lower() and "bug" not in done.stderr
+
+
+def test_a_python_amazon_linux_does_not_package_is_refused_before_launch():
+    with pytest.raises(CloudError, match="Python 3.10, which Amazon Linux 2023 does not"):
+        preflight.require(Account(), PLAN, python="3.10")
+    done = preflight.require(Account(), PLAN, python="3.12")
+    assert done[1].name == "node python" and done[1].ok

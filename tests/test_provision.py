@@ -21,7 +21,13 @@ from burst.cloud.base import (
 )
 from burst.errors import CloudError
 from burst.plan import Plan, fallback_plan, plan
-from burst.provision import acquire_workers, check_nodes, hourly_budget_left, top_up
+from burst.provision import (
+    LaunchPacer,
+    acquire_workers,
+    check_nodes,
+    hourly_budget_left,
+    top_up,
+)
 from burst.spec import JobSpec, parse_spec
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -413,3 +419,29 @@ def test_a_vcpu_limit_on_demand_fails_with_the_quota_fix():
         acquire(cloud, spec)
     assert len(cloud.calls) == 1
     assert "VcpuLimitExceeded" in caught.value.fix and "burst doctor" in caught.value.fix
+
+
+def test_launches_wait_for_ec2s_instance_bucket():
+    """1,000 instances, refilling 2/s: a fleet waits for its instances, never more."""
+    now, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = LaunchPacer(size=10, refill=2, clock=lambda: now[0], sleep=sleep)
+    assert pacer.take(10) == 0  # a full bucket launches at once
+    assert pacer.take(4) == 2.0  # then 4 instances wait for 4 tokens at 2/s
+    now[0] += 1.0  # a second without launches: 2 tokens back
+    assert pacer.take(2) == 0 and pacer.take(1) == 0.5
+    assert slept == [2.0, 0.5] and pacer.waited == 2.5
+
+
+def test_every_fleet_draws_its_instances_from_the_regions_bucket(monkeypatch):
+    pacer = LaunchPacer(size=1000, refill=2, clock=lambda: 0.0, sleep=lambda s: None)
+    monkeypatch.setitem(LaunchPacer._regions, "us-east-1", pacer)
+    spec = make_spec(cores=4000)
+    got = acquire(FakeCloud(), spec)
+    # 4000 cores of 4-vCPU types: 1000 instances, the whole bucket; the next fleet waits.
+    assert len(got.records) == 1000 and pacer.tokens == 0
+    assert pacer.take(10) == 5.0

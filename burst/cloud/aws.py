@@ -7,7 +7,9 @@ endpoint URL and the credentials of the session handed in.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
+import os
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -74,14 +76,26 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
 def client_cidr() -> str:
-    """The client's public address, to which alone the scheduler port is opened."""
+    """The client's public address, to which alone the scheduler port is opened:
+    BURST_CLIENT_CIDR when set (a NAT, a VPN, a client inside the VPC), else what
+    checkip.amazonaws.com sees."""
+    given = os.environ.get("BURST_CLIENT_CIDR", "").strip()
+    if given:
+        try:
+            return str(ipaddress.ip_network(given, strict=False))
+        except ValueError:
+            raise CloudError(
+                f"BURST_CLIENT_CIDR={given!r} is not an address or network",
+                "set it like 203.0.113.7/32 or 10.0.0.0/16, or unset it",
+            ) from None
     try:
         with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
-            return f"{reply.read().decode().strip()}/32"
-    except OSError as error:
+            address = reply.read().decode().strip()
+        return str(ipaddress.ip_network(address))
+    except (OSError, ValueError) as error:
         raise CloudError(
             f"could not learn this machine's public address from checkip.amazonaws.com: {error}",
-            "check this machine's internet access",
+            "check this machine's internet access, or set BURST_CLIENT_CIDR=<address>/32",
         ) from error
 
 

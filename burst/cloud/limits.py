@@ -36,6 +36,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
@@ -66,7 +67,7 @@ SSM_READS = {"GetParameter", "GetParameters", "GetParametersByPath"}
 THROTTLED = "Request limit exceeded."
 HYPERVISOR_AGENT = "burst-sandbox-hypervisor"
 _NON_MUTATING = re.compile(r"^(Describe|Get|List)")
-_SCOPE = re.compile(r"Credential=[^/]+/\d+/([^/]+)/([^/]+)/")
+_SCOPE = re.compile(r"Credential=([^/]+)/\d+/([^/]+)/([^/]+)/")
 
 
 @dataclass
@@ -193,6 +194,9 @@ class AwsLimits:
         self._buckets: dict[tuple, Bucket] = {}
         self._lock = threading.Lock()  # quota check and launch happen as one step
         self.throttled: dict[str, int] = {}
+        # Calls seen, by (service, action, caller): "node" for the instances' role keys
+        # (temporary, ASIA...), "client" for any other; for benchmarks and drills.
+        self.calls: Counter[tuple[str, str, str]] = Counter()
 
     @classmethod
     def from_environment(cls, app) -> AwsLimits:
@@ -210,12 +214,16 @@ class AwsLimits:
         scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
         if not scope:
             return self.app(environ, start_response)
-        region, service = scope[1], scope[2]
+        caller = "node" if scope[1].startswith("ASIA") else "client"
+        region, service = scope[2], scope[3]
         body = _read_body(environ)
         if service == "ec2":
-            return self._ec2(environ, start_response, region, parse_qs(body.decode()))
+            query = parse_qs(body.decode())
+            self.calls[service, query.get("Action", [""])[0], caller] += 1
+            return self._ec2(environ, start_response, region, query)
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         action = target.rpartition(".")[2]
+        self.calls[service, action, caller] += 1
         if service == "ssm" and action in SSM_READS and not self._take(region, "ssm.read"):
             return _json_error(start_response, "ThrottlingException", "Rate exceeded")
         if service == "servicequotas" and action in ("GetServiceQuota", "ListServiceQuotas"):

@@ -207,6 +207,17 @@ class SigV4Guard:
         return [body.encode()]
 
 
+def create_boundary(iam) -> None:
+    """The node roles' permissions boundary, made once per account as an operator would
+    (moto's state is one per process, so another sandbox of this process may have made it)."""
+    from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
+
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_policy(
+            PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=BOUNDARY_DOCUMENT.read_text()
+        )
+
+
 def _guarded_moto_server(keys: list[dict[str, str]]):
     """moto's app behind the SigV4 guard (only the owner's keys get in), then AWS's limits
     (request rates, launch rate, vCPU quotas: limits.py); returns the server and the limits."""
@@ -638,16 +649,7 @@ class Sandbox:
 
     def _prepare_account(self) -> None:
         """What an operator does once per AWS account: the node roles' permissions boundary."""
-        from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
-
-        iam = self.session().client("iam", endpoint_url=self.endpoint)
-        # moto's state is one per process: another sandbox of this process may have made it.
-        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
-            iam.create_policy(
-                PolicyName=BOUNDARY_NAME,
-                Path=IAM_PATH,
-                PolicyDocument=BOUNDARY_DOCUMENT.read_text(),
-            )
+        create_boundary(self.session().client("iam", endpoint_url=self.endpoint))
 
     def session(self) -> boto3.Session:
         """A session with this sandbox's owner keys."""
