@@ -404,14 +404,32 @@ def _path_programs() -> list[str]:
     return sorted(names)
 
 
-def check_programs(tokens: list[str], folder: Path, cloud: str) -> None:
-    """Refuse, before anything is launched, a program that cannot start on the nodes: one
-    named by a relative path that is not in the spec's folder (`./run.sh`), a name that is
-    neither a file of the folder nor on the PATH here (`pyhton`; sandbox nodes run this
-    machine's PATH, and on AWS the same check stands in for the nodes' image), and the script
-    given to an interpreter (`python modl.py`) when the folder has no such file. Words with
-    placeholders are not checked; on AWS, neither is an absolute path (the image may hold it)."""
-    program = tokens[0]
+# Programs that run the next one (`env X=1 prog`, `timeout 10m prog`): the wrapped program is
+# checked too. Their options that take a value, and the operands before the program.
+WRAPPERS = {"env", "nice", "nohup", "timeout", "time", "setsid", "stdbuf", "ionice"}
+_WRAPPER_OPTION_VALUES = {"-n", "-s", "-k", "-u", "-c", "-C", "-i", "-o", "-e", "--signal"}
+
+
+def _programs(tokens: list[str]) -> list[tuple[int, str]]:
+    """The command's program and each program a wrapper at its head runs, by position."""
+    found = [(0, tokens[0])]
+    position = 0
+    while _program(tokens[position]) in WRAPPERS:
+        wrapper = _program(tokens[position])
+        position += 1
+        while position < len(tokens) and (
+            tokens[position].startswith("-") or (wrapper == "env" and "=" in tokens[position])
+        ):
+            position += 2 if tokens[position] in _WRAPPER_OPTION_VALUES else 1
+        if wrapper == "timeout":
+            position += 1  # the duration
+        if position >= len(tokens) or _has_placeholder(tokens[position]):
+            break
+        found.append((position, tokens[position]))
+    return found
+
+
+def _check_program(program: str, folder: Path, cloud: str, wrapped: bool) -> None:
     if program.startswith("/"):
         if cloud != "aws" and not Path(program).exists():
             raise SpecError([f"run.command: the program {program!r} does not exist here"])
@@ -424,7 +442,16 @@ def check_programs(tokens: list[str], folder: Path, cloud: str) -> None:
                     "a file of the folder, or a program on the PATH"
                 ]
             )
-    elif not (folder / program).is_file() and shutil.which(program, path=node_path()) is None:
+    elif shutil.which(program, path=node_path()) is None:
+        if (folder / program).is_file():
+            if not wrapped:
+                return  # burst runs a file of the job's folder by its name
+            raise SpecError(
+                [
+                    f"run.command: {program!r} is a file of the spec's folder, which a wrapper "
+                    f"looks for on the PATH; accepted: ./{program}"
+                ]
+            )
         guess = _guess(program, _folder_files(folder) + _path_programs())
         raise SpecError(
             [
@@ -433,6 +460,17 @@ def check_programs(tokens: list[str], folder: Path, cloud: str) -> None:
                 "the PATH (checked on this machine, for the sandbox and AWS alike)"
             ]
         )
+
+
+def check_programs(tokens: list[str], folder: Path, cloud: str) -> None:
+    """Refuse, before anything is launched, a program that cannot start on the nodes: one
+    named by a relative path that is not in the spec's folder (`./run.sh`), a name that is
+    neither a file of the folder nor on the PATH here (`pyhton`; sandbox nodes run this
+    machine's PATH, and on AWS the same check stands in for the nodes' image), and the script
+    given to an interpreter (`python modl.py`) when the folder has no such file. Words with
+    placeholders are not checked; on AWS, neither is an absolute path (the image may hold it)."""
+    for position, program in _programs(tokens):
+        _check_program(program, folder, cloud, wrapped=position > 0)
     for start, token in enumerate(tokens):
         if _program(token) not in SCRIPT_RUNNERS:
             continue

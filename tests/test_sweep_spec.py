@@ -401,7 +401,22 @@ def test_a_missing_script_in_the_folder_is_refused(tmp_path: Path) -> None:
     assert "bash would run 'run1.sh'" in line and "did you mean run.sh?" in line
 
 
+def test_a_wrapped_program_is_checked_too(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text("print(1)\n")
+    (tmp_path / "sim").write_text("#!/bin/sh\n")
+    for command in ("env OMP_NUM_THREADS=1 pyhton model.py {seed}",
+                    "timeout -s KILL 10m nice -n 5 pyhton model.py {seed}"):
+        (line,) = program_problems(tmp_path, command)
+        assert line.startswith("run.command: the program 'pyhton' is neither a file")
+        assert "did you mean python?" in line
+    (line,) = program_problems(tmp_path, "env X=1 sim {seed}")
+    assert line == ("run.command: 'sim' is a file of the spec's folder, which a wrapper looks "
+                    "for on the PATH; accepted: ./sim")
+
+
 @pytest.mark.parametrize("command", [
+    "timeout 10m ./run.sh {seed}",            # wrapped, a program of the folder
+    "env A=1 B=2 python3 model.py {seed}",    # wrapped, on the PATH
     "python model.py --seed {seed}",          # a script of the folder
     "python -c 'import sys; print(sys.argv)' {seed}",   # code, not a file
     "python -m json.tool {seed}",              # a module
