@@ -43,6 +43,7 @@ from burst.spec import JobSpec, assignments, format_duration, load_spec
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_DEADLINE", "EXIT_INTERRUPTED"]
 __all__ += ["EXIT_JOB_FAILED", "EXIT_OK", "app"]
 
+
 def _flags_without_a_type_label() -> None:
     """typer's rich help labels every option with its type, flags too (`--json <bool>`); a
     flag takes no value, so it gets no label (options that take one keep theirs)."""

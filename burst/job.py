@@ -40,13 +40,19 @@ def _folder_modules(folder: Path) -> list[str]:
     )
 
 
+def in_folder(entry: str, folder: Path) -> bool:
+    """Whether 'module:callable' names a module (or package) of the job's folder."""
+    top = entry.partition(":")[0].split(".")[0]
+    return (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()
+
+
 def refuse_outside_module(entry: str, folder: Path, field: str) -> None:
     """A job's function and reduce come from its own folder: `os:system` or any installed
     module is refused, unless the spec opts in with run.allow_any_module (checked before
     anything is imported)."""
-    top = entry.partition(":")[0].split(".")[0]
-    if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+    if in_folder(entry, folder):
         return
+    top = entry.partition(":")[0].split(".")[0]
     mine = _folder_modules(folder)
     close = difflib.get_close_matches(top, mine, n=1, cutoff=0.6)
     guess = f"did you mean {close[0]}? " if close else ""
@@ -128,7 +134,7 @@ def job_from_spec(spec: JobSpec, folder: Path) -> Job:
         sweep.check_programs(argv, folder, spec.cloud)
         reduce = None
         if spec.run.reduce:
-            if not anywhere:
+            if in_folder(spec.run.reduce, folder):
                 sys.modules.pop(spec.run.reduce.partition(":")[0], None)
             reduce = import_entry_point(spec.run.reduce, folder, "run.reduce", anywhere)
         files = sweep.job_files(folder, spec)
@@ -136,7 +142,7 @@ def job_from_spec(spec: JobSpec, folder: Path) -> Job:
     # Import the job's code afresh: a notebook re-run, or another spec with a module of the
     # same name, must not get the module cached by an earlier load.
     for entry in filter(None, (spec.run.function, spec.run.reduce)):
-        if not anywhere:  # an installed module (os, math) is never reloaded
+        if in_folder(entry, folder):  # an installed module (os, math) is never reloaded
             sys.modules.pop(entry.partition(":")[0], None)
     function = import_entry_point(spec.run.function, folder, "run.function", anywhere)
     reduce = (
