@@ -232,6 +232,11 @@ def region_multiplier(instance_type: str, region: str) -> Decimal:
     return table.get(instance_type[0], Decimal(1))
 
 
+# On AWS the modelled discount stands in where no live spot price was read: it must not pass
+# for one (nor for the sandbox's).
+SPOT_MODEL = " x a modelled 55-75% spot discount, not a live price"
+
+
 def snapshot_source(region: str, market: str = "on-demand") -> str:
     """Where a snapshot price comes from, for the manifest and the plan table."""
     if region == "us-east-1":
@@ -241,9 +246,7 @@ def snapshot_source(region: str, market: str = "on-demand") -> str:
     else:
         where = f"us-east-1; no snapshot for {region}"
     source = f"snapshot {SNAPSHOT_DATE} on-demand list price ({where})"
-    # On AWS this stands in where no live spot price was read: it must not pass for one.
-    spot = " x a modelled 55-75% spot discount, not a live price"
-    return source + spot if market == "spot" else source
+    return source + SPOT_MODEL if market == "spot" else source
 
 
 def spot_discount(instance_type: str, zone: str) -> Decimal:

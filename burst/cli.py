@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -36,12 +37,30 @@ from burst.errors import (
     SpecError,
 )
 from burst.job import load_job
-from burst.spec import JobSpec, format_duration, load_spec
+from burst.spec import JobSpec, assignments, format_duration, load_spec
 
 # The exit codes are the CLI's contract with workflow tools.
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BUDGET", "EXIT_CLOUD", "EXIT_DEADLINE", "EXIT_INTERRUPTED"]
 __all__ += ["EXIT_JOB_FAILED", "EXIT_OK", "app"]
 
+
+def _flags_without_a_type_label() -> None:
+    """typer's rich help labels every option with its type, flags too (`--json <bool>`); a
+    flag takes no value, so it gets no label (options that take one keep theirs)."""
+    from typer.core import TyperOption
+
+    labelled = TyperOption.display_type_rich
+    if getattr(labelled, "_burst", False):
+        return
+
+    def label(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else labelled(self, ctx)
+
+    label._burst = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = label  # type: ignore[method-assign]
+
+
+_flags_without_a_type_label()
 app = typer.Typer(
     help="Rent a supercomputer for an afternoon.",
     no_args_is_help=True,
@@ -55,6 +74,15 @@ app.add_typer(sandbox_app, name="sandbox")
 err = Console(stderr=True)
 out = Console()
 ManifestJson = Annotated[bool, typer.Option("--json", help="Print the manifest alone on stdout.")]
+SetFields = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="FIELD=VALUE",
+        help="Change a spec field as if written in the file: cores=64, max_runtime=2h, "
+        "run.timeout=5m (dotted for nested fields; repeatable).",
+    ),
+]
 
 
 def _print_version(asked: bool) -> None:
@@ -94,11 +122,23 @@ def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
     return typer.Exit(code)
 
 
-def plan_table(plan) -> Table:
-    table = Table(title="Plan", title_justify="left")
+def plan_table(plan) -> Group:
+    """The plan as a person reads it, at 80 columns too: a line per pool (the type and zone
+    never cut), then its totals, the price source once, and the notes."""
+    table = Table(
+        title="Plan",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     columns = ("role", "type", "zone", "market", "count", "vCPUs", "GiB", "$/h")
     for column in columns:
-        table.add_column(column, justify="left" if column in columns[:4] else "right")
+        table.add_column(
+            column,
+            justify="left" if column in columns[:4] else "right",
+            no_wrap=True,
+        )
     for line in plan.lines:
         table.add_row(
             line.role,
@@ -111,18 +151,20 @@ def plan_table(plan) -> Table:
             f"{line.total_hourly:.4f}",
         )
     wanted = f" ({plan.cores} requested)" if plan.cores else ""
+    # The pool cap is worth a word only where it changed the plan (a relaxed cap has its note).
     share = (
-        f", at most {plan.max_pool_share:.0%} of the cores per spot pool"
-        if plan.max_pool_share
+        f"; at most {plan.max_pool_share:.0%} of the cores per spot pool"
+        if plan.max_pool_share and plan.share_binds
         else ""
     )
-    table.caption = (
-        f"{plan.worker_cores} worker cores{wanted} on {plan.instances} instances{share}; "
+    lines = [
+        f"{plan.worker_cores} worker cores{wanted} on {plan.instances} instances{share}",
         f"${plan.hourly:.4f}/h, cost bound ${plan.cost_bound:.4f} "
-        f"({format_duration_hours(plan.max_runtime_hours)} incl. grace)\n"
-        f"prices: {plan.price_source}" + "".join(f"\nnote: {note}" for note in plan.notes)
-    )
-    return table
+        f"({format_duration_hours(plan.max_runtime_hours)} incl. grace)",
+        f"prices: {plan.price_source}",
+        *(f"note: {note}" for note in plan.notes),
+    ]
+    return Group(table, *(Text(line) for line in lines))
 
 
 def format_duration_hours(hours) -> str:
@@ -210,7 +252,9 @@ class Display:
                     highlight=False,
                 )
             case events.CapacityRefused(error=error):
-                self.progress.console.print(f"[yellow]no capacity:[/] {error}", highlight=False)
+                self.progress.console.print(
+                    Text.assemble(("no capacity:", "yellow"), f" {error}"), highlight=False
+                )
             case events.SchedulerUp():
                 self.progress.console.print(str(event), highlight=False)
             case events.WorkersJoined(joined=joined, expected=expected):
@@ -322,12 +366,13 @@ def run(
             help="Run only the tasks not done in that job's results, into its folder.",
         ),
     ] = None,
+    set_fields: SetFields = None,
 ) -> None:
     """Plan, launch, run, collect and tear down one job."""
     from burst.plan import plan_within_budget
 
     try:
-        job = load_job(spec)
+        job = load_job(spec, assignments(set_fields))
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
         plan_within_budget(job.spec)
@@ -359,7 +404,7 @@ def run(
         raise exit_for(failure, spec, show_plan=False)
     if not as_json:
         out.print(summary(manifest))
-        out.print(f"results: {result.folder}/", highlight=False)
+        out.print(Text(f"results: {result.folder}/"), highlight=False)
     if not manifest["teardown"]["verified"]:
         raise fail(
             EXIT_CLOUD,
@@ -495,6 +540,7 @@ def submit(
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"job_id": ...} alone on stdout.')
     ] = False,
+    set_fields: SetFields = None,
 ) -> None:
     """Launch a job and hand it to its cluster: it runs on without this machine.
 
@@ -502,7 +548,7 @@ def submit(
     from burst.plan import plan_within_budget
 
     try:
-        job = load_job(spec)
+        job = load_job(spec, assignments(set_fields))
         plan_within_budget(job.spec)
         reach_cloud(job.spec)
     except BurstError as error:
@@ -564,6 +610,8 @@ def status(
         + (f"${Decimal(record['cost']):.4f} so far" if record["cost"] else "cost unknown")
         + (f"; {record['error']}" if record["error"] else ""),
         highlight=False,
+        markup=False,  # the error is the cloud's or a task's text: no markup, no emoji
+        emoji=False,
     )
 
 
@@ -736,7 +784,7 @@ def _offers(spec: JobSpec, offline: bool):
         return None
     from burst.catalog import offers_for
 
-    return offers_for(spec, warn=lambda note: err.print(note, highlight=False))
+    return offers_for(spec, warn=lambda note: err.print(Text(note), highlight=False))
 
 
 @app.command("plan")
@@ -751,12 +799,16 @@ def plan_command(
     offline: Annotated[
         bool, typer.Option("--offline", help="Use the snapshot's prices even on AWS.")
     ] = False,
+    set_fields: SetFields = None,
 ) -> None:
     """Plan the capacity and its cost; launches nothing. Exit 4 when over budget."""
     from burst.plan import BudgetError, check_budget, plan
 
     try:
-        job_spec = load_spec(spec, {"cores": cores} if cores is not None else None)
+        overrides = assignments(set_fields)
+        if cores is not None:
+            overrides["cores"] = cores
+        job_spec = load_spec(spec, overrides)
         offers = _offers(job_spec, offline)
         capacity = plan(job_spec, offers=offers)
         check_budget(job_spec, capacity, offers=offers)
@@ -848,9 +900,43 @@ def sandbox_up(
     out.print(f"sandbox running at {state['endpoint']} (pid {state['pid']})", highlight=False)
 
 
+def sandbox_counts(instances: list[dict]) -> list[str]:
+    """What `burst sandbox status` says of the sandbox's instances (as DescribeInstances gives
+    them, every region): each number with what it means."""
+    from burst.catalog import SANDBOX_REGIONS
+
+    states: dict[str, int] = {}
+    clusters: dict[str, int] = {}
+    for instance in instances:
+        state = instance["State"]["Name"]
+        states[state] = states.get(state, 0) + 1
+        if state in ("pending", "running"):
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            cluster = tags.get("burst:cluster", "(no burst:cluster tag)")
+            clusters[cluster] = clusters.get(cluster, 0) + 1
+    running, pending = states.get("running", 0), states.get("pending", 0)
+    stopping = sum(states.get(s, 0) for s in ("shutting-down", "stopping", "stopped"))
+    ended = states.get("terminated", 0)
+    lines = [
+        f"{running} running: each is a process group on this machine (a Dask scheduler or "
+        "worker, with its node agent) using its CPU and memory",
+        f"{pending} starting (pending) and {stopping} stopping: on their way up or down",
+        f"{ended} terminated: ended instances the EC2 API keeps listing, as AWS does for a "
+        "while; nothing runs for them and nothing is left of them",
+        f"{len(instances)} in all, over the regions {', '.join(SANDBOX_REGIONS)}",
+    ]
+    if clusters:
+        lines.append(
+            "live instances by cluster: "
+            + ", ".join(f"{c} ({n})" for c, n in sorted(clusters.items()))
+            + " (`burst ls` names their jobs; `burst cancel JOB_ID` stops one)"
+        )
+    return lines
+
+
 @sandbox_app.command("status")
 def sandbox_status() -> None:
-    """Show whether the sandbox runs, and its instances."""
+    """Whether the sandbox runs, and its instances: what each number means."""
     from burst.cloud import sandbox
 
     state = sandbox.running_sandbox()
@@ -862,11 +948,12 @@ def sandbox_status() -> None:
         ec2 = sandbox.session().client("ec2", region_name=region, endpoint_url=state["endpoint"])
         described += [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     out.print(
-        f"sandbox running at {state['endpoint']} (pid {state['pid']}); "
-        f"{sum(i['State']['Name'] == 'running' for i in described)} instances running, "
-        f"{len(described)} known",
+        f"sandbox running at {state['endpoint']} (pid {state['pid']}): moto's EC2, S3, SSM "
+        "and IAM on this machine; its instances are local processes",
         highlight=False,
     )
+    for line in sandbox_counts(described):
+        out.print(Text(f"  {line}"), highlight=False)
 
 
 @sandbox_app.command("down")

@@ -3,6 +3,7 @@ job's parameter rows, template and files come from burst.sweep). Nothing is laun
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Callable
@@ -31,13 +32,58 @@ class Job:
     files: list[Path] | None = None  # the spec folder's files shipped with a command job
 
 
-def import_entry_point(entry: str, folder: Path, field: str) -> Callable:
-    """Import 'module:callable' from the spec's folder (the job's own code ships by value)."""
+def _folder_modules(folder: Path) -> list[str]:
+    return sorted(
+        p.stem if p.suffix == ".py" else p.name
+        for p in folder.iterdir()
+        if (p.suffix == ".py" and p.is_file()) or (p / "__init__.py").is_file()
+    )
+
+
+def in_folder(entry: str, folder: Path) -> bool:
+    """Whether 'module:callable' names a module (or package) of the job's folder."""
+    top = entry.partition(":")[0].split(".")[0]
+    return (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()
+
+
+def refuse_outside_module(entry: str, folder: Path, field: str) -> None:
+    """A job's function and reduce come from its own folder: `os:system` or any installed
+    module is refused, unless the spec opts in with run.allow_any_module (checked before
+    anything is imported)."""
+    if in_folder(entry, folder):
+        return
+    top = entry.partition(":")[0].split(".")[0]
+    mine = _folder_modules(folder)
+    close = difflib.get_close_matches(top, mine, n=1, cutoff=0.6)
+    guess = f"did you mean {close[0]}? " if close else ""
+    raise SpecError(
+        [
+            f"{field}: {entry!r} is not a module of the spec's folder {folder} (no {top}.py "
+            f"there; {guess}its modules: {', '.join(mine) or 'none'}); accepted: a module "
+            "next to the spec, or run.allow_any_module: true to call an installed module's "
+            "function"
+        ]
+    )
+
+
+def import_entry_point(
+    entry: str, folder: Path, field: str, allow_any_module: bool = False
+) -> Callable:
+    """Import 'module:callable' from the spec's folder (the job's own code ships by value);
+    with `allow_any_module`, from anywhere on the path."""
     module_name, _, attr = entry.partition(":")
-    if str(folder) not in sys.path:
+    if sys.path[:1] != [str(folder)]:  # first: an earlier job's folder may hold the same name
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
         sys.path.insert(0, str(folder))
     try:
-        target: Any = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
+        where = getattr(module, "__file__", None)
+        if not allow_any_module and (
+            where is None or not Path(where).resolve().is_relative_to(folder.resolve())
+        ):  # a name the folder has, imported from elsewhere (already loaded, say)
+            raise ImportError(f"{module_name} was found at {where}, not in the spec's folder")
+        target: Any = module
         for part in attr.split("."):
             target = getattr(target, part)
     except Exception as error:  # any import-time failure is the user's to fix
@@ -77,19 +123,31 @@ def job_from_spec(spec: JobSpec, folder: Path) -> Job:
     missing = sweep.missing_inputs(spec.inputs, folder)
     if missing:
         raise SpecError(missing)
+    anywhere = spec.run.allow_any_module
+    if not anywhere:  # before any module is dropped from sys.modules, below
+        for entry, field in ((spec.run.function, "run.function"), (spec.run.reduce, "run.reduce")):
+            if entry is not None:
+                refuse_outside_module(entry, folder, field)
     if spec.run.command is not None:
         rows = sweep.load_params(spec.run.params, folder)
         argv = sweep.check_template(spec.run.command, rows)
+        sweep.check_programs(argv, folder, spec.cloud)
         reduce = None
         if spec.run.reduce:
-            sys.modules.pop(spec.run.reduce.partition(":")[0], None)
-            reduce = import_entry_point(spec.run.reduce, folder, "run.reduce")
+            if in_folder(spec.run.reduce, folder):
+                sys.modules.pop(spec.run.reduce.partition(":")[0], None)
+            reduce = import_entry_point(spec.run.reduce, folder, "run.reduce", anywhere)
         files = sweep.job_files(folder, spec)
         return Job(spec, folder, None, rows, reduce, command=argv, files=files)
     # Import the job's code afresh: a notebook re-run, or another spec with a module of the
     # same name, must not get the module cached by an earlier load.
     for entry in filter(None, (spec.run.function, spec.run.reduce)):
-        sys.modules.pop(entry.partition(":")[0], None)
-    function = import_entry_point(spec.run.function, folder, "run.function")
-    reduce = import_entry_point(spec.run.reduce, folder, "run.reduce") if spec.run.reduce else None
+        if in_folder(entry, folder):  # an installed module (os, math) is never reloaded
+            sys.modules.pop(entry.partition(":")[0], None)
+    function = import_entry_point(spec.run.function, folder, "run.function", anywhere)
+    reduce = (
+        import_entry_point(spec.run.reduce, folder, "run.reduce", anywhere)
+        if spec.run.reduce
+        else None
+    )
     return Job(spec, folder, function, _load_tasks(spec.run, folder), reduce)

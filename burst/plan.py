@@ -27,6 +27,7 @@ import numpy as np
 from burst import errors
 from burst.catalog import (
     SNAPSHOT,
+    SPOT_MODEL,
     Offer,
     default_zones,
     hourly_price,
@@ -78,6 +79,7 @@ class Plan:
     cores: int = 0  # requested
     notes: tuple[str, ...] = ()
     max_pool_share: float | None = None  # the spot pool cap applied, None when none was
+    share_binds: bool = False  # the cap made the plan dearer or bigger than without it
 
     @property
     def workers(self) -> list[PlanLine]:
@@ -120,6 +122,7 @@ class Plan:
             "cost_bound": str(self.cost_bound),
             "price_source": self.price_source,
             "max_pool_share": self.max_pool_share,
+            "share_binds": self.share_binds,
             "notes": list(self.notes),
         }
 
@@ -302,7 +305,8 @@ def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | N
 
 
 def summarize_sources(sources: Iterable[str]) -> str:
-    """The distinct price sources, live spot timestamps folded into one range."""
+    """The distinct price sources, said once: live spot timestamps folded into one range, and
+    the modelled spot discount of a snapshot price named after that price."""
     live_prefix = "live spot price history "
     stamps: list[str] = []
     others: list[str] = []
@@ -311,11 +315,33 @@ def summarize_sources(sources: Iterable[str]) -> str:
             stamps.append(source.removeprefix(live_prefix))
         elif source and source not in others:
             others.append(source)
+    modelled = [o for o in others if o.endswith(SPOT_MODEL)]
+    for source in modelled:
+        if source.removesuffix(SPOT_MODEL) in others:  # "X" and "X x the model": say X once
+            others.remove(source)
+            others.append("spot:" + SPOT_MODEL.removeprefix(" x a").replace(" spot", "", 1))
     if stamps:
         first, last = min(stamps), max(stamps)
         span = first if first == last else f"{first} .. {last}"
         others.insert(0, f"{live_prefix}{span}")
     return "; ".join(others)
+
+
+# Dask's scheduler runs on one thread and holds every worker's and task's state: the number
+# of worker instances (each is one Dask worker) sets the size it needs. Unless the spec names
+# scheduler_instance_type, the planner picks the first size whose limit the workers are under.
+SCHEDULER_SIZES: tuple[tuple[int, str], ...] = (
+    (250, "m5.large"),
+    (1000, "m5.xlarge"),
+    (2500, "m5.2xlarge"),
+)
+BIGGEST_SCHEDULER = "m5.4xlarge"
+MANY_WORKERS = 1000  # from here, the plan warns that one scheduler serves them all
+
+
+def scheduler_type_for(workers: int) -> str:
+    """The scheduler instance type the planner picks for this many worker instances."""
+    return next((name for limit, name in SCHEDULER_SIZES if workers < limit), BIGGEST_SCHEDULER)
 
 
 def share_cap(offer: Offer, cores: int, share: float) -> int:
@@ -385,6 +411,30 @@ def plan(
             notes.append(f"max_pool_share relaxed from {share:g} to {relaxed}: {why}")
     if chosen is None:  # uncapped, the usable offers always cover the cores
         raise RuntimeError(f"planner bug: no cover of {spec.cores} cores without a share cap")
+    if chosen.max_pool_share is not None:
+        free = attempt(1.0)
+        binds = free is not None and (free.hourly, free.instances) < (
+            chosen.hourly,
+            chosen.instances,
+        )
+        chosen = replace(chosen, share_binds=binds)
+    workers = sum(line.count for line in chosen.workers)
+    if "scheduler_instance_type" not in spec.model_fields_set:
+        wanted = scheduler_type_for(workers)
+        if wanted != scheduler.instance_type:
+            bigger = _scheduler_line(
+                spec.model_copy(update={"scheduler_instance_type": wanted}), zones, offers
+            )
+            lines = (bigger, *chosen.workers)
+            chosen = replace(
+                chosen, lines=lines, price_source=summarize_sources(line.source for line in lines)
+            )
+    if workers >= MANY_WORKERS:
+        notes.append(
+            f"one scheduler serves {workers} worker instances: Dask's scheduler runs on one "
+            "thread and slows down past about a thousand workers; fewer, bigger instances "
+            "(instance_types: [c5.24xlarge]) keep it responsive"
+        )
     if spec.max_hourly is not None and chosen.hourly > spec.max_hourly:
         notes.append(f"the cheapest plan costs ${chosen.hourly}/h, over max_hourly")
     return replace(chosen, notes=tuple(notes))

@@ -148,6 +148,11 @@ class RunSpec(Strict):
     )
     timeout: timedelta | None = Field(None, description="per task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
+    allow_any_module: bool = Field(
+        False,
+        description="function and reduce may come from installed modules, not only the "
+        "spec's folder",
+    )
     retries: int = Field(1, ge=0, le=10)
     fail_fast: bool = Field(
         True, description="stop when the first 5 tasks to end all failed the same way"
@@ -531,8 +536,8 @@ MAX_SPEC_BYTES = 10 * 1024 * 1024
 
 
 class SpecLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys (with their lines) and documents whose
-    aliases expand them beyond MAX_YAML_VALUES, before anything is constructed."""
+    """yaml.SafeLoader that refuses duplicate keys (with their path and lines) and documents
+    whose aliases expand them beyond MAX_YAML_VALUES, before anything is constructed."""
 
     def compose_document(self) -> yaml.Node:
         node = super().compose_document()
@@ -554,6 +559,8 @@ class SpecLoader(yaml.SafeLoader):
                 sizes[id(item)] = total
             return sizes[id(item)]
 
+        if node is not None:
+            self._refuse_duplicates(node)
         if node is not None and expanded(node) > MAX_YAML_VALUES:
             raise SpecError(
                 [
@@ -564,23 +571,37 @@ class SpecLoader(yaml.SafeLoader):
             )
         return node
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base` then a key: an override, as YAML means it
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, str | int | float | bool) and key in lines:
-                raise SpecError(
-                    [
-                        f"{key}: the key {key!r} appears twice in the same mapping (line "
-                        f"{lines[key]} and line {line}); accepted: each key once"
-                    ]
-                )
-            if isinstance(key, str | int | float | bool):
-                lines[key] = line
-        return super().construct_mapping(node, deep)
+    def _refuse_duplicates(self, node: yaml.Node) -> None:
+        """A key twice in one mapping, named by its dotted path and both lines (each node is
+        visited once, so aliases cost nothing here)."""
+        seen: set[int] = set()
+        pending: list[tuple[yaml.Node, str]] = [(node, "")]
+        while pending:
+            item, path = pending.pop()
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if isinstance(item, yaml.SequenceNode):
+                pending += [(child, path) for child in item.value]
+            elif isinstance(item, yaml.MappingNode):
+                lines: dict[str, int] = {}
+                for key_node, value_node in item.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                        key_node, yaml.ScalarNode
+                    ):
+                        pending.append((value_node, path))
+                        continue  # `<<: *base` then a key: an override, as YAML means it
+                    key, line = key_node.value, key_node.start_mark.line + 1
+                    field = f"{path}.{key}" if path else key
+                    if key in lines:
+                        raise SpecError(
+                            [
+                                f"{field}: the key {key!r} appears twice in the same mapping "
+                                f"(line {lines[key]} and line {line}); accepted: each key once"
+                            ]
+                        )
+                    lines[key] = line
+                    pending.append((value_node, field))
 
 
 def read_yaml(text: str) -> Any:
@@ -590,6 +611,38 @@ def read_yaml(text: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def assignments(items: list[str] | None) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items as overrides: `cores=64`, `run.timeout=5m` (dotted for a
+    nested field). Each VALUE is read as YAML, as if written in the spec file (`64` is a
+    number, `[c5, m5]` a list, `2h` a string); a later item wins. Raises SpecError."""
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        field, equals, text = item.partition("=")
+        field = field.strip()
+        if not equals or not _FIELD_PATH.fullmatch(field):
+            raise SpecError(
+                [
+                    f"--set: {item!r} is not accepted; accepted: FIELD=VALUE, such as cores=64 "
+                    "or run.timeout=5m"
+                ]
+            )
+        try:
+            value = read_yaml(text) if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise SpecError([f"{field}: --set value {text!r} is not valid YAML: {error}"]) from None
+        *sections, name = field.split(".")
+        target = overrides
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                target[section] = {}
+            target = target[section]
+        target[name] = value
+    return overrides
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:

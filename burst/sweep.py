@@ -5,13 +5,17 @@ downloads around a run are burst.transfer; the worker side is burst.taskrun.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
 import itertools
 import json
 import os
 import re
 import shlex
+import shutil
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +366,138 @@ def _check_format_spec(field: str, spec: str) -> None:
                 f"too big; accepted: up to {MAX_FORMAT_NUMBER}"
             ]
         )
+
+
+# Interpreters whose first operand is a script file (not program text, as for awk or sed),
+# and the options after which it is code or a module instead (python -c/-m, perl -e, ...).
+SCRIPT_RUNNERS = SHELLS | {
+    "python", "pypy", "perl", "ruby", "node", "nodejs", "Rscript", "julia", "lua", "luajit",
+    "php", "tclsh", "wish", "deno", "pwsh",
+}  # fmt: skip
+CODE_OPTIONS = {"-c", "-e", "-E", "-m", "--eval", "--command", "-r", "--require", "run", "-"}
+_SCRIPT_SUFFIXES = {
+    ".py", ".sh", ".bash", ".zsh", ".pl", ".rb", ".js", ".mjs", ".ts", ".R", ".r", ".jl",
+    ".lua", ".php", ".tcl", ".ps1",
+}  # fmt: skip
+
+
+def node_path() -> str:
+    """The PATH a task sees on a sandbox node: this Python's folder, then this PATH (what
+    burst.taskrun gives it)."""
+    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
+
+def _guess(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _folder_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _path_programs() -> list[str]:
+    names: set[str] = set()
+    for entry in node_path().split(os.pathsep):
+        with contextlib.suppress(OSError):
+            names.update(p.name for p in Path(entry or ".").iterdir())
+    return sorted(names)
+
+
+# Programs that run the next one (`env X=1 prog`, `timeout 10m prog`): the wrapped program is
+# checked too. Their options that take a value, and the operands before the program.
+WRAPPERS = {"env", "nice", "nohup", "timeout", "time", "setsid", "stdbuf", "ionice"}
+_WRAPPER_OPTION_VALUES = {"-n", "-s", "-k", "-u", "-c", "-C", "-i", "-o", "-e", "--signal"}
+
+
+def _programs(tokens: list[str]) -> list[tuple[int, str]]:
+    """The command's program and each program a wrapper at its head runs, by position."""
+    found = [(0, tokens[0])]
+    position = 0
+    while _program(tokens[position]) in WRAPPERS:
+        wrapper = _program(tokens[position])
+        position += 1
+        while position < len(tokens) and (
+            tokens[position].startswith("-") or (wrapper == "env" and "=" in tokens[position])
+        ):
+            position += 2 if tokens[position] in _WRAPPER_OPTION_VALUES else 1
+        if wrapper == "timeout":
+            position += 1  # the duration
+        if position >= len(tokens) or _has_placeholder(tokens[position]):
+            break
+        found.append((position, tokens[position]))
+    return found
+
+
+def _check_program(program: str, folder: Path, cloud: str, wrapped: bool) -> None:
+    if program.startswith("/"):
+        if cloud != "aws" and not Path(program).exists():
+            raise SpecError([f"run.command: the program {program!r} does not exist here"])
+    elif "/" in program:
+        if not (folder / program).exists():
+            raise SpecError(
+                [
+                    f"run.command: the program {program!r} is not in the spec's folder "
+                    f"{folder}{_guess(Path(program).name, _folder_files(folder))}; accepted: "
+                    "a file of the folder, or a program on the PATH"
+                ]
+            )
+    elif shutil.which(program, path=node_path()) is None:
+        if (folder / program).is_file():
+            if not wrapped:
+                return  # burst runs a file of the job's folder by its name
+            raise SpecError(
+                [
+                    f"run.command: {program!r} is a file of the spec's folder, which a wrapper "
+                    f"looks for on the PATH; accepted: ./{program}"
+                ]
+            )
+        guess = _guess(program, _folder_files(folder) + _path_programs())
+        raise SpecError(
+            [
+                f"run.command: the program {program!r} is neither a file of the spec's folder "
+                f"nor on the PATH{guess}; accepted: a file next to the spec or a program on "
+                "the PATH (checked on this machine, for the sandbox and AWS alike)"
+            ]
+        )
+
+
+def check_programs(tokens: list[str], folder: Path, cloud: str) -> None:
+    """Refuse, before anything is launched, a program that cannot start on the nodes: one
+    named by a relative path that is not in the spec's folder (`./run.sh`), a name that is
+    neither a file of the folder nor on the PATH here (`pyhton`; sandbox nodes run this
+    machine's PATH, and on AWS the same check stands in for the nodes' image), and the script
+    given to an interpreter (`python modl.py`) when the folder has no such file. Words with
+    placeholders are not checked; on AWS, neither is an absolute path (the image may hold it)."""
+    for position, program in _programs(tokens):
+        _check_program(program, folder, cloud, wrapped=position > 0)
+    for start, token in enumerate(tokens):
+        if _program(token) not in SCRIPT_RUNNERS:
+            continue
+        options = tokens[start + 1 : _code_span(tokens, start)]
+        script = tokens[_code_span(tokens, start)] if start + 1 < len(tokens) else None
+        if (
+            script is None
+            or script.startswith(("-", "/"))
+            or _has_placeholder(script)
+            or any(
+                ("c" in o and not o.startswith("--")) or o == "-s"
+                if _program(token) in SHELLS
+                else o in CODE_OPTIONS
+                for o in options
+            )
+            or not ("/" in script or Path(script).suffix in _SCRIPT_SUFFIXES)
+        ):
+            continue
+        if not (folder / script).exists():
+            raise SpecError(
+                [
+                    f"run.command: {token} would run {script!r}, which is not in the spec's "
+                    f"folder {folder}{_guess(script, _folder_files(folder))}; accepted: a "
+                    "script of the folder (relative to it)"
+                ]
+            )
+        break  # one interpreter per command line: its script's arguments are data
 
 
 def _is_environment(path: Path) -> bool:

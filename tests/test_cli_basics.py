@@ -128,3 +128,53 @@ def test_the_price_source_on_aws_never_claims_the_sandbox(no_aws):
     assert done.exit_code == 0
     source = json.loads(done.stdout)["price_source"]
     assert "sandbox" not in source and "not a live price" in source
+
+
+@pytest.mark.parametrize("command", ["run", "submit", "plan", "gc"])
+def test_flags_have_no_type_label_in_help(command):
+    done = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}, color=False)
+    assert done.exit_code == 0
+    assert "<bool>" not in done.stdout and "BOOLEAN" not in done.stdout
+    assert "--json" in done.stdout or "--yes" in done.stdout
+    if command != "gc":
+        assert "--set" in done.stdout and "FIELD=VALUE" in done.stdout
+    else:
+        assert "<str>" in done.stdout  # options that take a value keep their label
+
+
+def described(state: str, cluster: str | None = None) -> dict:
+    tags = [{"Key": "burst:cluster", "Value": cluster}] if cluster else []
+    return {"State": {"Name": state}, "Tags": tags}
+
+
+def test_sandbox_status_explains_each_count():
+    from burst.cli import sandbox_counts
+
+    lines = sandbox_counts([described("running", "c0ffee000001"),
+                            described("running", "c0ffee000001"),
+                            described("pending", "c0ffee000002"),
+                            described("shutting-down", "c0ffee000001"),
+                            *[described("terminated", "c0ffee000003")] * 4])
+    assert lines[0].startswith("2 running: each is a process group on this machine")
+    assert lines[1] == "1 starting (pending) and 1 stopping: on their way up or down"
+    assert lines[2].startswith("4 terminated: ended instances the EC2 API keeps listing")
+    assert lines[3] == "8 in all, over the regions us-east-1, us-west-2, eu-west-1"
+    assert lines[4].startswith("live instances by cluster: c0ffee000001 (2), c0ffee000002 (1)")
+    assert sandbox_counts([])[:1] == ["0 running: each is a process group on this machine (a "
+                                      "Dask scheduler or worker, with its node agent) using its "
+                                      "CPU and memory"]
+    assert len(sandbox_counts([])) == 4  # no cluster line when nothing is live
+
+
+def test_sandbox_status_counts_what_the_api_lists(sandbox):
+    from tests.conftest import client
+
+    done = CliRunner().invoke(app, ["sandbox", "status"])
+    assert done.exit_code == 0, done.output
+    listed = [i for region in ("us-east-1", "us-west-2", "eu-west-1")
+              for r in client(sandbox, "ec2", region).describe_instances()["Reservations"]
+              for i in r["Instances"]]
+    assert f"sandbox running at {sandbox.endpoint}" in done.stdout
+    assert f"  {len(listed)} in all, over the regions" in done.stdout
+    terminated = sum(i["State"]["Name"] == "terminated" for i in listed)
+    assert f"  {terminated} terminated: ended instances" in done.stdout

@@ -133,3 +133,73 @@ def test_plan_uses_live_offers_on_aws_with_credentials(tmp_path, monkeypatch) ->
     data = json.loads(result.stdout)
     assert "live spot price history" in data["price_source"]
     assert "live spot price" not in json.loads(offline.stdout)["price_source"]
+
+
+def test_set_changes_fields_as_the_spec_file_would(work: Path) -> None:
+    path = write_spec(work)
+    args = ["plan", str(path), "--json", "--set", "cores=64", "--set", "max_runtime=2h",
+            "--set", "grace=10m", "--set", "instance_types=[c6i]", "--set", "run.timeout=5m"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, stderr_of(result)
+    data = json.loads(result.stdout)
+    assert data["cores"] == 64 and Decimal(data["max_runtime_hours"]) * 60 == 130  # 2h + 10m
+    assert {line["instance_type"].split(".")[0] for line in data["lines"]
+            if line["role"] == "worker"} == {"c6i"}
+    spec = parse_spec({**yaml.safe_load(path.read_text()), "cores": 64, "max_runtime": "2h",
+                       "grace": "10m", "instance_types": ["c6i"]})
+    assert data == plan(spec).to_dict()
+
+
+@pytest.mark.parametrize(("command", "problem"), [
+    ("plan", "cores: Input should be greater than 0 (got -4)"),
+    ("run", "cores: Input should be greater than 0 (got -4)"),
+    ("submit", "cores: Input should be greater than 0 (got -4)"),
+])
+def test_set_is_validated_as_the_spec_file_is(work: Path, command: str, problem: str) -> None:
+    path = write_spec(work)
+    result = CliRunner().invoke(app, [command, str(path), "--set", "cores=-4",
+                                      "--set", "run.timout=5m"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    lines = stderr_of(result).splitlines()
+    assert f"error: {problem}" in lines
+    assert any(line.startswith("error: run.timout: unknown field (did you mean timeout?)")
+               for line in lines)
+    assert result.stdout == "" and not (work / "results").exists()
+
+
+def test_set_needs_field_equals_value(work: Path) -> None:
+    result = CliRunner().invoke(app, ["run", str(write_spec(work)), "--set", "cores"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert ("error: --set: 'cores' is not accepted; accepted: FIELD=VALUE, such as cores=64 or "
+            "run.timeout=5m") in stderr_of(result)
+
+
+def test_run_set_reaches_the_budget_check(work: Path) -> None:
+    """--set max_cost on run: refused over budget (exit 4) before any cloud call."""
+    result = CliRunner().invoke(app, ["run", str(write_spec(work)), "--set", "max_cost=0.5"])
+    assert result.exit_code == EXIT_BUDGET
+    assert "over max_cost $0.5 by $" in stderr_of(result)
+
+
+def test_plan_reads_at_80_columns(tmp_path: Path) -> None:
+    """Every line fits 80 columns; instance types and zones are whole; the price source is
+    said once."""
+    import os
+    import subprocess
+    import sys
+
+    burst = str(Path(sys.executable).parent / "burst")
+    env = {**os.environ, "COLUMNS": "80", "BURST_HOME": str(tmp_path)}
+    path = write_spec(tmp_path, cores=100_000, max_runtime="7d", region="eu-west-1",
+                      instance_types=["c6i.24xlarge", "c5.xlarge"])
+    done = subprocess.run([burst, "plan", str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line.split() for line in lines if line.split()[:1] in (["scheduler"], ["worker"])]
+    assert rows and all(row[1] in ("m5.2xlarge", "m5.4xlarge", "c6i.24xlarge", "c5.xlarge")
+                        and row[2].startswith("eu-west-1") and len(row[2]) == 10 for row in rows)
+    assert "…" not in done.stdout
+    assert done.stdout.count("prices:") == 1 and done.stdout.count("2026-11-01") == 1
+    assert "note: one scheduler serves" in done.stdout

@@ -5,6 +5,7 @@ functions from outside the job's folder."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,15 @@ def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "key", "lines"), [
     ("cores: 4\nname: a\ncores: 8\nrun: {function: m:f, tasks: [1]}\n", "cores", (1, 3)),
-    ("cores: 4\nrun:\n  function: m:f\n  tasks: [1]\n  retries: 1\n  retries: 3\n", "retries",
-     (5, 6)),
+    ("cores: 4\nrun:\n  function: m:f\n  tasks: [1]\n  retries: 1\n  retries: 3\n",
+     "run.retries", (5, 6)),
 ])
 def test_duplicate_keys_are_refused_with_the_key_and_lines(tmp_path, text, key, lines) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(spec_file(tmp_path, text))
+    name = key.rsplit(".", 1)[-1]
     assert info.value.problems == [
-        f"{key}: the key {key!r} appears twice in the same mapping (line {lines[0]} and line "
+        f"{key}: the key {name!r} appears twice in the same mapping (line {lines[0]} and line "
         f"{lines[1]}); accepted: each key once"
     ]
 
@@ -79,6 +81,7 @@ def test_deep_nesting_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def sweep_spec(folder: Path, run: dict[str, Any], **fields: Any) -> Path:
+    (folder / "sim").write_text("#!/bin/sh\n")  # the program the templates name
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "cores": 2, "run": run, **fields}))
     return path
@@ -231,3 +234,82 @@ def test_a_format_with_an_alignment_is_not_shell_syntax(tmp_path) -> None:
     job = load_job(sweep_spec(tmp_path, {"command": "sim {a:>5} {b:<3}",
                                          "params": {"a": [1], "b": [2]}}))
     assert job.command == ["sim", "{a:>5}", "{b:<3}"]
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def function_spec(folder: Path, function: str, **run: Any) -> Path:
+    return sweep_spec(folder, {"function": function, "tasks": [1, 2], **run})
+
+
+@pytest.mark.parametrize("entry", ["os:system", "subprocess:getoutput", "math:sqrt",
+                                   "burst.cli:main"])
+def test_a_function_outside_the_job_folder_is_refused_by_default(tmp_path, entry) -> None:
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x\n")
+    problems = refused(function_spec(tmp_path, entry))
+    top = entry.split(":")[0].split(".")[0]
+    assert problems == [
+        f"run.function: {entry!r} is not a module of the spec's folder {tmp_path.resolve()} "
+        f"(no {top}.py there; its modules: model); accepted: a module next to the spec, or "
+        "run.allow_any_module: true to call an installed module's function"]
+
+
+def test_a_reduce_outside_the_folder_is_refused_too(tmp_path) -> None:
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x\n")
+    problems = refused(function_spec(tmp_path, "model:fit", reduce="os:system"))
+    assert problems[0].startswith("run.reduce: 'os:system' is not a module of the spec's folder")
+
+
+def test_a_misspelt_module_gets_a_did_you_mean(tmp_path) -> None:
+    (tmp_path / "model.py").write_text("def fit(x):\n    return x\n")
+    problems = refused(function_spec(tmp_path, "modl:fit"))
+    assert "did you mean model?" in problems[0]
+
+
+def test_allow_any_module_opts_in_to_installed_functions(tmp_path) -> None:
+    import math
+
+    job = load_job(function_spec(tmp_path, "math:sqrt", allow_any_module=True))
+    assert job.function is math.sqrt and sys.modules["math"] is math  # not reloaded
+
+
+def test_a_folder_module_shadowed_by_a_loaded_one_is_refused(tmp_path, monkeypatch) -> None:
+    """json.py in the folder, but `json` already imported from the standard library: the
+    function would come from elsewhere than the folder, so it is refused."""
+    (tmp_path / "json.py").write_text("def dumps(x):\n    return 'mine'\n")
+    import json
+
+    monkeypatch.setitem(sys.modules, "json", json)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    import burst.job as job_module
+
+    with pytest.raises(SpecError) as info:
+        job_module.import_entry_point("json:dumps", tmp_path, "run.function")
+    assert "not in the spec's folder" in info.value.problems[0]
+
+
+def test_two_job_folders_with_the_same_module_name_each_get_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.py").write_text(f"def fit(x):\n    return {name!r}\n")
+    first = load_job(function_spec(tmp_path / "one", "model:fit"))
+    second = load_job(function_spec(tmp_path / "two", "model:fit"))
+    again = load_job(function_spec(tmp_path / "one", "model:fit"))
+    assert (first.function(0), second.function(0), again.function(0)) == ("one", "two", "one")
+    monkeypatch.delitem(sys.modules, "model")
+
+
+def test_a_cloud_warning_with_brackets_is_printed_as_written(tmp_path, monkeypatch) -> None:
+    """The live-price warning carries AWS's own text: '[/x]' or ':x:' in it must neither
+    crash rich (MarkupError) nor become an emoji."""
+    from burst import catalog
+
+    monkeypatch.setattr(catalog, "offers_for",
+                        lambda spec, warn: warn("live prices unavailable ([/x] :x:)") or None)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"cores": 2, "cloud": "aws"}))
+    done = CliRunner().invoke(app, ["plan", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "live prices unavailable ([/x] :x:)" in done.stderr

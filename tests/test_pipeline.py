@@ -167,7 +167,7 @@ def test_sandbox_up_is_used_by_run_then_down(tmp_path):
         assert "sandbox cloud (running)" in done.stderr
         assert json.loads(done.stdout)["teardown"]["verified"]
         status = cli("sandbox", "status")
-        assert "0 instances running" in status.stdout
+        assert "  0 running: each is a process group on this machine" in status.stdout
     finally:
         down = cli("sandbox", "down")
     assert down.returncode == 0 and "sandbox stopped" in down.stdout

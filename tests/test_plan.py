@@ -692,3 +692,42 @@ def test_a_budget_below_the_scheduler_fits_nothing() -> None:
     with pytest.raises(BudgetError) as info:
         plan_within_budget(spec)
     assert info.value.fit_cores == 0 and "no number of cores fits" in info.value.fix
+
+
+# --------------------------------------------------------------------------- readability
+
+
+def test_the_pool_share_binds_only_when_it_changed_the_plan() -> None:
+    loose = plan(make_spec(cores=4, instance_types=["c5.xlarge"]))
+    assert loose.max_pool_share == 0.4 and not loose.share_binds  # one instance either way
+    tight = plan(make_spec(cores=8, instance_types=["c5.xlarge"]))
+    uncapped = plan(make_spec(cores=8, instance_types=["c5.xlarge"], max_pool_share=1))
+    assert tight.share_binds and tight.hourly > uncapped.hourly
+    assert not uncapped.share_binds and uncapped.max_pool_share is None
+
+
+def test_the_scheduler_grows_with_the_worker_instances() -> None:
+    from burst.plan import MANY_WORKERS, scheduler_type_for
+
+    assert [scheduler_type_for(n) for n in (1, 249, 250, 999, 1000, 2499, 2500, 10**6)] == [
+        "m5.large", "m5.large", "m5.xlarge", "m5.xlarge", "m5.2xlarge", "m5.2xlarge",
+        "m5.4xlarge", "m5.4xlarge"]
+    small = plan(make_spec(cores=64, instance_types=["c5.xlarge"]))
+    assert scheduler(small).instance_type == "m5.large" and small.notes == ()
+    many = plan(make_spec(cores=4 * 1200, instance_types=["c5.xlarge"]))
+    assert sum(line.count for line in many.workers) == 1200 >= MANY_WORKERS
+    assert scheduler(many).instance_type == "m5.2xlarge"
+    assert scheduler(many).hourly == hourly_price("m5.2xlarge", scheduler(many).zone, "on-demand")
+    assert many.hourly == sum(line.total_hourly for line in many.lines)
+    (note,) = many.notes
+    assert note.startswith("one scheduler serves 1200 worker instances")
+    named = plan(make_spec(cores=4 * 1200, instance_types=["c5.xlarge"],
+                           scheduler_instance_type="m5.large"))
+    assert scheduler(named).instance_type == "m5.large"  # the spec's choice stands ...
+    assert named.notes[0].startswith("one scheduler serves 1200")  # ... with the warning
+
+
+def test_the_price_source_says_the_snapshot_once() -> None:
+    source = plan(make_spec(cores=64)).price_source
+    assert source.count(SNAPSHOT_DATE) == 1 and "sandbox" not in source
+    assert source.endswith("; spot: modelled 55-75% discount, not a live price")

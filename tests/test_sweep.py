@@ -248,3 +248,21 @@ def test_a_task_that_writes_its_inputs_fails(sandbox, tmp_path, monkeypatch):
     assert failure["attempts"] == 2  # the retry got a fresh copy, and was caught again
     assert (tmp_path / "table.csv").read_text() == "a,b\n1,2\n"
     assert settled_leftovers(sandbox, result.manifest["cluster_id"]) == []
+
+
+def test_the_csv_sweep_example_runs_one_task_per_row(sandbox, tmp_path):
+    done = burst("run", str(REPO / "jobs" / "csv_sweep.yaml"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["status"] == "succeeded" and manifest["tasks"]["done"] == 6
+    folder = tmp_path / "results" / manifest["job_id"]
+    results = [json.loads(line) for line in (folder / "results.jsonl").open()]
+    rows = list(csv.DictReader((REPO / "jobs" / "points.csv").open()))
+    assert [r["input"] for r in results] == [
+        {"seed": int(r["seed"]), "temp": float(r["temp"]) if "." in r["temp"] else int(r["temp"]),
+         "sweeps": int(r["sweeps"])} for r in rows]
+    assert results[4]["result"]["argv"][4:6] == ["--temp", "2.27"]
+    outputs = sorted((folder / "outputs").rglob("ising.csv"))
+    assert len(outputs) == 6
+    assert sorted(len(p.read_text().splitlines()) for p in outputs) == [201] * 4 + [301] * 2
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []

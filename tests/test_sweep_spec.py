@@ -27,6 +27,7 @@ PYTHON = client_versions()["python"]
 
 def write_sweep(folder: Path, run: dict[str, Any], **fields: Any) -> Path:
     spec = {"name": "s", "cores": 2, "run": run, **fields}
+    (folder / "sim").write_text("#!/bin/sh\n")  # the program the templates name
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -364,3 +365,106 @@ def test_shell_syntax_is_refused_with_how_to_write_output(command) -> None:
 def test_quoted_shell_characters_are_plain_arguments() -> None:
     tokens = check_template("simulate --threshold '>5' --label 'a|b' --seed {v}", [{"v": 1}])
     assert tokens == ["simulate", "--threshold", ">5", "--label", "a|b", "--seed", "{v}"]
+
+
+def program_problems(folder: Path, command: str, cloud: str = "sandbox") -> list[str]:
+    path = folder / "p.yaml"
+    fields = {"cloud": cloud} if cloud == "aws" else {}
+    path.write_text(yaml.safe_dump({"name": "p", "cores": 2, **fields,
+                                    "run": {"command": command, "params": {"seed": [1]}}}))
+    with pytest.raises(SpecError) as info:
+        load_job(path)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("cloud", ["sandbox", "aws"])
+def test_a_misspelt_program_is_refused_with_a_did_you_mean(tmp_path: Path, cloud: str) -> None:
+    (tmp_path / "model.py").write_text("print(1)\n")
+    assert program_problems(tmp_path, "pyhton model.py --seed {seed}", cloud) == [
+        "run.command: the program 'pyhton' is neither a file of the spec's folder nor on the "
+        "PATH (did you mean python?); accepted: a file next to the spec or a program on the "
+        "PATH (checked on this machine, for the sandbox and AWS alike)"]
+
+
+def test_a_missing_script_in_the_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "model.py").write_text("print(1)\n")
+    (line,) = program_problems(tmp_path, "./run2.sh {seed}")
+    assert line.startswith("run.command: the program './run2.sh' is not in the spec's folder")
+    assert "(did you mean run.sh?)" in line
+    (line,) = program_problems(tmp_path, "python modl.py --seed {seed}")
+    assert line.startswith(f"run.command: python would run 'modl.py', which is not in the "
+                           f"spec's folder {tmp_path.resolve()} (did you mean model.py?)")
+    (line,) = program_problems(tmp_path, "env OMP_NUM_THREADS=1 python3 -u lib/modl.py {seed}")
+    assert "python3 would run 'lib/modl.py'" in line
+    (line,) = program_problems(tmp_path, "bash -e run1.sh {seed}")
+    assert "bash would run 'run1.sh'" in line and "did you mean run.sh?" in line
+
+
+def test_a_wrapped_program_is_checked_too(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text("print(1)\n")
+    (tmp_path / "sim").write_text("#!/bin/sh\n")
+    for command in ("env OMP_NUM_THREADS=1 pyhton model.py {seed}",
+                    "timeout -s KILL 10m nice -n 5 pyhton model.py {seed}"):
+        (line,) = program_problems(tmp_path, command)
+        assert line.startswith("run.command: the program 'pyhton' is neither a file")
+        assert "did you mean python?" in line
+    (line,) = program_problems(tmp_path, "env X=1 sim {seed}")
+    assert line == ("run.command: 'sim' is a file of the spec's folder, which a wrapper looks "
+                    "for on the PATH; accepted: ./sim")
+
+
+@pytest.mark.parametrize("command", [
+    "timeout 10m ./run.sh {seed}",            # wrapped, a program of the folder
+    "env A=1 B=2 python3 model.py {seed}",    # wrapped, on the PATH
+    "python model.py --seed {seed}",          # a script of the folder
+    "python -c 'import sys; print(sys.argv)' {seed}",   # code, not a file
+    "python -m json.tool {seed}",              # a module
+    "./run.sh {seed}",                         # a program of the folder
+    "run.sh {seed}",                           # ... named as a file of the folder
+    "sh -c 'echo \"$1\"' _ {seed}",            # a shell's code
+    "python model.py data.csv {seed}",         # the script's arguments are data
+    "echo {seed}",                             # on the PATH
+])
+def test_programs_that_exist_pass(tmp_path: Path, command: str) -> None:
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "model.py").write_text("print(1)\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "cores": 2,
+                                    "run": {"command": command, "params": {"seed": [1]}}}))
+    assert load_job(path).command
+
+
+def test_an_absolute_program_is_checked_here_on_the_sandbox_only(tmp_path: Path) -> None:
+    (line,) = program_problems(tmp_path, "/opt/absent/tool {seed}")
+    assert line == "run.command: the program '/opt/absent/tool' does not exist here"
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "cores": 2, "cloud": "aws", "run": {
+        "command": "/opt/absent/tool {seed}", "params": {"seed": [1]}}}))
+    assert load_job(path).command[0] == "/opt/absent/tool"  # the image may hold it
+
+
+def test_the_csv_sweep_example_validates_plans_and_its_first_row_runs(tmp_path: Path) -> None:
+    """jobs/csv_sweep.yaml: one task per row of points.csv, numbers typed so {temp:.2f}
+    formats; it plans without a cloud; its first task's command, run here as a node would
+    (cwd = the job's folder, $BURST_OUTPUT an empty folder), writes ising.csv."""
+    from typer.testing import CliRunner
+
+    from burst.cli import app
+
+    example = Path(__file__).resolve().parents[1] / "jobs" / "csv_sweep.yaml"
+    job = load_job(example)
+    assert job.tasks[0] == {"seed": 1, "temp": 0.25, "sweeps": 200}
+    assert job.tasks[4] == {"seed": 5, "temp": 2.269, "sweeps": 300} and len(job.tasks) == 6
+    argv = format_argv(job.command, job.tasks[4])
+    assert argv == ["python", "simulate.py", "--seed", "5", "--temp", "2.27", "--sweeps", "300"]
+    planned = CliRunner().invoke(app, ["plan", str(example), "--json"])
+    assert planned.exit_code == 0 and json.loads(planned.stdout)["worker_cores"] >= 4
+    output = tmp_path / "output"
+    output.mkdir()
+    first = format_argv(job.command, job.tasks[0])
+    done = subprocess.run([sys.executable, *first[1:]], cwd=job.folder, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "BURST_OUTPUT": str(output)})
+    assert done.returncode == 0, done.stderr
+    rows = (output / "ising.csv").read_text().splitlines()
+    assert rows[0] == "sweep,energy_per_spin,magnetisation" and len(rows) == 201
