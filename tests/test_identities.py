@@ -184,13 +184,83 @@ def test_a_nodes_key_cannot_act_as_the_client(sandbox, cluster):
         assert c.run_on_scheduler(lambda: 5) == 5
 
 
-def test_the_dashboard_listens_on_loopback_only(cluster):
-    with Client(cluster) as c:
-        info = c.scheduler_info()
-        port = info["services"]["dashboard"]
-        bound = c.run_on_scheduler(
-            lambda dask_scheduler: [str(s.getsockname()[0]) for server in
-                                    [dask_scheduler.http_server] for s in
-                                    server._sockets.values()])
-    assert bound and set(bound) <= {"127.0.0.1"}, bound
-    assert port
+def test_the_dashboard_listens_on_loopback_only(tmp_path):
+    """The node agent's scheduler on an instance whose address is not loopback (127.0.0.2,
+    Linux): Dask listens there over TLS, the dashboard on 127.0.0.1 only, and the published
+    dashboard address says so."""
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    from distributed import Scheduler
+
+    from burst import node
+
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("127.0.0.2 is not a local address here (Linux has it)")
+    issued = tls.issue("dash00000001", timedelta(minutes=5))
+    published, bound = {}, []
+
+    class Parameters:
+        def get_parameter(self, Name, WithDecryption=False):
+            return {"Parameter": {"Value": json.dumps(issued.node_bundle()["scheduler"])}}
+
+        def put_parameter(self, Name, Value, **kwargs):
+            published[Name] = json.loads(Value)
+            scheduler = next(iter(Scheduler._instances))
+            bound.extend(s.getsockname()[0] for s in scheduler.http_server._sockets.values())
+            bound.append(scheduler.address)
+
+    agent = node.Node.__new__(node.Node)
+    agent.args = node.parse_args(["--role", "scheduler", "--cluster-id", "dash00000001",
+                                  "--deadline", str(time.time() + 3), "--port", "0",
+                                  "--dashboard-port", "0", "--no-client-timeout", "60"])
+    agent.address, agent.instance_id, agent.path = "127.0.0.2", "i-0dash", "/burst/dash"
+    agent.metadata = SimpleNamespace(get=lambda path: "127.0.0.2")
+    agent.ssm = Parameters()
+    asyncio.run(agent.scheduler())
+    dashboard_hosts, listener = set(bound[:-1]), bound[-1]
+    assert dashboard_hosts == {"127.0.0.1"}
+    assert listener.startswith("tls://127.0.0.2:")
+    assert published["/burst/dash/scheduler"]["dashboard"].startswith("http://127.0.0.1:")
+
+
+def test_a_command_task_inherits_no_credentials():
+    from burst.taskrun import task_environment
+
+    worker = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9/",
+              "AWS_ENDPOINT_URL": "http://127.0.0.1:8/", "AWS_ACCESS_KEY_ID": "AKIA",
+              "aws_secret_access_key": "s", "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": "/k",
+              "BURST_NODE_PYTHON": "/py", "PATH": "/bin", "HOME": "/h", "LANG": "C"}
+    assert task_environment(worker) == {"PATH": "/bin", "HOME": "/h", "LANG": "C",
+                                        "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+PROBE = """
+import json, os, boto3
+found = boto3.Session().get_credentials()
+json.dump({"aws": sorted(k for k in os.environ if k.startswith(("AWS_", "DASK_"))),
+           "credentials": None if found is None else found.access_key},
+          open(os.path.join(os.environ["BURST_OUTPUT"], "seen.json"), "w"))
+"""
+
+
+def test_a_command_task_on_the_sandbox_finds_no_credentials(sandbox, tmp_path, monkeypatch):
+    """Run for real: the task's botocore finds no credentials (no keys, no metadata service
+    endpoint), though its worker has an instance role."""
+    import yaml
+
+    from burst.runner import run
+
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "name": "isolation", "cores": 2, "max_runtime": "5m", "instance_types": ["c5.large"],
+        "run": {"command": "python probe.py", "params": {"n": [1]}}}))
+    monkeypatch.chdir(tmp_path)
+    result = run(tmp_path / "job.yaml")
+    assert result.status == "succeeded", result.manifest["failures"]
+    seen = json.loads((result.folder / "outputs" / "0" / "seen.json").read_text())
+    assert seen == {"aws": ["AWS_EC2_METADATA_DISABLED"], "credentials": None}

@@ -167,16 +167,17 @@ class AwsProvider:
             Description=f"burst cluster {ident.cluster_id}: Dask over TLS",
             TagSpecifications=ident.tag_specifications("network", "security-group"),
         )["GroupId"]
-        # The scheduler and dashboard only to the client's own address; everything else only
-        # between members of this group.
-        client_ports = sorted({self.scheduler_port or 8786, self.dashboard_port or 8787})
+        # The scheduler's port only to the client's own address (the dashboard listens on the
+        # scheduler's loopback alone: README, Security); everything else only between members
+        # of this group.
+        client_port = self.scheduler_port or 8786
         self.ec2.authorize_security_group_ingress(
             GroupId=group_id,
             IpPermissions=[
                 {
                     "IpProtocol": "tcp",
-                    "FromPort": client_ports[0],
-                    "ToPort": client_ports[-1],
+                    "FromPort": client_port,
+                    "ToPort": client_port,
                     "IpRanges": [{"CidrIp": client_cidr, "Description": "burst client"}],
                 },
                 {
