@@ -74,24 +74,50 @@ def render(config: NodeConfig) -> str:
             json.dumps(versions),
         ]
     )
+    path = f"/burst/{config.cluster_id}"
     script = f"""#!/bin/bash
 # burst {config.role} node of cluster {config.cluster_id}; deadline {config.deadline.isoformat()}
-set -u
+set -euo pipefail
 DEADLINE={int(config.deadline.timestamp())}
+IMDS="${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254/}}"
+IMDS="${{IMDS%/}}/latest"
+# A failed step is published where the client looks (so it fails fast with the cause, not
+# after minutes of billed boot), then the node powers off. Amazon Linux 2023 has the AWS CLI.
+on_error() {{
+  local message="boot of the {config.role} failed at line $1 (exit $2): $3"
+  echo "$message" >&2
+  if command -v aws >/dev/null 2>&1; then
+    local token id region
+    token=$(curl -sf -X PUT "$IMDS/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60" || :)
+    local ask=(curl -sf -H "X-aws-ec2-metadata-token: $token")
+    id=$("${{ask[@]}}" "$IMDS/meta-data/instance-id" || echo unknown)
+    region=$("${{ask[@]}}" "$IMDS/meta-data/placement/region" || :)
+    aws ssm put-parameter ${{region:+--region "$region"}} --name "{path}/failed/$id" \\
+      --type String --overwrite --value "${{message:0:4000}}" >/dev/null 2>&1 || true
+  fi
+  shutdown -h now
+}}
+trap 'on_error $LINENO $? "$BASH_COMMAND"' ERR
 # Dead-man's switch: power off at the deadline, whatever becomes of the agent or the client.
 ( left=$(( DEADLINE - $(date +%s) )); sleep $(( left > 0 ? left : 0 )); shutdown -h now ) &
-NODE_DIR=$(mktemp -d)
 PY="${{BURST_NODE_PYTHON:-}}"
-if [ -z "$PY" ]; then
-  # A stock Amazon Linux image: build the client's environment, exact Dask versions.
+if [ -n "$PY" ]; then
+  NODE_DIR=$(mktemp -d)  # the sandbox: every node shares one host
+else
+  # A stock Amazon Linux image: build the client's environment, exact Dask versions, on disk
+  # (/tmp is memory on Amazon Linux 2023).
+  NODE_DIR=/opt/burst
+  mkdir -p "$NODE_DIR"
   dnf install -y -q {python} {python}-pip >/dev/null
   {python} -m venv "$NODE_DIR/venv"
   "$NODE_DIR/venv/bin/pip" install -q {install}
   PY="$NODE_DIR/venv/bin/python"
 fi
 echo '{_agent_payload()}' | base64 -d | gunzip > "$NODE_DIR/burst_node.py"
-"$PY" "$NODE_DIR/burst_node.py" {agent_args}
-echo "burst node agent exited with $?; powering off"
+trap - ERR  # from here the agent reports its own failures
+status=0
+"$PY" "$NODE_DIR/burst_node.py" {agent_args} || status=$?
+echo "burst node agent exited with $status; powering off"
 shutdown -h now
 """
     if len(script.encode()) > USER_DATA_LIMIT:

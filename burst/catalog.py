@@ -241,7 +241,9 @@ def snapshot_source(region: str, market: str = "on-demand") -> str:
     else:
         where = f"us-east-1; no snapshot for {region}"
     source = f"snapshot {SNAPSHOT_DATE} on-demand list price ({where})"
-    return source + " x the sandbox spot discount" if market == "spot" else source
+    # On AWS this stands in where no live spot price was read: it must not pass for one.
+    spot = " x a modelled 55-75% spot discount, not a live price"
+    return source + spot if market == "spot" else source
 
 
 def spot_discount(instance_type: str, zone: str) -> Decimal:
@@ -387,14 +389,17 @@ def offers_for(spec, warn: Callable[[str], None] = lambda note: None) -> list[Of
     if spec.cloud != "aws":
         return None
     import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    session = boto3.Session()
-    if session.get_credentials() is None:
-        warn("no AWS credentials: planning with the snapshot's prices")
-        return None
     try:
-        ec2 = session.client("ec2", region_name=spec.region)
+        session = boto3.Session()
+        if session.get_credentials() is None:
+            warn("no AWS credentials: planning with the snapshot's prices")
+            return None
+        # Few, short attempts: with no network, the plan falls back in seconds, not minutes.
+        config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3})
+        ec2 = session.client("ec2", region_name=spec.region, config=config)
         types = [*spec.instance_types, spec.scheduler_instance_type]
         return live_offers(ec2, spec.region, types) or None
     except (BotoCoreError, ClientError) as error:

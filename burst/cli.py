@@ -9,6 +9,7 @@ Exit codes (burst.errors): 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from burst.errors import (
     EXIT_BAD_INPUT,
@@ -30,6 +32,7 @@ from burst.errors import (
     EXIT_JOB_FAILED,
     EXIT_OK,
     BurstError,
+    CloudError,
     SpecError,
 )
 from burst.job import load_job
@@ -74,15 +77,20 @@ def options(
     """Rent a supercomputer for an afternoon."""
 
 
+def say(label: str, style: str, text: str) -> None:
+    """One unwrapped line on stderr, so tools can grep it. The text is printed as it is: a
+    value such as ':x:' or '[red]' is neither an emoji nor markup (a Text is never parsed)."""
+    err.print(Text.assemble((label, style), " ", text), highlight=False, soft_wrap=True)
+
+
 def say_error(text: str) -> None:
-    """One unwrapped line on stderr, so tools can grep it."""
-    err.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+    say("error:", "bold red", text)
 
 
 def fail(code: int, cause: str, fix: str | None = None) -> typer.Exit:
     say_error(cause)
     if fix:
-        err.print(f"[bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
+        say("fix:", "bold", fix)
     return typer.Exit(code)
 
 
@@ -144,6 +152,15 @@ def exit_for(
         return fail(error.exit_code, str(error), error.fix)
     traceback.print_exception(error)
     return fail(EXIT_JOB_FAILED, "burst itself failed (a bug)", "please report the traceback above")
+
+
+def reach_cloud(spec: JobSpec) -> None:
+    """On AWS, credentials and the network are checked before the plan is shown or a results
+    folder made: CloudError (exit 3) with the fix."""
+    if spec.cloud == "aws":
+        from burst.cloud.botoerrors import aws_session
+
+        aws_session(spec.region)
 
 
 class Display:
@@ -215,7 +232,28 @@ class Display:
         self.progress.stop()
 
 
+SUMMARY_FAILURES = 5  # failures listed in a summary; the rest are counted
+
+
+def failure_line(failure: dict) -> str:
+    """One failure in one line: its error, where the function raised it (file:line), or a
+    command's last line of stderr."""
+    import re
+
+    lines = (failure.get("error") or "failed").splitlines()
+    text = lines[0]
+    places = [m for line in lines if (m := re.match(r'\s*File "(.+)", line (\d+)', line))]
+    if places:
+        text += f" (at {Path(places[-1][1]).name}:{places[-1][2]})"
+    stderr = (failure.get("stderr_tail") or "").strip().splitlines()
+    if stderr and not places:  # a command's: what it said last
+        text += f": {stderr[-1][:120]}"
+    return text
+
+
 def summary(manifest: dict) -> Table:
+    from rich.markup import escape
+
     from burst.results import dumps
 
     table = Table(
@@ -243,10 +281,18 @@ def summary(manifest: dict) -> Table:
         if teardown["verified"]
         else f"[red]NOT verified: {teardown['leftovers']} {teardown['errors']}[/]",
     }
-    for failure in manifest["failures"][:5]:
-        stderr = (failure.get("stderr_tail") or "").strip().splitlines()
-        last = f": {stderr[-1][:120]}" if stderr else ""
-        rows[f"task {failure['task']}"] = f"[red]{failure['error'].splitlines()[0]}{last}[/]"
+    if manifest["status"] == "failed_fast":  # why most tasks never ran
+        rows["stopped early"] = f"[red]{escape(manifest['error'])}[/]"
+    elif manifest["status"] != "succeeded" and manifest.get("error"):
+        rows["why"] = f"[red]{escape(manifest['error'])}[/]"  # e.g. why the reduce did not run
+    shown = manifest["failures"][:SUMMARY_FAILURES]
+    for failure in shown:
+        rows[f"task {failure['task']}"] = f"[red]{escape(failure_line(failure))}[/]"
+    if tasks["failed"] > len(shown):
+        rows[""] = (
+            f"[red]+{tasks['failed'] - len(shown)} more[/] (every failure: results.jsonl; "
+            "the first 50: manifest.json)"
+        )
     for key, value in rows.items():
         table.add_row(key, value)
     return table
@@ -282,6 +328,7 @@ def run(
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
         plan_within_budget(job.spec)
+        reach_cloud(job.spec)
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
 
@@ -399,6 +446,7 @@ FindRegion = Annotated[
 STATE_EXIT = {
     "succeeded": EXIT_OK,
     "failed": EXIT_JOB_FAILED,
+    "failed_fast": EXIT_JOB_FAILED,  # stopped early: the first tasks all failed alike
     "deadline": EXIT_DEADLINE,
     "cancelled": EXIT_JOB_FAILED,  # someone stopped it: waiting again will not help
     "interrupted": EXIT_INTERRUPTED,
@@ -453,6 +501,7 @@ def submit(
     try:
         job = load_job(spec)
         plan_within_budget(job.spec)
+        reach_cloud(job.spec)
     except BurstError as error:
         raise exit_for(error, spec, as_json) from None
     from burst.cloud import sandbox
@@ -718,12 +767,79 @@ def plan_command(
         out.print(plan_table(capacity))
 
 
-@sandbox_app.command("up")
-def sandbox_up() -> None:
-    """Start a long-lived sandbox cloud that `burst run` will use."""
-    from burst.cloud import sandbox
+@app.command()
+def doctor(
+    spec: Annotated[
+        Path | None, typer.Argument(help="Also check this job's plan against the account.")
+    ] = None,
+    cloud: Annotated[str | None, typer.Option(help="sandbox or aws (default: the spec's)")] = None,
+    region: Annotated[str | None, typer.Option(help="The region (default: the spec's)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check what a launch needs before anything is created: credentials, zones, the planned
+    instance types, the vCPU quotas. Exit 3 when a check fails."""
+    from burst import preflight
+    from burst.cloud.connect import open_provider
+    from burst.plan import plan
 
-    state = sandbox.running_sandbox() or sandbox.start_detached()
+    overrides = {k: v for k, v in (("cloud", cloud), ("region", region)) if v is not None}
+    try:
+        job_spec = load_spec(spec, overrides) if spec else None
+        capacity = plan(job_spec, offers=_offers(job_spec, False)) if job_spec else None
+        if job_spec:
+            cloud, region = job_spec.cloud, job_spec.region
+        cloud, region = cloud or "sandbox", region or "us-east-1"
+        try:
+            connection = open_provider(cloud, region)
+        except CloudError as error:  # no credentials or no network: that is the first check
+            done = [preflight.Check("credentials", False, str(error), error.fix)]
+        else:
+            try:
+                done = preflight.checks(connection.provider, capacity)
+            finally:
+                connection.close()
+    except BurstError as error:
+        raise exit_for(error, spec, as_json) from None
+    if as_json:
+        print(json.dumps([check.as_dict() for check in done], indent=2))
+    else:
+        table = Table(title=f"burst doctor: {cloud} {region}", title_justify="left")
+        for column in ("check", "", "detail"):
+            table.add_column(column, no_wrap=column != "detail")
+        for check in done:
+            detail = check.detail + (f"\nfix: {check.fix}" if check.fix else "")
+            table.add_row(check.name, "ok" if check.ok else "FAIL", detail)
+        out.print(table)
+    if not all(check.ok for check in done):
+        raise typer.Exit(EXIT_CLOUD)
+
+
+@sandbox_app.command("up")
+def sandbox_up(
+    quota: Annotated[
+        list[str] | None,
+        typer.Option(help="A vCPU quota, e.g. L-34B43A08=640 (spot) or L-1216C47A=64."),
+    ] = None,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(help="A request bucket SIZE/REFILL, e.g. ssm.read=40/40; off: none."),
+    ] = None,
+) -> None:
+    """Start a long-lived sandbox cloud that `burst run` will use, with AWS's limits."""
+    from burst.cloud import limits, sandbox
+
+    settings = {"BURST_SANDBOX_QUOTAS": quota, "BURST_SANDBOX_LIMITS": limit}
+    for name, values in settings.items():
+        if values:
+            try:  # refused here, before a sandbox starts with them
+                (limits.quotas_from if "QUOTAS" in name else limits.buckets_from)(",".join(values))
+            except ValueError as error:
+                raise fail(EXIT_BAD_INPUT, str(error)) from None
+            os.environ[name] = ",".join(values)  # the sandbox's process inherits them
+    running = sandbox.running_sandbox()
+    if running and (quota or limit):
+        raise fail(EXIT_BAD_INPUT, "the sandbox is already up", "burst sandbox down first")
+    state = running or sandbox.start_detached()
     out.print(f"sandbox running at {state['endpoint']} (pid {state['pid']})", highlight=False)
 
 

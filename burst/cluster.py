@@ -20,7 +20,7 @@ from distributed.core import Status, rpc
 from distributed.deploy import Cluster
 from tornado.ioloop import PeriodicCallback
 
-from burst import bootstrap, events, tls
+from burst import bootstrap, events, preflight, tls
 from burst.catalog import architecture_of, default_zones, offers_for
 from burst.cloud.base import (
     CloudError,
@@ -279,6 +279,7 @@ class BurstCluster(Cluster):
         # Reaching the cloud (starting a private sandbox) is timed apart from provisioning.
         self.timings["connect"] = time.monotonic() - started
         started = time.monotonic()
+        preflight.require(provider, self.capacity_plan)  # a shortfall costs nothing
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.

@@ -29,7 +29,7 @@ from burst.events import EventHandler
 from burst.gc import survey
 from burst.job import Job
 from burst.results import MANIFEST, RESULTS, TaskOutcome, dumps, job_folder, write_lines
-from burst.runner import index_job, ship_by_value, task_of
+from burst.runner import fail_fast_after, index_job, ship_by_value, task_of
 from burst.storage import Bucket
 from burst.sweep import prefix
 
@@ -66,6 +66,7 @@ def submit(job: Job, on_event: EventHandler | None = None) -> dict[str, Any]:
             attempts_on=taskrun.attempts_on,
             attempt_counter=taskrun.AttemptCounter(),
             instance_ids=sorted(cluster.instances),
+            fail_fast=fail_fast_after(job),
         )
         bucket.put(f"{base}/driver.pkl", cloudpickle.dumps(driver))
         bucket.put(f"{base}/cluster.json", dumps(_cluster_record(cluster, job), indent=2))
@@ -339,6 +340,9 @@ def _manifest(
         "teardown": teardown,
         "driver": {k: status.get(k) for k in ("started_at", "ended_at", "updated_at")},
     }
+    total = manifest["tasks"]["total"]
+    if total is not None and len(outcomes) < total:  # stopped early, cancelled, deadline
+        manifest["tasks"]["not_run"] = total - len(outcomes)
     if cluster is not None:
         now, records = _records(cluster, status)
         manifest.update(

@@ -19,6 +19,8 @@ from decimal import Decimal
 from typing import Any
 
 FINISHED, DEADLINE, CANCELLED = "finished", "deadline", "cancelled"
+FAILED_FAST = "failed_fast"  # run.fail_fast: the first tasks all failed the same way
+FAIL_FAST_AFTER = 5  # ... this many of them, before any task succeeded
 
 
 @dataclass
@@ -89,15 +91,75 @@ def failure_outcome(number: int, task: Any, future: Any, command: bool) -> TaskO
             exit_code=details.get("exit_code"),
             stderr_tail=details.get("stderr_tail", ""),
         )
-    tail = "".join(traceback.format_tb(future.traceback())[-3:])
+    text = getattr(error, "burst_error", None)  # formatted where it was raised
+    if text is None:
+        tail = "".join(traceback.format_tb(future.traceback())[-3:])
+        text = f"{type(error).__name__}: {error}\n{tail}".strip()
     printed = getattr(error, "burst_output", {})  # burst.taskrun.FunctionTask's capture
     return TaskOutcome(
         number,
         task,
         "failed",
-        error=f"{type(error).__name__}: {error}\n{tail}".strip(),
+        error=text,
         stdout_tail=printed.get("stdout_tail"),
         stderr_tail=printed.get("stderr_tail"),
+    )
+
+
+def done_outcome(number: int, task: Any, reply: dict, command: bool) -> TaskOutcome:
+    """A task that ran to its end: its value, or (a function that raised, not retried: see
+    burst.taskrun.FunctionTask) its error."""
+    if "error" in reply:
+        return TaskOutcome(
+            number,
+            task,
+            "failed",
+            error=reply["error"],
+            worker=reply["worker"],
+            seconds=reply["seconds"],
+            stdout_tail=reply.get("stdout_tail"),
+            stderr_tail=reply.get("stderr_tail"),
+        )
+    return TaskOutcome(
+        number,
+        task,
+        "done",
+        reply["value"],
+        worker=reply["worker"],
+        seconds=reply["seconds"],
+        exit_code=reply["value"]["exit_code"] if command else None,
+        stdout_tail=reply.get("stdout_tail"),
+        stderr_tail=reply.get("stderr_tail"),
+    )
+
+
+def failure_signature(outcome: TaskOutcome, command: bool) -> tuple:
+    """How a task failed, for telling whether failures are the same: a function's exception
+    type and message; a command's cause, exit code and last line of stderr."""
+    first = (outcome.error or "").splitlines()[:1]
+    if not command:
+        return (outcome.status, *first)
+    stderr = [line for line in (outcome.stderr_tail or "").splitlines() if line.strip()]
+    return (outcome.status, *first, outcome.exit_code, *stderr[-1:])
+
+
+def failed_message(failed: int, total: int, reduce: Any) -> str:
+    """Why a job that ran every task failed; says so when its reduce was skipped for it."""
+    skipped = "; reduce not run" if reduce is not None else ""
+    return f"{failed} of {total} tasks failed{skipped}"
+
+
+def fail_fast_message(failures: list[TaskOutcome], not_run: int, total: int) -> str:
+    """Why a job stopped early, from its failures (the first FAIL_FAST_AFTER failed alike)."""
+    first = failures[0]
+    how = (first.error or "").splitlines()[0] if first.error else "failed"
+    stderr = [line for line in (first.stderr_tail or "").splitlines() if line.strip()]
+    if first.exit_code is not None and stderr:
+        how += f": {stderr[-1][:200]}"
+    return (
+        f"stopped early (run.fail_fast): the first {len(failures)} tasks all failed the same "
+        f"way ({how}) and none succeeded; {not_run} of {total} tasks not run; fix the cause "
+        "and run again (or set run.fail_fast: false)"
     )
 
 
@@ -112,13 +174,16 @@ def run_tasks(
     stop_at: float | None = None,
     stopping: threading.Event | None = None,
     attempts_on: Callable | None = None,
+    fail_fast: int = 0,
 ) -> str:
     """Run `task` (a burst.taskrun FunctionTask or CommandTask) on each (number, input),
     handing each outcome to `record` as it finishes. Returns FINISHED, DEADLINE (the UNIX
-    time `stop_at` came first) or CANCELLED (`stopping` was set and the futures cancelled);
-    what still ran then is cancelled, what finished was recorded. Raises ClusterLost when the
-    cluster loses a task. When all finished, `attempts_on` (run on the scheduler) gives each
-    recorded outcome its number of attempts (after `record` saw it: the caller rewrites)."""
+    time `stop_at` came first), CANCELLED (`stopping` was set and the futures cancelled) or
+    FAILED_FAST (the first `fail_fast` tasks to end all failed the same way, none succeeded,
+    and some were still to run; 0: never); what still ran then is cancelled, what finished
+    was recorded. Raises ClusterLost when the cluster loses a task. When all finished or
+    failed fast, `attempts_on` (run on the scheduler) gives each recorded outcome its number
+    of attempts (after `record` saw it: the caller rewrites)."""
     from distributed import TimeoutError as DaskTimeoutError
     from distributed import as_completed
 
@@ -131,6 +196,7 @@ def run_tasks(
     )
     inputs = {f.key: pair for f, pair in zip(futures, numbered, strict=True)}
     outcomes: dict[int, TaskOutcome] = {}
+    ended = FINISHED
     seconds_left = None if stop_at is None else max(0.0, stop_at - time.time())
     over = threading.Event()
     if stopping is not None:
@@ -146,18 +212,7 @@ def run_tasks(
         for future in as_completed(futures, timeout=seconds_left):
             number, item = inputs[future.key]
             if future.status == "finished":
-                reply = future.result()
-                outcome = TaskOutcome(
-                    number,
-                    item,
-                    "done",
-                    reply["value"],
-                    worker=reply["worker"],
-                    seconds=reply["seconds"],
-                    exit_code=reply["value"]["exit_code"] if command else None,
-                    stdout_tail=reply.get("stdout_tail"),
-                    stderr_tail=reply.get("stderr_tail"),
-                )
+                outcome = done_outcome(number, item, future.result(), command)
             elif future.status == "error":
                 outcome = failure_outcome(number, item, future, command)
             elif stopping is not None and stopping.is_set():
@@ -167,6 +222,12 @@ def run_tasks(
             outcomes[number] = outcome
             record(outcome)
             future.release()
+            if len(outcomes) == fail_fast < len(futures):
+                alike = {failure_signature(o, command) for o in outcomes.values()}
+                if len(alike) == 1 and outcome.status == "failed":
+                    client.cancel([f for f in futures if not f.done()])
+                    ended = FAILED_FAST
+                    break
     except DaskTimeoutError:
         client.cancel([f for f in futures if not f.done()])
         return DEADLINE
@@ -175,8 +236,9 @@ def run_tasks(
     if attempts_on is not None:
         attempts = client.run_on_scheduler(attempts_on)
         for key, (number, _) in inputs.items():
-            outcomes[number].attempts = attempts.get(str(key), 1)
-    return FINISHED
+            if number in outcomes:
+                outcomes[number].attempts = attempts.get(str(key), 1)
+    return ended
 
 
 # ------------------------------------------------------------------ detached jobs
@@ -192,7 +254,7 @@ def run_tasks(
 #   outputs/<task>/...    a command task's output files (burst.taskrun)
 
 FLUSH_SECONDS = 5.0
-TERMINAL = ("succeeded", "failed", "deadline", "cancelled", "error")
+TERMINAL = ("succeeded", "failed", FAILED_FAST, "deadline", "cancelled", "error")
 LOG_BYTES = 1_000_000
 
 
@@ -271,6 +333,7 @@ class Driver:
         attempts_on: Callable,
         attempt_counter: Any,
         instance_ids: list[str],
+        fail_fast: int = 0,
     ):
         self.job_id, self.cluster_id, self.region = job_id, cluster_id, region
         self.bucket, self.prefix = bucket, prefix
@@ -278,6 +341,7 @@ class Driver:
         self.retries, self.stop_at, self.reduce = retries, stop_at, reduce
         self.attempts_on, self.attempt_counter = attempts_on, attempt_counter
         self.instance_ids = instance_ids  # every instance of the cluster, this one included
+        self.fail_fast = fail_fast
 
     def run(self, address: str, log_path: str) -> int:
         import boto3
@@ -322,6 +386,7 @@ class Driver:
                     stop_at=self.stop_at,
                     stopping=stopping,
                     attempts_on=self.attempts_on,
+                    fail_fast=self.fail_fast,
                 )
             state, error, result = self._outcome(how, sink)
         except BaseException as failure:
@@ -344,8 +409,12 @@ class Driver:
             done = sink.status["done"]
             return "deadline", f"max_runtime reached: {done} of {total} tasks done", None
         failed = sink.status["failed"]
+        if how == FAILED_FAST:
+            failures = [o for o in sink.outcomes.values() if o.status == "failed"]
+            not_run = total - len(sink.outcomes)
+            return FAILED_FAST, fail_fast_message(failures, not_run, total), None
         if failed:
-            return "failed", f"{failed} of {total} tasks failed", None
+            return "failed", failed_message(failed, total, self.reduce), None
         if self.reduce is None:
             return "succeeded", None, None
         try:

@@ -4,7 +4,6 @@ job's parameter rows, template and files come from burst.sweep). Nothing is laun
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,12 +56,8 @@ def _load_tasks(run: RunSpec, folder: Path) -> list[Any]:
     if isinstance(run.tasks, TaskRange):
         tasks = run.tasks.values()
     elif isinstance(run.tasks, TaskFile):
-        path = folder / run.tasks.jsonl
-        try:
-            lines = path.read_text().splitlines()
-            tasks = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, json.JSONDecodeError) as error:
-            raise SpecError([f"run.tasks.jsonl: cannot read {str(path)!r}: {error}"]) from None
+        kind = run.tasks.kind
+        tasks = sweep.read_rows(folder, run.tasks.name, kind, f"run.tasks.{kind}")
     else:
         tasks = list(run.tasks)
     if not tasks:

@@ -163,13 +163,17 @@ def check_versions(expected: dict[str, str]) -> None:
 class Node:
     def __init__(self, args: argparse.Namespace) -> None:
         import boto3
+        from botocore.config import Config
 
         self.args = args
         self.metadata = Metadata()
         self.instance_id = self.metadata.get("meta-data/instance-id") or "unknown"
         self.address = self.metadata.get("meta-data/local-ipv4") or "0.0.0.0"
         region = self.metadata.get("meta-data/placement/region")
-        self.ssm = boto3.client("ssm", region_name=region)
+        # SSM's parameter reads share 40 per second per account and region: a throttled read
+        # is retried with backoff (and client-side rate limiting), never fatal.
+        retries = Config(retries={"mode": "adaptive", "max_attempts": 10})
+        self.ssm = boto3.client("ssm", region_name=region, config=retries)
         self.path = f"/burst/{args.cluster_id}"
 
     def security(self):
@@ -281,12 +285,14 @@ class Node:
                 watch.cancel()
 
     async def _scheduler_address(self) -> str:
+        wait = 1.0  # a hundred workers asking every second would be most of SSM's 40/s
         while self.seconds_left() > 0:
             try:
                 value = self.ssm.get_parameter(Name=f"{self.path}/scheduler")
                 return json.loads(value["Parameter"]["Value"])["private"]
             except self.ssm.exceptions.ParameterNotFound:
-                await asyncio.sleep(1)
+                await asyncio.sleep(wait)
+                wait = min(3.0, wait * 1.5)
         raise RuntimeError("the deadline passed before the scheduler published its address")
 
     async def _spot_notice(self) -> None:

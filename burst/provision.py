@@ -27,6 +27,9 @@ from burst.spec import JobSpec
 
 # Rounds per market: the plan's pools, then up to two re-plans without the pools that failed.
 ROUNDS_PER_MARKET = 3
+# Errors of the account, not of a pool: every other pool of the market would answer the same,
+# so the market is closed at once (and, with spot-with-fallback, on-demand is asked next).
+ACCOUNT_WIDE = {"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "RequestLimitExceeded"}
 
 
 def launch_request(line: PlanLine) -> LaunchRequest:
@@ -58,7 +61,7 @@ def acquire_workers(
         failed: set[tuple[str, str, str]] = set()
         for round_number in range(ROUNDS_PER_MARKET):
             missing = spec.cores - got.cores
-            if missing <= 0:
+            if missing <= 0 or _account_wide(got, market):
                 break
             if round_number == 0 and market == planned[0].market:
                 pools = planned
@@ -87,16 +90,26 @@ def acquire_workers(
                     if fleet.errors or fleet.cores < units:
                         failed.add(request.pool)  # short, with or without an error
                         break  # so its other fleets would be short too
+                if _account_wide(got, market):
+                    break
             failed |= {(e.instance_type, e.zone, e.market) for e in got.errors}
     if got.cores < spec.min_cores:
         reasons = "; ".join(str(e) for e in got.errors) or (
             "the budget allows no more" if budget is not None else "the cloud gave no more"
         )
+        account = [e for e in got.errors if e.code in ACCOUNT_WIDE]
         raise CloudError(
             f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons})",
-            "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
+            f"the account's limit was reached ({account[0].code}): burst doctor shows the "
+            "quotas; request an increase or lower cores"
+            if account
+            else "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
         )
     return got
+
+
+def _account_wide(got: Fulfilment, market: str) -> bool:
+    return any(e.code in ACCOUNT_WIDE and e.market == market for e in got.errors)
 
 
 def _hourly_budget(capacity_plan: Plan, spec: JobSpec) -> Decimal | None:

@@ -44,8 +44,9 @@ from burst.spec import JobSpec, format_duration, merged, parse_spec
 @dataclass
 class JobResult:
     job_id: str
-    # "succeeded", "failed" (some tasks failed), "deadline" (max_runtime reached, results
-    # kept), "error" (the cloud or burst failed), "interrupted"
+    # "succeeded", "failed" (some tasks failed), "failed_fast" (stopped early: the first
+    # tasks all failed the same way, see run.fail_fast), "deadline" (max_runtime reached,
+    # results kept), "error" (the cloud or burst failed), "interrupted"
     status: str
     folder: Path
     manifest: dict
@@ -137,9 +138,10 @@ def map_tasks(
     todo: list[int],
     stop_at: datetime | None = None,
     command: taskrun.CommandTask | None = None,
-) -> bool:
+) -> str:
     """Run the tasks numbered `todo` (the job's function, or its command), each outcome into
-    `log` as it finishes. Returns False when `stop_at` came first: what is still running is
+    `log` as it finishes. Returns how the run ended: drive.FINISHED, drive.DEADLINE
+    (`stop_at` came first) or drive.FAILED_FAST (run.fail_fast); what still runs then is
     cancelled and what finished is kept."""
     ship_by_value(job.folder)
     client.register_plugin(taskrun.AttemptCounter())  # a fresh count for this job
@@ -160,18 +162,27 @@ def map_tasks(
             record=record,
             stop_at=stop_at.timestamp() if stop_at else None,
             attempts_on=taskrun.attempts_on,
+            fail_fast=fail_fast_after(job),
         )
     except drive.ClusterLost as error:
         raise CloudError(str(error), "check the cluster's instances; resume the job") from error
-    if ended == drive.FINISHED:
+    if ended in (drive.FINISHED, drive.FAILED_FAST):
         log.rewrite()  # with each task's attempts, known now
-    return ended == drive.FINISHED
+    return ended
+
+
+def fail_fast_after(job: Job) -> int:
+    """How many identical first failures stop the job (0: never)."""
+    return drive.FAIL_FAST_AFTER if job.spec.run.fail_fast else 0
 
 
 def task_of(job: Job, command: taskrun.CommandTask | None) -> Callable[[Any], dict]:
-    """What each worker runs for one task: the command, or the function with its timeout."""
+    """What each worker runs for one task: the command, or the function with its timeout
+    (its exceptions retried only if the spec says so)."""
     timeout = job.spec.run.timeout
-    return command or taskrun.FunctionTask(job.function, timeout and timeout.total_seconds())
+    return command or taskrun.FunctionTask(
+        job.function, timeout and timeout.total_seconds(), job.spec.run.retry_exceptions
+    )
 
 
 def _text(value: Any) -> str | None:
@@ -224,15 +235,19 @@ def run_job(job: Job, on_event: EventHandler | None = None, resume: str | None =
                 command = transfer.command_task(job, cluster.bucket, job_id)
             # The job ends at max_runtime; the grace after it is for collecting and teardown.
             stop_at = cluster.deadline - job.spec.grace
-            finished = map_tasks(client, job, emit, log, todo, stop_at, command)
+            ended = map_tasks(client, job, emit, log, todo, stop_at, command)
             timings["run"] = time.monotonic() - started
             started = time.monotonic()
             if command is not None:  # before teardown deletes the bucket
                 transfer.download_outputs(cluster.bucket, job_id, folder / "outputs")
             downloading = time.monotonic() - started
         started = time.monotonic() - downloading
-        if finished:
+        if ended == drive.FINISHED:
             reduced, status, problem = _reduce(job, log)
+        elif ended == drive.FAILED_FAST:
+            total, not_run = len(job.tasks), len(job.tasks) - len(log.outcomes)
+            status = drive.FAILED_FAST
+            problem = drive.fail_fast_message(log.failed(), not_run, total)
         else:
             status, problem = "deadline", _deadline_message(job, log)
         timings["collect"] = time.monotonic() - started
@@ -282,7 +297,7 @@ def _reduce(job: Job, log: ResultsLog) -> tuple[Any, str, str | None]:
     """The reduce over every task's result, when every task is done."""
     failed = log.failed()
     if failed:
-        return None, "failed", f"{len(failed)} of {len(job.tasks)} tasks failed"
+        return None, "failed", drive.failed_message(len(failed), len(job.tasks), job.reduce)
     if not job.reduce:
         return None, "succeeded", None
     try:
@@ -381,6 +396,8 @@ def _manifest(
         "spec": job.spec.model_dump(mode="json"),
         "versions": {**client_versions(), "burst": version("burst")},
     }
+    if len(outcomes) < len(job.tasks):  # stopped early, at the deadline or interrupted
+        manifest["tasks"]["not_run"] = len(job.tasks) - len(outcomes)
     if earlier_runs:  # resumed: what this run did, every run, and what they all cost
         manifest["tasks"]["ran"] = len(outcomes) - log.carried
         manifest["runs"] = earlier_runs + [_run_summary(manifest)]

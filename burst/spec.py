@@ -58,8 +58,27 @@ def format_duration(value: timedelta) -> str:
     )
 
 
+def relative_path(value: str, what: str = "a path inside the spec's folder") -> str:
+    """A file field's path: relative, with no '..', so it names something inside its folder
+    (symlinks that leave it are refused when the files are read: see burst.sweep)."""
+    if not value.strip() or "\x00" in value:
+        raise ValueError(f"{what} is accepted, not an empty path")
+    if Path(value).is_absolute() or value.startswith("~") or ".." in Path(value).parts:
+        raise ValueError(f"{what}, relative and without '..', is accepted")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The most tasks (or rows of parameters) one job may have, checked before any list of them
+# is made: a million lines of results is already a big job, and more would exhaust the client.
+MAX_TASKS = 1_000_000
+
+
+def too_many_tasks(count: int, what: str) -> str:
+    return f"{what} make {count:,} tasks; accepted: at most {MAX_TASKS:,} tasks per job"
 
 
 class TaskRange(Strict):
@@ -71,7 +90,14 @@ class TaskRange(Strict):
         bounds = [v] if isinstance(v, int) else v
         if not 1 <= len(bounds) <= 3 or (len(bounds) == 3 and bounds[2] == 0):
             raise ValueError("N, [start, stop] or [start, stop, step] with step != 0 is accepted")
+        count = len(range(*bounds))  # computed, not listed
+        if count > MAX_TASKS:
+            raise ValueError(too_many_tasks(count, "these bounds"))
         return v
+
+    def __len__(self) -> int:
+        bounds = [self.range] if isinstance(self.range, int) else self.range
+        return len(range(*bounds))
 
     def values(self) -> list[int]:
         bounds = [self.range] if isinstance(self.range, int) else self.range
@@ -79,12 +105,31 @@ class TaskRange(Strict):
 
 
 class TaskFile(Strict):
-    jsonl: str = Field(description="a JSON-lines file, one task per line, relative to the spec")
+    jsonl: str | None = Field(None, description="a JSON-lines file, one task per line")
+    csv: str | None = Field(None, description="a CSV file with a header row, one task per row")
+
+    @field_validator("jsonl", "csv")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        return None if v is None else relative_path(v)
+
+    @property
+    def kind(self) -> str:
+        return "csv" if self.csv is not None else "jsonl"
+
+    @property
+    def name(self) -> str:
+        return self.csv if self.csv is not None else str(self.jsonl)
 
 
 class ParamFile(Strict):
     csv: str | None = Field(None, description="a CSV file with a header row, one task per row")
     jsonl: str | None = Field(None, description="a JSON-lines file, one object per task")
+
+    @field_validator("jsonl", "csv")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        return None if v is None else relative_path(v)
 
 
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -104,6 +149,12 @@ class RunSpec(Strict):
     timeout: timedelta | None = Field(None, description="per task, such as '10m'")
     reduce: str | None = Field(None, description="'module:callable' applied to the list of results")
     retries: int = Field(1, ge=0, le=10)
+    fail_fast: bool = Field(
+        True, description="stop when the first 5 tasks to end all failed the same way"
+    )
+    retry_exceptions: bool = Field(
+        False, description="retry a function task that raised (else: lost workers, timeouts)"
+    )
 
     @field_validator("params", mode="before")
     @classmethod
@@ -114,7 +165,11 @@ class RunSpec(Strict):
             return None
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("csv", "jsonl"):
             if isinstance(next(iter(v.values())), str):
-                return ParamFile.model_validate(v)
+                try:
+                    return ParamFile.model_validate(v)
+                except ValidationError as error:
+                    message = error.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{next(iter(v))}: {message}") from None
         if isinstance(v, dict) and v:
             grid: dict[str, Any] = {}
             for name, values in v.items():
@@ -135,7 +190,15 @@ class RunSpec(Strict):
                         f"{name}: a non-empty list of strings or numbers, or {{range: ...}}, is "
                         f"accepted (got {values!r:.80})"
                     )
+            count = 1  # the grid's product, counted before any row is made
+            for values in grid.values():
+                count *= len(values)
+            if count > MAX_TASKS:
+                sizes = " x ".join(f"{len(values):,}" for values in grid.values())
+                raise ValueError(too_many_tasks(count, f"the grid's {sizes} values"))
             return grid
+        if isinstance(v, list) and len(v) > MAX_TASKS:
+            raise ValueError(too_many_tasks(len(v), "these rows"))
         if isinstance(v, list) and v:
             for number, row in enumerate(v):
                 if not isinstance(row, dict) or not all(
@@ -181,13 +244,16 @@ class RunSpec(Strict):
     @classmethod
     def _task_form(cls, v: Any) -> Any:
         """Pick the form by its key, so an error speaks of that form alone."""
-        forms = {"range": TaskRange, "jsonl": TaskFile}
+        forms = {"range": TaskRange, "jsonl": TaskFile, "csv": TaskFile}
         if isinstance(v, list):
+            if len(v) > MAX_TASKS:
+                raise ValueError(too_many_tasks(len(v), "these values"))
             return v
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in forms:
             return forms[next(iter(v))].model_validate(v)
         raise ValueError(
-            "accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file} or a list"
+            "accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file}, {csv: file} "
+            "or a list"
         )
 
     @field_validator("function", "reduce")
@@ -268,15 +334,29 @@ class JobSpec(Strict):
                 bucket, _, key = item[5:].partition("/")
                 if not bucket or not key or key.endswith("/"):
                     raise ValueError(f"{item!r}: s3://bucket/key of one object is accepted")
-            elif not item.strip() or Path(item).is_absolute() or ".." in Path(item).parts:
-                raise ValueError(
-                    f"{item!r}: a path inside the spec's folder or s3://bucket/key is accepted"
-                )
+                # The nodes' role may read exactly these objects: a wildcard in IAM would
+                # grant more than was named; '$' starts a policy variable.
+                odd = sorted(set(item) & set("*?$"))
+                if odd:
+                    raise ValueError(
+                        f"{item!r}: {' '.join(odd)} is not accepted in an s3:// input; "
+                        "accepted: the exact bucket and key of one object"
+                    )
+            else:
+                try:
+                    relative_path(item, "a path inside the spec's folder or s3://bucket/key")
+                except ValueError as error:
+                    raise ValueError(f"{item!r}: {error}") from None
         names = [input_name(item) for item in v]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"two inputs share the name {twice}; tasks see them by name")
         return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_inside(cls, v: str) -> str:
+        return relative_path(v, "a folder relative to where burst runs")
 
     @field_validator("software")
     @classmethod
@@ -444,15 +524,89 @@ def merged(base: dict, overrides: dict) -> dict:
     return merged
 
 
+# A spec is a page of YAML: aliases may not expand it beyond this many values (an alias bomb
+# of a few lines would otherwise expand to billions), nor may a spec file be bigger.
+MAX_YAML_VALUES = 1_000_000
+MAX_SPEC_BYTES = 10 * 1024 * 1024
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys (with their lines) and documents whose
+    aliases expand them beyond MAX_YAML_VALUES, before anything is constructed."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        sizes: dict[int, int] = {}  # by node: an alias is the same node, counted once here
+
+        def expanded(item: yaml.Node) -> int:
+            if id(item) not in sizes:
+                sizes[id(item)] = 1  # a recursive alias counts once
+                children: list[yaml.Node] = []
+                if isinstance(item, yaml.SequenceNode):
+                    children = item.value
+                elif isinstance(item, yaml.MappingNode):
+                    children = [part for pair in item.value for part in pair]
+                total = 1
+                for child in children:
+                    total += expanded(child)
+                    if total > MAX_YAML_VALUES:
+                        break
+                sizes[id(item)] = total
+            return sizes[id(item)]
+
+        if node is not None and expanded(node) > MAX_YAML_VALUES:
+            raise SpecError(
+                [
+                    f"spec: its aliases (*name) expand it to more than {MAX_YAML_VALUES:,} "
+                    "values; accepted: a spec that is at most that big when expanded (keep "
+                    "long lists of tasks in a file: {jsonl: ...} or {csv: ...})"
+                ]
+            )
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then a key: an override, as YAML means it
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in lines:
+                raise SpecError(
+                    [
+                        f"{key}: the key {key!r} appears twice in the same mapping (line "
+                        f"{lines[key]} and line {line}); accepted: each key once"
+                    ]
+                )
+            if isinstance(key, str | int | float | bool):
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """A spec's YAML: safe, with no duplicate keys and bounded aliases (see SpecLoader)."""
+    loader = SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read and validate a YAML spec without importing its code; raises SpecError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(
+                [f"spec: {str(path)!r} is over {MAX_SPEC_BYTES >> 20} MB; keep data in files"]
+            )
+        data = read_yaml(path.read_text())
     except OSError as error:
         raise SpecError([f"spec: cannot read {str(path)!r}: {error.strerror}"]) from None
     except yaml.YAMLError as error:
         raise SpecError([f"spec: {str(path)!r} is not valid YAML: {error}"]) from None
+    except RecursionError:
+        raise SpecError([f"spec: {str(path)!r} is nested too deeply to be a job spec"]) from None
     if isinstance(data, dict) and overrides:
         data = merged(data, overrides)
     return parse_spec(data)

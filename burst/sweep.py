@@ -6,7 +6,6 @@ downloads around a run are burst.transfer; the worker side is burst.taskrun.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import os
@@ -16,39 +15,140 @@ import string
 from pathlib import Path
 from typing import Any
 
-from burst.spec import JobSpec, ParamFile, SpecError, TaskRange
+from burst.spec import MAX_TASKS, JobSpec, ParamFile, SpecError, TaskRange
 from burst.taskrun import format_argv
 
 MAX_JOB_FILES = 2000
 MAX_JOB_BYTES = 50 * 1024 * 1024
+MAX_TASK_FILE_BYTES = 256 * 1024 * 1024  # a CSV or JSON-lines file of tasks
+# A command's formatted arguments: Linux refuses one argument over 128 KiB (MAX_ARG_STRLEN),
+# and the whole command line is kept far below its 2 MiB limit; a width or precision in a
+# format spec ({a:>4000000000}) is bounded before anything is formatted.
+MAX_ARGUMENT_BYTES = 128 * 1024
+MAX_COMMAND_BYTES = 1024 * 1024
+MAX_FORMAT_NUMBER = 1000
+
+
+def _outside(path: Path, folder: Path) -> Path | None:
+    """Where `path` really leads, when a symbolic link takes it out of `folder`."""
+    real = path.resolve()
+    return None if real.is_relative_to(folder.resolve()) else real
+
+
+def _link_problem(field: str, name: str, real: Path) -> str:
+    return (
+        f"{field}: {name!r} is a symbolic link out of the spec's folder (to {str(real)!r}); "
+        "accepted: files inside the folder (copy the file in)"
+    )
+
+
+def inside(folder: Path, name: str, field: str) -> Path:
+    """`folder / name`, refused when a symbolic link takes it out of the folder (the spec's
+    own rules already refuse absolute paths and '..')."""
+    path = folder / name
+    real = _outside(path, folder)
+    if real is not None:
+        raise SpecError([_link_problem(field, name, real)])
+    return path
+
+
+def _escaping_links(root: Path, folder: Path) -> list[tuple[Path, Path]]:
+    """Symbolic links under `root` (a file or a folder) that lead out of `folder`."""
+    found = []
+    for here, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = Path(here) / name
+            if path.is_symlink():
+                real = _outside(path, folder)
+                if real is not None:
+                    found.append((path, real))
+    return found
 
 
 def missing_inputs(inputs: list[str], folder: Path) -> list[str]:
-    return [
-        f"inputs: {item!r} does not exist in {folder}"
-        for item in inputs
-        if not item.startswith("s3://") and not (folder / item).exists()
-    ]
+    """What is wrong with the local inputs: missing, or leading out of the spec's folder
+    through a symbolic link (the input itself or any link inside an input folder)."""
+    problems = []
+    for item in inputs:
+        if item.startswith("s3://"):
+            continue
+        path = folder / item
+        real = _outside(path, folder)
+        if real is not None:
+            problems.append(_link_problem("inputs", item, real))
+        elif not path.exists():
+            problems.append(f"inputs: {item!r} does not exist in {folder}")
+        elif path.is_dir():
+            problems += [
+                _link_problem("inputs", str(link.relative_to(folder)), real)
+                for link, real in _escaping_links(path, folder)
+            ]
+    return problems
 
 
 def _scalar(value: Any) -> bool:
     return isinstance(value, str | int | float | bool)
 
 
+# A CSV cell that reads as a number becomes one, so that {alpha:.2f} works: integers without
+# a leading zero ("007" stays a string, as an identifier would want), decimals and exponents.
+# "nan", "inf" and anything else stay strings.
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_DIGITS = r"[-+]?(?:0|[1-9][0-9]*)"
+_FLOAT = re.compile(rf"{_DIGITS}?\.[0-9]+(?:[eE][-+]?[0-9]+)?|{_DIGITS}\.?(?:[eE][-+]?[0-9]+)?")
+
+
+def typed(cell: str) -> str | int | float:
+    """A CSV cell as the number it reads as, or the string itself."""
+    text = cell.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return cell
+
+
+def read_rows(folder: Path, name: str, kind: str, field: str) -> list[Any]:
+    """A CSV file's rows (numbers typed, see `typed`; a byte-order mark is ignored) or a
+    JSON-lines file's values; the file must be inside the spec's folder."""
+    path = inside(folder, name, field)
+    rows: list[Any] = []
+    try:
+        if path.stat().st_size > MAX_TASK_FILE_BYTES:
+            raise SpecError(
+                [
+                    f"{field}: {name!r} is over {MAX_TASK_FILE_BYTES >> 20} MB; accepted: a "
+                    "smaller file of parameters (keep data in inputs, read by the tasks)"
+                ]
+            )
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            if kind == "csv":
+                source: Any = (
+                    {k: typed(v) if isinstance(v, str) else v for k, v in row.items()}
+                    for row in csv.DictReader(stream)
+                )
+            else:
+                source = (json.loads(line) for line in stream if line.strip())
+            for row in source:  # counted as read, so a huge file stops at the cap
+                if len(rows) == MAX_TASKS:
+                    raise SpecError(
+                        [
+                            f"{field}: {name!r} has more than {MAX_TASKS:,} rows; "
+                            f"accepted: at most {MAX_TASKS:,} tasks per job"
+                        ]
+                    )
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
+        raise SpecError([f"{field}: cannot read {str(path)!r}: {error}"]) from None
+    return rows
+
+
 def load_params(params: Any, folder: Path) -> list[dict[str, Any]]:
     """The rows of a command job, one per task: a grid's product, a file's rows or a list."""
     if isinstance(params, ParamFile):
         kind, name = ("csv", params.csv) if params.csv else ("jsonl", params.jsonl)
-        path = folder / name
         field = f"run.params.{kind}"
-        try:
-            text = path.read_text()
-            if kind == "csv":
-                rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
-            else:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
-            raise SpecError([f"{field}: cannot read {str(path)!r}: {error}"]) from None
+        rows = read_rows(folder, name, kind, field)
         for number, row in enumerate(rows, 1):
             if not isinstance(row, dict) or not all(_scalar(v) for v in row.values()):
                 raise SpecError(
@@ -141,7 +241,8 @@ def _has_placeholder(token: str) -> bool:
 def _refuse_shell_syntax(command: str) -> None:
     """`prog > log.txt`, `a | b`, `a && b`: there is no shell, so these would arrive as the
     program's arguments ("unrecognized arguments: > log.txt"). Lexed as a shell would, so a
-    quoted '>5' stays a plain argument."""
+    quoted '>5' stays a plain argument, and so does a placeholder's format ({b:>5})."""
+    command = re.sub(r"\{\{|\}\}|\{[^{}]*\}", "_", command)
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     for token in lexer:
@@ -200,8 +301,9 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
     names = set()
     try:
         for token in tokens:
-            for _, field, _, _ in string.Formatter().parse(token):
+            for _, field, spec, _ in string.Formatter().parse(token):
                 if field is not None:
+                    _check_format_spec(field, spec or "")
                     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field):
                         raise SpecError(
                             [
@@ -224,12 +326,42 @@ def check_template(command: str, rows: list[dict[str, Any]]) -> list[str]:
                 ]
             )
         try:
-            format_argv(tokens, row)
+            argv = format_argv(tokens, row)
         except (ValueError, TypeError) as error:
             raise SpecError(
-                [f"run.command: cannot format {command!r} with {row}: {error}"]
+                [f"run.command: cannot format {command!r} with {row!r:.200}: {error}"]
             ) from None
+        sizes = [len(arg.encode(errors="surrogateescape")) for arg in argv]
+        if max(sizes) > MAX_ARGUMENT_BYTES or sum(sizes) > MAX_COMMAND_BYTES:
+            raise SpecError(
+                [
+                    f"run.command: task {number - 1}'s command line is {sum(sizes):,} bytes, its "
+                    f"longest argument {max(sizes):,}; accepted: arguments up to "
+                    f"{MAX_ARGUMENT_BYTES:,} bytes and {MAX_COMMAND_BYTES:,} in all (pass "
+                    "large values in a file)"
+                ]
+            )
     return tokens
+
+
+def _check_format_spec(field: str, spec: str) -> None:
+    """A format spec's widths and precisions are bounded ({a:>4000000000} would make a 4 GB
+    argument), and it may not take them from a value ({a:{w}})."""
+    if "{" in spec:
+        raise SpecError(
+            [
+                f"run.command: the format of {{{field}:{spec}}} holds a placeholder; accepted: "
+                "a fixed format such as {temp:.2f} or {seed:04d}"
+            ]
+        )
+    numbers = [int(n) for n in re.findall(r"\d+", spec)]
+    if numbers and max(numbers) > MAX_FORMAT_NUMBER:
+        raise SpecError(
+            [
+                f"run.command: the width or precision {max(numbers):,} in {{{field}:{spec}}} is "
+                f"too big; accepted: up to {MAX_FORMAT_NUMBER}"
+            ]
+        )
 
 
 def _is_environment(path: Path) -> bool:
@@ -257,6 +389,9 @@ def job_files(folder: Path, spec: JobSpec) -> list[Path]:
             path = here / name
             if name.startswith(".") or path.resolve() in skip or not path.is_file():
                 continue
+            real = _outside(path, folder)
+            if real is not None:  # it would ship what it points at
+                raise SpecError([_link_problem("run.command", str(path.relative_to(folder)), real)])
             files.append(path.relative_to(folder))
             size += path.stat().st_size
             if len(files) > MAX_JOB_FILES or size > MAX_JOB_BYTES:

@@ -141,16 +141,18 @@ class FunctionTask:
     """Callable on a worker with one task's input: the job's function, timed, with what it
     printed captured for this task alone, and stopped after `timeout` seconds.
 
-    Returns {"value", "seconds", "worker", "stdout_tail", "stderr_tail"}; an exception it
-    raises carries the tails in its `burst_output` attribute (pickled with it)."""
+    Returns {"value", "seconds", "worker", "stdout_tail", "stderr_tail"}. An exception the
+    function raises is deterministic (running it again gives the same): unless
+    `retry_exceptions`, it comes back as a value, {"error": text, ...}, so that Dask does not
+    retry it; a timeout, or any exception with `retry_exceptions`, is raised (Dask's retries
+    apply) and carries the tails in its `burst_output` attribute (pickled with it)."""
 
-    def __init__(self, function: Any, timeout: float | None = None):
+    def __init__(self, function: Any, timeout: float | None = None, retry_exceptions=False):
         self.function = function
         self.timeout = timeout
+        self.retry_exceptions = retry_exceptions
 
     def __call__(self, task: Any) -> dict[str, Any]:
-        from distributed import get_worker
-
         streams = {"stdout": _router("stdout"), "stderr": _router("stderr")}
         buffers = {name: _TailBuffer() for name in streams}
         me = threading.get_ident()
@@ -164,6 +166,20 @@ class FunctionTask:
             error = TimeoutError(f"timed out after {self.timeout:g}s")
             error.burst_output = _tails(buffers)
             raise error from None
+        except TimeoutError as error:
+            error.burst_output = _tails(buffers)
+            raise
+        except Exception as error:
+            if self.retry_exceptions:
+                error.burst_output = _tails(buffers)
+                error.burst_error = failure_text(error)
+                raise
+            return {
+                "error": failure_text(error),
+                "seconds": time.perf_counter() - started,
+                "worker": _worker_name(),
+                **_tails(buffers),
+            }
         except BaseException as error:
             error.burst_output = _tails(buffers)
             raise
@@ -173,9 +189,41 @@ class FunctionTask:
         return {
             "value": value,
             "seconds": time.perf_counter() - started,
-            "worker": get_worker().name,
+            "worker": _worker_name(),
             **_tails(buffers),
         }
+
+
+def _worker_name() -> str | None:
+    from distributed import get_worker
+
+    try:
+        return get_worker().name
+    except ValueError:  # called outside a worker
+        return None
+
+
+def failure_text(error: BaseException, frames: int = 8) -> str:
+    """'Type: message', then where it was raised: the last `frames` frames below the task's
+    own call, each at the user's file and line. cloudpickle ships the job's code by value with
+    `<dynamic-code>` as every code object's file name; the function's globals keep the
+    module's `__file__`, which names the file again (its lines show where the file exists)."""
+    import linecache
+    import traceback
+
+    found = []
+    for frame, lineno in list(traceback.walk_tb(error.__traceback__))[1:]:  # below our call
+        filename = frame.f_code.co_filename
+        if filename == "<dynamic-code>":
+            filename = frame.f_globals.get("__file__") or filename
+        line = linecache.getline(filename, lineno).strip() or None
+        found.append(
+            traceback.FrameSummary(
+                filename, lineno, frame.f_code.co_name, lookup_line=False, line=line
+            )
+        )
+    where = "".join(traceback.StackSummary.from_list(found[-frames:]).format())
+    return f"{type(error).__name__}: {error}\n{where}".strip()
 
 
 def _tails(buffers: dict[str, _TailBuffer]) -> dict[str, str]:

@@ -39,6 +39,7 @@ def _moto_server_only_in_sandbox_tests(request, monkeypatch):
             raise AssertionError("this test starts moto's server: mark it @pytest.mark.sandbox")
 
         monkeypatch.setattr(ThreadedMotoServer, "start", forbidden)
+        monkeypatch.setattr(sandbox_module.Sandbox, "start", forbidden)
 
 
 @pytest.fixture(autouse=True)

@@ -1,16 +1,23 @@
-"""Small CLI conventions, without a cloud: --version, and what gc says with nothing to do."""
+"""Small CLI conventions, without a cloud: --version, what gc says with nothing to do, and
+AWS without credentials or network (never real AWS: no credentials, or a closed local port)."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from burst.cli import app
 from burst.cloud import connect
 from burst.cloud.base import Remnant
+from tests.conftest import REPO
 
 
 def test_version():
@@ -54,3 +61,70 @@ def test_gc_lists_what_it_would_delete_and_how(region_holding):
     assert done.exit_code == 0
     assert "c0ffee000001" in done.stdout and "security-group sg-1" in done.stdout
     assert "nothing deleted: run `burst gc --yes` to delete these" in done.stderr
+
+
+@pytest.fixture
+def no_aws(tmp_path, monkeypatch):
+    """An environment with no AWS credentials anywhere (no env keys, no files, no instance
+    metadata) and a job folder holding an aws spec."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "absent-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("BURST_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pi.py").write_text((REPO / "jobs" / "pi.py").read_text())
+    spec = {"name": "pi", "cores": 4, "cloud": "aws", "max_runtime": "10m",
+            "run": {"function": "pi:sample", "tasks": {"range": 4}}}
+    (tmp_path / "pi.yaml").write_text(yaml.safe_dump(spec))
+    return monkeypatch
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["run", "pi.yaml"], ["submit", "pi.yaml"],
+                                     ["gc", "--cloud", "aws"], ["ls", "--cloud", "aws"]])
+def test_aws_without_credentials_is_a_cloud_error_with_the_fix(no_aws, command):
+    done = CliRunner().invoke(app, command)
+    assert done.exit_code == 3, done.output
+    assert "error: no AWS credentials were found for cloud: aws" in done.stderr
+    assert "fix: configure AWS credentials (aws configure" in done.stderr
+    assert "a bug" not in done.output and "Traceback" not in done.output
+    assert not Path("results").exists()  # refused before a results folder was made
+
+
+def test_aws_with_a_missing_profile_is_a_cloud_error(no_aws):
+    no_aws.setenv("AWS_PROFILE", "nope")
+    for command in (["run", "pi.yaml"], ["gc", "--cloud", "aws"]):
+        done = CliRunner().invoke(app, command)
+        assert done.exit_code == 3, done.output
+        assert "The config profile (nope) could not be found" in done.stderr
+        assert "fix: create the profile" in done.stderr and "a bug" not in done.output
+    planned = CliRunner().invoke(app, ["plan", "pi.yaml"])  # planning falls back to the snapshot
+    assert planned.exit_code == 0 and "snapshot" in planned.stdout
+
+
+def test_aws_with_no_network_is_a_cloud_error_with_the_fix(no_aws):
+    no_aws.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    no_aws.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    no_aws.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    for command in (["run", "pi.yaml"], ["status", "pi-20261128-000000-abcd", "--cloud", "aws"]):
+        done = CliRunner().invoke(app, command)
+        assert done.exit_code == 3, done.output
+        assert "error: cannot reach AWS from this machine (EndpointConnectionError" in done.stderr
+        assert "fix: check this machine's network" in done.stderr
+        assert "a bug" not in done.output
+
+
+def test_the_price_source_on_aws_never_claims_the_sandbox(no_aws):
+    done = CliRunner().invoke(app, ["plan", "pi.yaml", "--json"])
+    assert done.exit_code == 0
+    source = json.loads(done.stdout)["price_source"]
+    assert "sandbox" not in source and "not a live price" in source

@@ -134,4 +134,4 @@ def test_plan_uses_live_offers_on_aws_with_credentials(tmp_path, monkeypatch) ->
     assert result.exit_code == 0, stderr_of(result)
     data = json.loads(result.stdout)
     assert "live spot price history" in data["price_source"]
-    assert "live" not in json.loads(offline.stdout)["price_source"]
+    assert "live spot price" not in json.loads(offline.stdout)["price_source"]

@@ -139,11 +139,29 @@ def test_the_job_index_records_and_refuses_unknown_columns(tmp_path, monkeypatch
 @pytest.mark.sandbox
 def test_a_sandbox_started_for_detached_jobs_stops_itself_when_idle(tmp_path, monkeypatch):
     monkeypatch.setenv("BURST_HOME", str(tmp_path))
-    started = sandbox_module.start_detached(idle_stop=2)
-    assert sandbox_module.running_sandbox()["endpoint"] == started["endpoint"]
+    started = sandbox_module.start_detached(idle_stop=2)  # returns once it answered
+    assert started["endpoint"].startswith("http://127.0.0.1:")
     give_up = time.monotonic() + 60
     while sandbox_module.state_file().exists() and time.monotonic() < give_up:
         time.sleep(0.5)
     assert not sandbox_module.state_file().exists()
     assert sandbox_module.running_sandbox() is None
     assert "no instance for 2s: the sandbox stops" in (tmp_path / "sandbox.log").read_text()
+
+
+def test_a_detached_job_whose_tasks_all_fail_alike_stops_early(sandbox, tmp_path):
+    spec = write_job(tmp_path, "detached_fails", TASK.format(seconds=0.2, fail="x"),
+                     tasks="{range: 200}")
+    (tmp_path / "detached_fails.py").write_text(
+        (tmp_path / "detached_fails.py").read_text().replace('f"bad input {x}"', '"no model"'))
+    submitted = submit(spec, tmp_path)
+    waited = burst("wait", submitted["job_id"], "--json", cwd=tmp_path)
+    assert waited.returncode == 1, waited.stderr
+    manifest = json.loads(waited.stdout)
+    assert manifest["status"] == "failed_fast", manifest["error"]
+    assert manifest["error"].startswith("stopped early (run.fail_fast): the first 5 tasks all "
+                                        "failed the same way (ValueError: no model)")
+    assert manifest["tasks"]["failed"] == 5 and manifest["tasks"]["not_run"] == 195
+    assert {f["attempts"] for f in manifest["failures"]} == {1}  # not retried
+    assert manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, submitted["cluster_id"]) == []

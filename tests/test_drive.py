@@ -1,11 +1,15 @@
-"""The detached job's driver, in pieces that need no cluster: what it writes to the bucket as
-tasks finish, and how it names the end of a job."""
+"""The job's driver: what it writes to the bucket as tasks finish and how it names the end of
+a job (no cluster needed), and how it runs tasks on a real in-process Dask cluster: fail-fast,
+which errors are retried."""
 
 from __future__ import annotations
 
 import json
 
-from burst import drive
+import pytest
+from distributed import Client, LocalCluster
+
+from burst import drive, taskrun
 from burst.drive import BucketSink, Driver, TaskOutcome
 
 
@@ -74,3 +78,149 @@ def test_the_driver_names_each_end_of_a_job(tmp_path):
     assert failing == ("failed", "run.reduce raised ZeroDivisionError: division by zero", None)
     bucket.record(TaskOutcome(0, "a", "failed", error="boom"))
     assert driver()._outcome(drive.FINISHED, bucket)[:2] == ("failed", "1 of 2 tasks failed")
+    assert driver(reduce=sum)._outcome(drive.FINISHED, bucket)[:2] == (
+        "failed", "1 of 2 tasks failed; reduce not run")
+    state, message, _ = driver()._outcome(drive.FAILED_FAST, bucket)
+    assert state == "failed_fast" and message.startswith("stopped early (run.fail_fast)")
+    assert state in drive.TERMINAL
+
+
+# ------------------------------------------------ on a real (in-process) Dask cluster
+
+
+
+@pytest.fixture
+def dask_client():
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=4, processes=False,
+                     dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def run(client, function, inputs, *, retries=0, fail_fast=0, retry_exceptions=False,
+        timeout=None):
+    recorded: list[TaskOutcome] = []
+    client.register_plugin(taskrun.AttemptCounter())  # a fresh count, as for each job
+    ended = drive.run_tasks(
+        client,
+        taskrun.FunctionTask(function, timeout, retry_exceptions),
+        list(enumerate(inputs)),
+        command=False,
+        retries=retries,
+        record=recorded.append,
+        attempts_on=taskrun.attempts_on,
+        fail_fast=fail_fast,
+    )
+    return ended, sorted(recorded, key=lambda o: o.task)
+
+
+def calls_in(folder) -> list[str]:
+    """What the tasks noted (tasks are pickled, even in-process: they share files only)."""
+    return sorted(p.read_text() for p in folder.iterdir()) if folder.exists() else []
+
+
+def note(folder, text: str) -> None:
+    import uuid
+
+    folder.mkdir(exist_ok=True)
+    (folder / uuid.uuid4().hex).write_text(text)
+
+
+def test_the_first_tasks_failing_alike_stop_the_job(dask_client, tmp_path):
+    slots, release, calls = tmp_path / "slots", tmp_path / "release", tmp_path / "calls"
+    slots.mkdir()
+
+    def task(x):
+        import os
+        import time
+
+        note(calls, str(x))
+        for slot in range(5):  # the first five calls fail, whatever their order
+            try:
+                os.close(os.open(slots / str(slot), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue
+            raise FileNotFoundError("data.csv is missing")
+        while not release.exists():  # the rest would run for long: not to be waited for
+            time.sleep(0.05)
+        return x
+
+    try:
+        ended, outcomes = run(dask_client, task, range(40), fail_fast=5)
+    finally:
+        release.touch()
+    assert ended == drive.FAILED_FAST
+    assert len(outcomes) == 5 and {o.status for o in outcomes} == {"failed"}
+    assert {o.error.splitlines()[0] for o in outcomes} == {
+        "FileNotFoundError: data.csv is missing"}
+    assert len(calls_in(calls)) < 40  # the rest were cancelled, not run
+    message = drive.fail_fast_message(outcomes, 35, 40)
+    assert message.startswith("stopped early (run.fail_fast): the first 5 tasks all failed the "
+                              "same way (FileNotFoundError: data.csv is missing)")
+    assert "35 of 40 tasks not run" in message
+
+
+def test_different_failures_or_one_success_run_every_task(dask_client):
+    def differently(x):
+        raise ValueError(f"bad input {x}")  # the message differs: not one cause
+
+    ended, outcomes = run(dask_client, differently, range(12), fail_fast=5)
+    assert ended == drive.FINISHED and len(outcomes) == 12
+
+    def all_but_one(x):
+        if x == 0:
+            return x
+        raise ValueError("always")
+
+    ended, outcomes = run(dask_client, all_but_one, range(12), fail_fast=5)
+    assert ended == drive.FINISHED and len(outcomes) == 12  # something succeeded
+    ended, outcomes = run(dask_client, lambda x: 1 / 0, range(12), fail_fast=0)
+    assert ended == drive.FINISHED and len(outcomes) == 12  # fail_fast off
+
+
+def test_a_function_s_exception_is_not_retried_unless_the_spec_asks(dask_client, tmp_path):
+    calls = tmp_path / "calls"
+
+    def broken(x):
+        note(calls, str(x))
+        raise KeyError(x)
+
+    ended, outcomes = run(dask_client, broken, [7], retries=2)
+    assert ended == drive.FINISHED and calls_in(calls) == ["7"]  # deterministic: once
+    assert outcomes[0].status == "failed" and outcomes[0].attempts == 1
+    assert outcomes[0].error.startswith("KeyError: 7")
+
+    calls = tmp_path / "calls-again"
+    ended, outcomes = run(dask_client, broken, [7], retries=2, retry_exceptions=True)
+    assert calls_in(calls) == ["7", "7", "7"] and outcomes[0].attempts == 3
+    assert outcomes[0].error.startswith("KeyError: 7")
+
+
+def test_a_timed_out_function_is_retried(dask_client, tmp_path):
+    calls = tmp_path / "calls"
+
+    def stuck(x):
+        import time
+
+        note(calls, str(x))
+        while True:
+            time.sleep(0.01)
+
+    ended, outcomes = run(dask_client, stuck, [1], retries=1, timeout=0.3)
+    assert calls_in(calls) == ["1", "1"] and outcomes[0].attempts == 2
+    assert outcomes[0].error.startswith("TimeoutError: timed out after 0.3s")
+
+
+def test_a_command_s_failures_are_alike_by_exit_code_and_last_stderr_line():
+    def failed(code, stderr):
+        return TaskOutcome(0, {}, "failed", error=f"exit code {code}", exit_code=code,
+                           stderr_tail=stderr)
+
+    same = drive.failure_signature(failed(2, "usage\nno such file: x\n"), command=True)
+    assert same == drive.failure_signature(failed(2, "other\nno such file: x"), command=True)
+    assert same != drive.failure_signature(failed(2, "no such file: y"), command=True)
+    assert same != drive.failure_signature(failed(1, "no such file: x"), command=True)
+    message = drive.fail_fast_message([failed(2, "usage\nno such file: x")] * 5, 3, 8)
+    assert "(exit code 2: no such file: x)" in message and "3 of 8 tasks not run" in message

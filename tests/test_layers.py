@@ -41,6 +41,7 @@ LAYERS = {
     "burst.cloud.base": 3,
     "burst.cloud.aws": 3,
     "burst.cloud.sandbox": 3,
+    "burst.cloud.limits": 3,
     "burst.cloud.connect": 3,
     "burst.cloud.botoerrors": 3,
     "burst.storage": 3,
@@ -48,6 +49,7 @@ LAYERS = {
     "burst.bootstrap": 3,
     # Acquiring capacity through a provider.
     "burst.provision": 4,
+    "burst.preflight": 4,
     "burst.events": 4,
     # A cluster's life; finding what was left behind.
     "burst.cluster": 5,
@@ -68,6 +70,7 @@ PROVIDERS = {
     "burst.cloud.base",
     "burst.cloud.aws",
     "burst.cloud.sandbox",
+    "burst.cloud.limits",
     "burst.storage",
 }
 # ... and the layers above drive the Provider protocol: only cloud.connect chooses a concrete

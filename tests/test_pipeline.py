@@ -70,14 +70,22 @@ def test_failing_tasks_exit_1_and_keep_the_others(sandbox, tmp_path):
             if x % 3 == 0:
                 raise ValueError(f"bad input {x}")
             return x * 10
-        """, extra="  retries: 0\n")
+
+        def total(results):
+            return sum(results)
+        """, extra="  retries: 0\n  reduce: sometimes:total\n")
     done = burst("run", str(spec), "--json", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     manifest = json.loads(done.stdout)
     assert manifest["status"] == "failed"
+    assert manifest["error"] == "2 of 6 tasks failed; reduce not run"
     assert manifest["tasks"] == {"total": 6, "done": 4, "failed": 2, "retried": 0}
     assert [f["task"] for f in manifest["failures"]] == [0, 3]
-    assert "ValueError: bad input 3" in manifest["failures"][1]["error"]
+    error = manifest["failures"][1]["error"]
+    assert error.startswith("ValueError: bad input 3\n")
+    # The traceback names the user's file and line, and shows it (not <dynamic-code>).
+    assert f'File "{tmp_path / "sometimes.py"}", line 4, in task' in error
+    assert 'raise ValueError(f"bad input {x}")' in error and "<dynamic-code>" not in error
     results = [json.loads(line) for line in
                (tmp_path / "results" / manifest["job_id"] / "results.jsonl").open()]
     assert [r.get("result") for r in results if r["status"] == "done"] == [10, 20, 40, 50]
@@ -184,4 +192,29 @@ def test_a_failing_reduce_keeps_the_results_and_exits_1(sandbox, tmp_path):
     results = [json.loads(line) for line in
                (tmp_path / "results" / manifest["job_id"] / "results.jsonl").open()]
     assert [r["result"] for r in results] == [0, 2, 4, 6, 8, 10]
+    assert settled_leftovers(sandbox, manifest["cluster_id"]) == []
+
+
+def test_tasks_all_failing_alike_stop_early_and_exit_1(sandbox, tmp_path):
+    spec = write_job(tmp_path, "always_fails", """
+        import time
+
+        def task(x):
+            time.sleep(0.2)
+            raise FileNotFoundError("data.csv is missing")
+        """, tasks="{range: 200}", extra="  retries: 2\n")
+    done = burst("run", str(spec), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "stopped early (run.fail_fast): the first 5 tasks all failed the same way " \
+           "(FileNotFoundError: data.csv is missing)" in done.stderr
+    assert "stopped early" in done.stdout  # the summary's line
+    folder = next((tmp_path / "results").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "failed_fast" and manifest["teardown"]["verified"]
+    assert manifest["tasks"]["failed"] == 5 and manifest["tasks"]["done"] == 0
+    assert manifest["tasks"]["not_run"] == 195
+    lines = [json.loads(line) for line in (folder / "results.jsonl").open()]
+    # kept, and each tried once: a function's exception is not retried (retries: 2 is for
+    # lost workers and timeouts)
+    assert len(lines) == 5 and {line["attempts"] for line in lines} == {1}
     assert settled_leftovers(sandbox, manifest["cluster_id"]) == []

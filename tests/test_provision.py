@@ -341,3 +341,25 @@ def test_check_nodes_returns_the_live_workers_when_enough_are_left():
     nodes[1].state = "terminated"
     assert check_nodes(cloud, IDENT, nodes, 12) == nodes[2:]
     assert check_nodes(FakeCloud(), IDENT, nodes, 16) == nodes[1:]  # a cloud with none gone
+
+
+@pytest.mark.parametrize("code", ["MaxSpotInstanceCountExceeded", "RequestLimitExceeded"])
+def test_an_account_limit_closes_the_market_at_once_and_falls_back(code):
+    """A quota or the launch rate is the account's, not a pool's: re-planning into other
+    spot pools would only meet it again, so on-demand is asked next."""
+    spec = make_spec(spot="spot-with-fallback")
+    first, *_ = plan(spec).workers
+    cloud = FakeCloud({first.pool: code})
+    got = acquire(cloud, spec)
+    spot_calls = [c for c in cloud.calls if c[0][2] == "spot"]
+    assert spot_calls == asked([first])  # no other spot pool, no re-plan
+    assert got.cores == 24 and {r.market for r in got.records} == {"on-demand"}
+
+
+def test_a_vcpu_limit_on_demand_fails_with_the_quota_fix():
+    spec = make_spec(spot="on-demand")
+    cloud = FakeCloud({"on-demand": "VcpuLimitExceeded"})
+    with pytest.raises(CloudError) as caught:
+        acquire(cloud, spec)
+    assert len(cloud.calls) == 1
+    assert "VcpuLimitExceeded" in caught.value.fix and "burst doctor" in caught.value.fix

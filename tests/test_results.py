@@ -132,3 +132,72 @@ def test_each_thread_s_output_goes_to_its_own_buffer(capsys):
     finally:
         sys.stdout = out.stream
     assert capsys.readouterr().out == "not a task's\n"
+
+
+def test_a_failing_function_s_traceback_points_at_the_user_s_file(tmp_path, monkeypatch):
+    """Shipped by value as on the workers: cloudpickle names every code object's file
+    <dynamic-code>; the error names the user's file and line again, with the line."""
+    import cloudpickle
+
+    (tmp_path / "user_job.py").write_text(
+        "def helper(x):\n    return 1 / x\n\n\ndef task(x):\n    return helper(x - 1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_job
+
+    cloudpickle.register_pickle_by_value(user_job)
+    try:
+        shipped = cloudpickle.loads(cloudpickle.dumps(taskrun.FunctionTask(user_job.task)))
+    finally:
+        cloudpickle.unregister_pickle_by_value(user_job)
+        sys.modules.pop("user_job")
+    assert shipped.function.__code__.co_filename == "<dynamic-code>"  # what cloudpickle does
+    reply = shipped(1)
+    assert reply["error"].splitlines() == [
+        "ZeroDivisionError: division by zero",
+        f'  File "{tmp_path / "user_job.py"}", line 6, in task',
+        "    return helper(x - 1)",
+        f'  File "{tmp_path / "user_job.py"}", line 2, in helper',
+        "    return 1 / x",
+    ]
+    done = shipped(2)
+    assert (done["value"], done["worker"], "error" in done) == (1.0, None, False)
+
+
+def manifest_with(failures: list[dict], failed: int, status="failed", error=None) -> dict:
+    return {
+        "job_id": "j-1", "status": status, "error": error, "result": None,
+        "tasks": {"total": 20, "done": 20 - failed, "failed": failed, "retried": 0},
+        "failures": failures, "cores": {"requested": 4, "worker_vcpus": 4},
+        "instances": [], "timings": {"run": 1.0},
+        "cost": {"actual": "0.01", "cost_bound": "0.1", "price_source": "snapshot"},
+        "teardown": {"verified": True, "leftovers": [], "errors": []},
+    }
+
+
+def rendered(manifest: dict) -> str:
+    from rich.console import Console
+
+    from burst.cli import summary
+
+    console = Console(record=True, width=250)
+    console.print(summary(manifest))
+    return console.export_text()
+
+
+def test_the_summary_says_why_and_lists_the_first_failures_then_how_many_more():
+    failures = [
+        {"task": n, "input": n, "attempts": 1,
+         "error": f'ValueError: bad input {n}\n  File "/home/me/job/model.py", line 12, in '
+                  'task\n    raise ValueError(f"bad input {x}")'}
+        for n in range(7)
+    ]
+    text = rendered(manifest_with(failures, 7, error="7 of 20 tasks failed; reduce not run"))
+    assert "7 of 20 tasks failed; reduce not run" in text
+    for n in range(5):
+        assert f"task {n}" in text and f"ValueError: bad input {n} (at model.py:12)" in text
+    assert "task 5" not in text and "+2 more" in text
+    command = {"task": 3, "input": {"seed": 3}, "error": "exit code 2", "exit_code": 2,
+               "stderr_tail": "usage: simulate.py\nerror: [temp] must be positive"}
+    text = rendered(manifest_with([command], 1))
+    assert "exit code 2: error: [temp] must be positive" in text  # markup-like text kept
+    assert "more" not in text

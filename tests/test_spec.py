@@ -766,8 +766,8 @@ def test_boolean_cores_is_rejected() -> None:
 def test_unknown_field_in_task_range_lists_range_fields() -> None:
     problems = problems_of(minimal(run={"function": "m:f", "tasks": {"range": 5, "step": 2}}))
     assert problems == [
-        "run.tasks: accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file} "
-        "or a list (got {'range': 5, 'step': 2})"
+        "run.tasks: accepted: {range: N}, {range: [start, stop, step]}, {jsonl: file}, "
+        "{csv: file} or a list (got {'range': 5, 'step': 2})"
     ]
 
 

@@ -51,11 +51,38 @@ def test_params_from_csv_jsonl_and_rows(tmp_path: Path) -> None:
     (tmp_path / "grid.jsonl").write_text('{"seed": 1, "label": "x"}\n\n{"seed": 2, "label": "y"}\n')
     command = "sim {seed} {label}"
     assert load_job(write_sweep(tmp_path, {"command": command, "params": {"csv": "grid.csv"}})
-                    ).tasks == [{"seed": "1", "label": "a b"}, {"seed": "2", "label": "c"}]
+                    ).tasks == [{"seed": 1, "label": "a b"}, {"seed": 2, "label": "c"}]
     assert load_job(write_sweep(tmp_path, {"command": command, "params": {"jsonl": "grid.jsonl"}})
                     ).tasks == [{"seed": 1, "label": "x"}, {"seed": 2, "label": "y"}]
     rows = [{"seed": 5, "label": "z"}]
     assert load_job(write_sweep(tmp_path, {"command": command, "params": rows})).tasks == rows
+
+
+def test_csv_cells_that_read_as_numbers_are_numbers_and_format(tmp_path: Path) -> None:
+    """{alpha:.2f} on a CSV value works: numbers are typed; '007' and 'nan' stay strings; a
+    byte-order mark (Excel's UTF-8 CSV) is not part of the first header."""
+    (tmp_path / "grid.csv").write_bytes(
+        "\ufeffalpha,n,tag,big,odd\n0.5,3,007,1e3,nan\n-2,+4,x y,2.5E-1,1_000\n".encode()
+    )
+    run = {"command": "sim --alpha {alpha:.2f} --n {n:03d} --tag {tag}",
+           "params": {"csv": "grid.csv"}}
+    job = load_job(write_sweep(tmp_path, run))
+    assert job.tasks == [
+        {"alpha": 0.5, "n": 3, "tag": "007", "big": 1000.0, "odd": "nan"},
+        {"alpha": -2, "n": 4, "tag": "x y", "big": 0.25, "odd": "1_000"},
+    ]
+    assert format_argv(job.command, job.tasks[0]) == [
+        "sim", "--alpha", "0.50", "--n", "003", "--tag", "007"]
+
+
+def test_function_tasks_from_a_csv_file_are_typed_rows(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text("def fit(row):\n    return row['alpha'] * 2\n")
+    (tmp_path / "rows.csv").write_text("alpha,label\n0.25,a\n3,b\n")
+    spec = {"name": "f", "cores": 2, "run": {"function": "model:fit", "tasks": {"csv": "rows.csv"}}}
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
+    job = load_job(tmp_path / "f.yaml")
+    assert job.tasks == [{"alpha": 0.25, "label": "a"}, {"alpha": 3, "label": "b"}]
+    assert [job.function(t) for t in job.tasks] == [0.5, 6]
 
 
 def test_a_value_stays_one_literal_argument() -> None:

@@ -27,6 +27,7 @@ from burst.cloud.base import (
     TAG_MANAGED,
     TAG_REGION,
     TAG_ROLE,
+    VCPU_QUOTAS,
     CloudError,
     ClusterIdentity,
     Fulfilment,
@@ -36,6 +37,8 @@ from burst.cloud.base import (
     PoolError,
     Remnant,
     TeardownReport,
+    VcpuQuota,
+    standard_family,
     tag_dict,
 )
 from burst.cloud.botoerrors import error_code, wrap_public_methods
@@ -105,6 +108,7 @@ class AwsProvider:
         self.iam = client("iam")
         self.s3 = client("s3")
         self.sts = client("sts")
+        self.quotas = client("service-quotas")
         self._boundary: str | None = None
         self.scheduler_port = scheduler_port
         self.dashboard_port = dashboard_port
@@ -660,6 +664,60 @@ class AwsProvider:
             except self.iam.exceptions.NoSuchEntityException:
                 pass
         return found
+
+    # ------------------------------------------------------------- preflight
+
+    def account(self) -> str:
+        """The credentials' identity (STS GetCallerIdentity needs no permission)."""
+        return self.sts.get_caller_identity()["Arn"]
+
+    def zones(self) -> list[str]:
+        reply = self.ec2.describe_availability_zones(
+            Filters=[{"Name": "state", "Values": ["available"]}]
+        )
+        return sorted(zone["ZoneName"] for zone in reply["AvailabilityZones"])
+
+    def offered(self, instance_types: set[str], zones: set[str]) -> set[tuple[str, str]]:
+        pages = self.ec2.get_paginator("describe_instance_type_offerings").paginate(
+            LocationType="availability-zone",
+            Filters=[
+                {"Name": "instance-type", "Values": sorted(instance_types)},
+                {"Name": "location", "Values": sorted(zones)},
+            ],
+        )
+        return {
+            (offer["InstanceType"], offer["Location"])
+            for page in pages
+            for offer in page["InstanceTypeOfferings"]
+        }
+
+    def vcpu_quotas(self) -> list[VcpuQuota]:
+        """Each market's quota (Service Quotas, the applied value) and its use: the vCPUs of
+        the region's pending and running standard instances, whoever launched them."""
+        running: dict[str, dict[str, int]] = {"spot": {}, "on-demand": {}}
+        pages = self.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        )
+        for instance in (i for page in pages for r in page["Reservations"] for i in r["Instances"]):
+            kind = instance["InstanceType"]
+            if standard_family(kind):
+                market = "spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand"
+                running[market][kind] = running[market].get(kind, 0) + 1
+        kinds = sorted({kind for counts in running.values() for kind in counts})
+        vcpus = {}
+        if kinds:
+            reply = self.ec2.describe_instance_types(InstanceTypes=kinds)["InstanceTypes"]
+            vcpus = {t["InstanceType"]: t["VCpuInfo"]["DefaultVCpus"] for t in reply}
+        quotas = []
+        for market, code in VCPU_QUOTAS.items():
+            try:
+                reply = self.quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)
+                limit = float(reply["Quota"]["Value"])
+            except ClientError:  # not readable (no permission, or no such quota here)
+                limit = None
+            in_use = sum(vcpus.get(kind, 0) * n for kind, n in running[market].items())
+            quotas.append(VcpuQuota(market, code, limit, in_use))
+        return quotas
 
 
 def _worker_bucket_statements(ident: ClusterIdentity, read_objects: list[str]) -> list[dict]:

@@ -160,6 +160,27 @@ class TeardownReport:
         return {**asdict(self), "verified": self.verified}
 
 
+# EC2's per-region vCPU quotas of the standard families (A, C, D, H, I, M, R, T, Z), by the
+# market each bounds: https://docs.aws.amazon.com/ec2/latest/instancetypes/ec2-instance-quotas.html
+VCPU_QUOTAS = {"on-demand": "L-1216C47A", "spot": "L-34B43A08"}
+STANDARD_FAMILIES = frozenset("acdhimrtz")
+
+
+def standard_family(instance_type: str) -> bool:
+    """Does this type count against the standard vCPU quotas (c5, m7g, r6i, ...)?"""
+    return instance_type[:1].lower() in STANDARD_FAMILIES
+
+
+@dataclass(frozen=True)
+class VcpuQuota:
+    """One market's vCPU quota in a region and what already uses it."""
+
+    market: str  # "spot" or "on-demand"
+    code: str  # the Service Quotas code, L-34B43A08 / L-1216C47A
+    limit: float | None  # None: the quota could not be read
+    in_use: int  # vCPUs of the region's pending and running instances in that market
+
+
 @dataclass
 class Remnant:
     """One burst-managed resource found in a region, for `burst gc`."""
@@ -234,3 +255,15 @@ class Provider(Protocol):
 
     def survey(self) -> list[Remnant]:
         """Every burst-managed resource in the region (for gc)."""
+
+    def account(self) -> str:
+        """Who the credentials are: the first call that fails without them."""
+
+    def zones(self) -> list[str]:
+        """The region's available zones."""
+
+    def offered(self, instance_types: set[str], zones: set[str]) -> set[tuple[str, str]]:
+        """Which (instance type, zone) pairs the region offers, of those asked about."""
+
+    def vcpu_quotas(self) -> list[VcpuQuota]:
+        """The standard vCPU quotas of each market, with what uses them now."""

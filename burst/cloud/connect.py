@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, client_cidr
 from burst.cloud.base import Provider
+from burst.cloud.botoerrors import aws_session
 from burst.errors import SpecError
 
 
@@ -33,9 +34,7 @@ def open_provider(cloud: str, region: str, *, start_sandbox: bool = True) -> Con
     """`aws`: the default credential chain. `sandbox`: the long-lived sandbox when one is up,
     else (with `start_sandbox`) a private one for this connection, else None."""
     if cloud == "aws":
-        import boto3
-
-        return Connection(AwsProvider(boto3.Session(), region))
+        return Connection(AwsProvider(aws_session(region), region))
     if cloud != "sandbox":
         raise SpecError([f"cloud: {cloud!r} is not accepted; accepted: sandbox, aws"])
     state = sandbox.running_sandbox()

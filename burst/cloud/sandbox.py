@@ -42,6 +42,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
+from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits
 from burst.home import burst_home, ensure_home, write_private
 
 # What a bare moto server (no guard) takes: the provisioning benchmark's in-process moto.
@@ -207,19 +208,19 @@ class SigV4Guard:
 
 
 def _guarded_moto_server(keys: list[dict[str, str]]):
-    """moto's ThreadedMotoServer, serving its app behind the SigV4 guard. It overrides the
-    server's `_server_entry` (moto has no hook for middleware) with moto's own three lines."""
-    from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
+    """moto's app behind the SigV4 guard (only the owner's keys get in), then AWS's limits
+    (request rates, launch rate, vCPU quotas: limits.py); returns the server and the limits."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
     from werkzeug.serving import make_server
 
-    class GuardedMotoServer(ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            app = SigV4Guard(DomainDispatcherApplication(create_backend_app), keys)
-            self._server = make_server(self._ip_address, self._port, app, True)
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    return GuardedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    limits = AwsLimits.from_environment(DomainDispatcherApplication(create_backend_app))
+    app = SigV4Guard(limits, keys)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    return server, limits
 
 
 # ------------------------------------------------------------------ metadata
@@ -381,7 +382,13 @@ class Hypervisor:
             "aws_session_token": "testing",
         }
         self.clients = {
-            r: session(credentials).client("ec2", region_name=r, endpoint_url=endpoint)
+            # The hypervisor is the cloud itself: its calls are not the account's (limits.py).
+            r: session(credentials).client(
+                "ec2",
+                region_name=r,
+                endpoint_url=endpoint,
+                config=Config(user_agent_extra=HYPERVISOR_AGENT),
+            )
             for r in SANDBOX_REGIONS
         }
         self.instances: dict[str, SandboxInstance] = {}
@@ -577,13 +584,14 @@ class Sandbox:
         # The owner's keys, and the instances' role keys (served by their metadata service).
         self.credentials = _new_keys("AKIA")
         self.instance_keys = {**_new_keys("ASIA"), "aws_session_token": secrets.token_urlsafe(32)}
-        self._server = _guarded_moto_server([self.credentials, self.instance_keys])
+        self._server, self.limits = _guarded_moto_server([self.credentials, self.instance_keys])
+        self._serving = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.endpoint = ""
         self.hypervisor: Hypervisor | None = None
 
     def start(self) -> Sandbox:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
+        self._serving.start()
+        host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host}:{port}"
         _power_cut_on_terminate()
         self._prepare_account()
@@ -596,7 +604,8 @@ class Sandbox:
     def stop(self) -> None:
         if self.hypervisor:
             self.hypervisor.stop()
-        self._server.stop()
+        self._server.shutdown()
+        self._serving.join()
         if self._owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 
