@@ -248,3 +248,18 @@ def test_the_metadata_service_answers_only_the_sandbox_user(sandbox):
         listener.listen()
         with socket.create_connection(listener.getsockname()) as connection:
             assert _peer_uid(connection.getsockname(), listener.getsockname()) == os.getuid()
+
+
+def test_burst_home_and_the_job_index_are_private(tmp_path, monkeypatch):
+    """A $BURST_HOME made world-readable (by hand, or an older burst) is tightened to 0700;
+    the job index is 0600."""
+    from burst import state
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    monkeypatch.setenv("BURST_HOME", str(home))
+    state.record("job-1", name="x")
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert state.path().stat().st_mode & 0o777 == 0o600
+    assert state.get("job-1")["name"] == "x"

@@ -651,12 +651,7 @@ class Sandbox:
         self.stop()
 
     def _prepare_account(self) -> None:
-        """What an operator does once per AWS account: the node roles' permissions boundary."""
-        from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
-
-        self.session().client("iam", endpoint_url=self.endpoint).create_policy(
-            PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=BOUNDARY_DOCUMENT.read_text()
-        )
+        prepare_account(self.session(), self.endpoint)
 
     def session(self) -> boto3.Session:
         """A session with this sandbox's owner keys."""
@@ -676,6 +671,18 @@ class Sandbox:
         keys) is readable by its owner alone, in a $BURST_HOME only its owner may enter."""
         ensure_home()
         write_private(state_file(), json.dumps(self.state()))
+
+
+def prepare_account(session: boto3.Session, endpoint: str) -> None:
+    """What an operator does once per AWS account: create the node roles' permissions
+    boundary. moto's state is per process, so a second sandbox in it finds it made."""
+    from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
+
+    iam = session.client("iam", endpoint_url=endpoint)
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_policy(
+            PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=BOUNDARY_DOCUMENT.read_text()
+        )
 
 
 def running_sandbox() -> dict | None:
