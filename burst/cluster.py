@@ -6,22 +6,25 @@ import asyncio
 import atexit
 import contextlib
 import html
+import math
 import signal
 import sys
 import threading
 import time
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from distributed.core import Status, rpc
-from distributed.deploy import Cluster
+from distributed.deploy import Adaptive, Cluster
 from tornado.ioloop import PeriodicCallback
 
 from burst import bootstrap, events, preflight, tls
-from burst.catalog import architecture_of, default_zones, offers_for
+from burst.catalog import SNAPSHOT, architecture_of, default_zones, offers_for
 from burst.cloud.base import (
     CloudError,
     ClusterIdentity,
@@ -31,10 +34,18 @@ from burst.cloud.base import (
     TeardownReport,
 )
 from burst.cloud.connect import Connection, open_provider
-from burst.errors import BurstError
+from burst.cost import instance_cost
+from burst.errors import BudgetError, BurstError, PlanError, SpecError
 from burst.events import EventHandler
 from burst.plan import Plan, plan_within_budget
-from burst.provision import acquire_workers, check_nodes, launch_request
+from burst.provision import (
+    acquire_workers,
+    check_nodes,
+    hourly_budget_left,
+    launch_request,
+    plan_top_up,
+    top_up,
+)
 from burst.spec import JobSpec, format_duration, parse_spec
 from burst.storage import Bucket
 
@@ -43,6 +54,34 @@ POLL_SECONDS = 0.5
 # (burst.node reads the same metadata key: the nodes have no burst to import it from).
 HEARTBEAT_KEY = "burst-heartbeat"
 HEARTBEAT_SECONDS = 10
+# Where a worker's node agent says it retires on a spot notice (burst.node, same key).
+INTERRUPTED_KEY = "burst-interrupted"
+# How often the running set is reconciled against the target cores (losses, scale requests);
+# the cloud is asked which instances ended at most this often too.
+RECONCILE_SECONDS = 2.0
+CLOUD_CHECK_SECONDS = 5.0
+# After a top-up that came short or was refused, wait this long before asking again.
+RETRY_SECONDS = 30.0
+# No new instance when max_runtime ends sooner than this: EC2 bills a minute anyway.
+MIN_LAUNCH_SECONDS = 60
+MAX_CORES = 100_000
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class BurstAdaptive(Adaptive):
+    """distributed's Adaptive, whose scale-ups stop at what the budget and max_runtime allow
+    (the most that fits, logged once) instead of raising at every tick."""
+
+    async def scale_up(self, n: int) -> None:
+        await self.cluster._scale(n * self.cluster.cores_per_worker, clamp=True)
+
+    async def scale_down(self, workers: list[str]) -> None:
+        # Retired by the cluster (retire_workers, then one terminate call), on its loop.
+        if workers:
+            await self.cluster._scale_down(list(workers))
 
 
 def new_job_id(name: str) -> str:
@@ -110,7 +149,13 @@ class BurstCluster(Cluster):
     clusters left open. Should this process die, every instance powers itself off at the
     deadline (max_runtime + grace), and ``burst gc`` deletes what is left after it.
 
-    The cluster has the cores of its spec: ``scale()`` and ``adapt()`` are refused.
+    ``scale(n)`` (workers) or ``scale(cores=N)`` changes the cores, ``adapt(minimum_cores=...,
+    maximum_cores=...)`` lets distributed's Adaptive do it with the load: more cores are
+    planned and launched a fleet per pool within the budget and before max_runtime ends (a
+    scale beyond them is refused, saying why); fewer retire their workers gracefully, then
+    terminate those instances in one call. Workers lost to spot interruptions (or retiring on
+    a rebalance recommendation) are replaced the same way, without the interrupted pools;
+    ``elasticity()`` records the interruptions, the replacements and their cost.
 
     Examples
     --------
@@ -123,7 +168,7 @@ class BurstCluster(Cluster):
     True
     """
 
-    _supports_scaling = False
+    _supports_scaling = True
     _open: ClassVar[weakref.WeakSet[BurstCluster]] = weakref.WeakSet()
 
     def __init__(
@@ -141,8 +186,15 @@ class BurstCluster(Cluster):
                 f"BurstCluster takes a JobSpec or keyword fields such as cores=8, "
                 f"max_runtime='30m' (got {type(spec).__name__} {spec!r})"
             )
-        if fields.pop("asynchronous", False):
-            raise TypeError("BurstCluster is synchronous: use `with`, not `async with`")
+        asynchronous = bool(fields.pop("asynchronous", False))
+        if asynchronous:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise TypeError(
+                    "asynchronous=True needs a running event loop: inside `async def`, use "
+                    "`async with BurstCluster(..., asynchronous=True) as cluster`"
+                ) from None
         self.spec = spec or parse_spec({"name": "notebook", **fields})
         self.cluster_id = uuid.uuid4().hex[:12]
         self.job_id = job_id or new_job_id(self.spec.name)
@@ -167,15 +219,42 @@ class BurstCluster(Cluster):
         # and waits for the one in flight, so that teardown never races a launch.
         self._closing = threading.Event()
         self._cloud_lock = threading.Lock()
-        super().__init__(asynchronous=False, name=self.cluster_id, quiet=quiet)
+        # Elasticity: the worker cores wanted, and what became of the workers.
+        self._target_cores = 0
+        self._retiring: dict[str, str] = {}  # instance id -> why (scale-down, interruption)
+        self._gone: set[str] = set()  # workers the cloud says ended
+        self._env = None
+        self._template_id = ""
+        self._reconcile_lock: asyncio.Lock | None = None
+        self._cloud_checked = 0.0
+        self._retry_at = 0.0
+        self._refused: str | None = None
+        self.interruptions: list[dict[str, Any]] = []
+        self.replacements: list[dict[str, Any]] = []
+        self.scaling: list[dict[str, Any]] = []
+        super().__init__(asynchronous=asynchronous, name=self.cluster_id, quiet=quiet)
         self._loop_runner.start()
         BurstCluster._open.add(self)
         self._emit(events.Planned(self.capacity_plan, self.cluster_id, self.job_id, self))
+        if asynchronous:
+            return  # started by `await cluster` or `async with`
         try:
             self.sync(self._start)
         except BaseException:
             self.close()
             raise
+
+    def __await__(self):
+        async def started() -> BurstCluster:
+            if self.status == Status.created:
+                try:
+                    await self._start()
+                except BaseException:
+                    await self._close()
+                    raise
+            return self
+
+        return started().__await__()
 
     def _emit(self, event: events.Event) -> None:
         self._log(str(event))
@@ -190,8 +269,41 @@ class BurstCluster(Cluster):
 
     @property
     def workers(self) -> dict[str, InstanceRecord]:
-        """The worker instances by id (a worker's Dask name is its instance id)."""
-        return {i: r for i, r in self.instances.items() if r.role == "worker"}
+        """The worker instances serving the cluster, by id (a worker's Dask name is its
+        instance id): launched, not retiring and not ended. ``instances`` has every one."""
+        return {
+            i: r
+            for i, r in self.instances.items()
+            if r.role == "worker" and i not in self._gone and i not in self._retiring
+        }
+
+    @property
+    def plan(self) -> set[str]:
+        """The workers wanted (distributed's Adaptive compares it with its target)."""
+        return set(self.workers)
+
+    @property
+    def requested(self) -> set[str]:
+        """The workers launched and wanted: launching is synchronous, so the plan itself."""
+        return set(self.workers)
+
+    @property
+    def cores(self) -> int:
+        """The worker cores serving the cluster now."""
+        return sum(r.vcpus for r in self.workers.values())
+
+    @property
+    def target_cores(self) -> int:
+        """The worker cores the cluster keeps (its spec's, or the last scale's)."""
+        return self._target_cores
+
+    @property
+    def cores_per_worker(self) -> int:
+        """The vCPUs of the plan's most common worker: what ``scale(n)`` counts in."""
+        vcpus = Counter()
+        for line in self.capacity_plan.workers:
+            vcpus[line.vcpus] += line.count
+        return vcpus.most_common(1)[0][0] if vcpus else 1
 
     @property
     def worker_instances(self) -> list[InstanceRecord]:
@@ -208,19 +320,387 @@ class BurstCluster(Cluster):
         """The cluster's S3 bucket (job code, inputs, task outputs), deleted at teardown."""
         return self.provider.bucket(self.identity)
 
-    def scale(self, n: int = 0, **kwargs: Any) -> None:
-        raise BurstError(
-            f"BurstCluster {self.cluster_id} does not scale: it runs the {self.spec.cores} "
-            "cores of its spec",
-            "close it and start a BurstCluster(cores=N) of the size you need",
+    def scale(self, n: int | None = None, *, cores: int | None = None) -> Any:
+        """Scale to `n` workers (of `cores_per_worker` vCPUs) or to `cores` worker cores.
+
+        More cores are planned (spot first, then on-demand under spot-with-fallback) and
+        launched a fleet per pool; fewer retire their workers gracefully, then terminate
+        their instances. Returns when the cloud calls are done (awaitable when
+        ``asynchronous=True``); the new workers join shortly after.
+
+        Raises
+        ------
+        SpecError
+            `n` or `cores` is not a whole number in 0..100000, or both are given.
+        BudgetError
+            The cores wanted would cost more per hour than ``max_hourly`` (or than
+            ``max_cost`` allows until the deadline), or max_runtime is over.
+        """
+        target = self._cores_wanted(n, cores)
+        return self.sync(self._scale, target)
+
+    def _cores_wanted(self, n: int | None, cores: int | None) -> int:
+        if (n is None) == (cores is None):
+            raise SpecError(
+                [f"scale: give n (workers) or cores=N, exactly one (got n={n!r}, cores={cores!r})"]
+            )
+        field, value = ("n", n) if cores is None else ("cores", cores)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SpecError([f"scale: {field} must be a whole number >= 0 (got {value!r})"])
+        wanted = value * self.cores_per_worker if cores is None else value
+        if wanted > MAX_CORES:
+            raise SpecError(
+                [f"scale: {field}={value} is {wanted} cores; at most {MAX_CORES} are accepted"]
+            )
+        return wanted
+
+    async def _scale(self, cores: int, clamp: bool = False) -> None:
+        """Set the target (after the budget and deadline checks), then reconcile. With
+        `clamp` (Adaptive), a target over budget becomes the most that fits, logged once."""
+        if cores > self._target_cores:
+            fits = await asyncio.to_thread(self._cores_that_fit, cores)
+            if fits < cores:
+                why = self._refusal(cores, fits)
+                if not clamp:
+                    raise BudgetError(why, "raise max_hourly or max_cost, or scale less")
+                self._note_refusal(why)
+                cores = max(fits, self._target_cores)
+        self._retry_at = 0.0  # a request asks the cloud now, even after a recent shortfall
+        if cores != self._target_cores:
+            self.scaling.append(
+                {"time": _now(), "from_cores": self._target_cores, "to_cores": cores}
+            )
+            self._log(f"scaling from {self._target_cores} to {cores} worker cores")
+            self._target_cores = cores
+        await self._correct_state()
+
+    def _running_worker_hourly(self) -> Decimal:
+        return sum(
+            (
+                r.hourly or Decimal(0)
+                for i, r in self.instances.items()
+                if r.role == "worker" and i not in self._gone
+            ),
+            Decimal(0),
         )
 
-    def adapt(self, *args: Any, **kwargs: Any) -> Any:
-        raise BurstError(
-            f"BurstCluster {self.cluster_id} does not adapt: it runs the {self.spec.cores} "
-            "cores of its spec until closed or its max_runtime ends",
-            "close it and start a BurstCluster(cores=N) of the size you need",
+    def _seconds_to_end(self) -> float:
+        """Until max_runtime ends (the grace after it is for collecting and teardown)."""
+        return (self.deadline - self.spec.grace - datetime.now(UTC)).total_seconds()
+
+    def _fits(self, extra: int) -> bool:
+        """Whether `extra` more worker cores, as planned now, fit the budget and time."""
+        if extra <= 0:
+            return True
+        if self._seconds_to_end() < MIN_LAUNCH_SECONDS:
+            return False
+        try:
+            more = plan_top_up(self.spec, extra, self._zones(), self.offers)
+        except PlanError:
+            return False
+        added = sum((line.total_hourly for line in more.workers), Decimal(0))
+        running = self._running_worker_hourly()
+        left = hourly_budget_left(self.capacity_plan, self.spec, running)
+        if left is not None and added > left:
+            return False
+        if self.spec.max_cost is not None:
+            # What was spent, plus everything running (and added) until the deadline.
+            now = datetime.now(UTC)
+            spent = sum(
+                (instance_cost(r, now) or Decimal(0) for r in self.instances.values()), Decimal(0)
+            )
+            hours = Decimal(max(0, (self.deadline - now).total_seconds())) / 3600
+            schedulers = sum(
+                (r.hourly or Decimal(0) for r in self.instances.values() if r.role != "worker"),
+                Decimal(0),
+            )
+            if spent + (running + schedulers + added) * hours > self.spec.max_cost:
+                return False
+        return True
+
+    def _cores_that_fit(self, cores: int) -> int:
+        """The most worker cores, up to `cores`, that fit (whole workers less at a time)."""
+        serving = self.cores
+        step = self.cores_per_worker
+        while cores > self._target_cores and not self._fits(cores - serving):
+            cores -= step
+        return cores
+
+    def _refusal(self, cores: int, fits: int) -> str:
+        if self._seconds_to_end() < MIN_LAUNCH_SECONDS:
+            return (
+                f"scale to {cores} cores refused: max_runtime ends in "
+                f"{max(0, self._seconds_to_end()):.0f}s; no instance is launched so late"
+            )
+        limits = ", ".join(
+            f"{name} ${value}"
+            for name, value in (
+                ("max_hourly", self.spec.max_hourly),
+                ("max_cost", self.spec.max_cost),
+            )
+            if value is not None
         )
+        return (
+            f"scale to {cores} cores refused: over the budget ({limits or 'no offer left'}); "
+            f"{fits} worker cores fit"
+        )
+
+    def _note_refusal(self, why: str) -> None:
+        if why != self._refused:
+            self._refused = why
+            self._log(why)
+
+    def scale_down(self, workers: list[str]) -> Any:
+        """Retire these workers (by name, their instance ids) and terminate their instances;
+        the target drops by their cores. What distributed's Adaptive calls."""
+        return self.sync(self._scale_down, list(workers))
+
+    async def _scale_down(self, names: list[str]) -> None:
+        chosen = [self.workers[n] for n in names if n in self.workers]
+        if not chosen:
+            return
+        cores = max(0, self._target_cores - sum(r.vcpus for r in chosen))
+        self.scaling.append({"time": _now(), "from_cores": self._target_cores, "to_cores": cores})
+        self._target_cores = cores
+        async with self._lock_for_reconcile():
+            await self._retire(chosen, "scale-down")
+
+    def adapt(
+        self,
+        Adaptive: type[Adaptive] | None = None,
+        *,
+        minimum_cores: int | None = None,
+        maximum_cores: int | None = None,
+        **kwargs: Any,
+    ) -> Adaptive:
+        """Let distributed's Adaptive scale the cluster with its load, between
+        `minimum_cores` and `maximum_cores` (or `minimum`/`maximum` workers). Scale-ups stay
+        within the budget and max_runtime: beyond them, the most that fits, logged once."""
+        step = self.cores_per_worker
+        for field, value in (("minimum_cores", minimum_cores), ("maximum_cores", maximum_cores)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CORES
+            ):
+                raise SpecError(
+                    [f"adapt: {field} must be a whole number in 0..{MAX_CORES} (got {value!r})"]
+                )
+        if (
+            minimum_cores is not None
+            and maximum_cores is not None
+            and minimum_cores > maximum_cores
+        ):
+            raise SpecError(
+                [f"adapt: minimum_cores {minimum_cores} is above maximum_cores {maximum_cores}"]
+            )
+        if minimum_cores is not None:
+            kwargs["minimum"] = math.ceil(minimum_cores / step)
+        if maximum_cores is not None:
+            kwargs["maximum"] = max(kwargs.get("minimum", 0), maximum_cores // step)
+        return super().adapt(Adaptive=Adaptive or BurstAdaptive, **kwargs)
+
+    def elasticity(self) -> dict[str, Any]:
+        """A plain record of the cluster's changes, for the manifest: the scale requests, the
+        interrupted workers, and the replacement capacity launched for them (instances, pools,
+        seconds until the cores were back, and what it cost so far)."""
+        now = datetime.now(UTC)
+        replacements = []
+        for replacement in self.replacements:
+            records = [self.instances[i] for i in replacement["instances"] if i in self.instances]
+            cost = sum((instance_cost(r, now) or Decimal(0) for r in records), Decimal(0))
+            replacements.append({**replacement, "cost": str(cost)})
+        return {
+            "target_cores": self._target_cores,
+            "scaling": list(self.scaling),
+            "interruptions": list(self.interruptions),
+            "replacements": replacements,
+            "replacement_cost": str(sum((Decimal(r["cost"]) for r in replacements), Decimal(0))),
+        }
+
+    # ------------------------------------------------------------ reconcile
+
+    def _lock_for_reconcile(self) -> asyncio.Lock:
+        if self._reconcile_lock is None:
+            self._reconcile_lock = asyncio.Lock()
+        return self._reconcile_lock
+
+    async def _reconcile_tick(self) -> None:
+        if self._lock_for_reconcile().locked() or self.status != Status.running:
+            return
+        try:
+            await self._correct_state()
+        except Exception as error:  # logged, and tried again at the next tick
+            if self._closing.is_set():
+                return
+            self._note_refusal(f"reconciling the workers failed: {type(error).__name__}: {error}")
+
+    async def _correct_state(self) -> None:
+        """Align the running set with the target, as distributed's SpecCluster does: see who
+        retired or ended, then launch the missing cores or retire the extra ones."""
+        async with self._lock_for_reconcile():
+            await self._observe()
+            serving = self.cores
+            if serving > self._target_cores:
+                await self._shrink(serving - self._target_cores)
+            elif serving < self._target_cores:
+                await self._grow(self._target_cores - serving)
+            self._note_rejoined()
+
+    async def _observe(self) -> None:
+        """Workers retiring on a spot notice (they say so on the scheduler), and workers whose
+        instances the cloud says ended: lost cores, replaced by the next step."""
+        if self.scheduler_comm is None:
+            return
+        with contextlib.suppress(OSError):
+            notices = await self.scheduler_comm.get_metadata(keys=[INTERRUPTED_KEY], default={})
+            for name, notice in (notices or {}).items():
+                if name in self.workers:
+                    self._interrupted(name, notice.get("reason", "spot interruption"))
+        if time.monotonic() - self._cloud_checked < CLOUD_CHECK_SECONDS:
+            return
+        self._cloud_checked = time.monotonic()
+        ended = await self._cloud(
+            self.provider.instances, self.identity, ["shutting-down", "terminated"]
+        )
+        for record in ended:
+            mine = self.instances.get(record.instance_id)
+            if mine is None or mine.role != "worker" or record.instance_id in self._gone:
+                continue
+            if record.instance_id not in self._retiring:
+                self._interrupted(record.instance_id, "lost without notice")
+            self._gone.add(record.instance_id)
+            mine.state = "terminated"
+            mine.end_time = mine.end_time or datetime.now(UTC)
+
+    def _interrupted(self, name: str, reason: str) -> None:
+        record = self.instances[name]
+        self._retiring[name] = reason
+        self.interruptions.append(
+            {
+                "instance_id": name,
+                "reason": reason,
+                "time": _now(),
+                "instance_type": record.instance_type,
+                "zone": record.zone,
+                "market": record.market,
+                "vcpus": record.vcpus,
+                "replaced_by": None,
+            }
+        )
+        self._log(f"worker {name} ({record.instance_type} {record.market}): {reason}")
+
+    async def _grow(self, missing: int) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        if self._seconds_to_end() < MIN_LAUNCH_SECONDS:
+            self._note_refusal(
+                f"not replacing {missing} worker cores: max_runtime ends in "
+                f"{max(0, self._seconds_to_end()):.0f}s"
+            )
+            return
+        exclude = {(i["instance_type"], i["zone"], i["market"]) for i in self.interruptions}
+        pending = [i for i in self.interruptions if i["replaced_by"] is None]
+        got = await self._cloud(
+            top_up,
+            self.provider,
+            self.identity,
+            self._env,
+            self._template_id,
+            self.capacity_plan,
+            self.spec,
+            missing,
+            self._running_worker_hourly(),
+            self.offers,
+            exclude,
+            self._launched,
+        )
+        if got.cores < missing:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            reasons = "; ".join(str(e) for e in got.errors) or "the budget allows no more"
+            self._note_refusal(
+                f"only {got.cores} of {missing} more worker cores came up ({reasons}); "
+                f"trying again in {RETRY_SECONDS:.0f}s"
+            )
+        if got.records and pending:
+            index = len(self.replacements)
+            for interruption in pending:
+                interruption["replaced_by"] = index
+            self.replacements.append(
+                {
+                    "for": [i["instance_id"] for i in pending],
+                    "cores_lost": sum(i["vcpus"] for i in pending),
+                    "instances": [r.instance_id for r in got.records],
+                    "cores": got.cores,
+                    "pools": sorted(
+                        {f"{r.instance_type} {r.zone} {r.market}" for r in got.records}
+                    ),
+                    "hourly": str(sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))),
+                    "launched": _now(),
+                    "rejoined": None,
+                    "seconds_to_rejoin": None,
+                }
+            )
+
+    def _note_rejoined(self) -> None:
+        """A replacement is back when all its workers joined: the seconds from the first
+        notice of the workers it replaces."""
+        observed = self.observed
+        for replacement in self.replacements:
+            if replacement["rejoined"] is None and set(replacement["instances"]) <= observed:
+                noticed = min(
+                    datetime.fromisoformat(i["time"])
+                    for i in self.interruptions
+                    if i["instance_id"] in replacement["for"]
+                )
+                now = datetime.now(UTC)
+                replacement["rejoined"] = now.isoformat(timespec="seconds")
+                replacement["seconds_to_rejoin"] = round((now - noticed).total_seconds(), 1)
+                self._log(
+                    f"{replacement['cores']} replacement cores joined "
+                    f"{replacement['seconds_to_rejoin']}s after the interruption"
+                )
+
+    async def _shrink(self, excess: int) -> None:
+        """Retire whole workers worth at most `excess` cores: those not joined yet first,
+        then on-demand before spot, dearest per core first, newest first."""
+        observed = self.observed
+
+        def order(record: InstanceRecord) -> tuple:
+            per_core = (record.hourly or Decimal(0)) / max(1, record.vcpus)
+            return (
+                record.instance_id in observed,
+                record.market == "spot",
+                -per_core,
+                -record.launch_time.timestamp(),
+            )
+
+        chosen = []
+        for record in sorted(self.workers.values(), key=order):
+            if record.vcpus <= excess:
+                chosen.append(record)
+                excess -= record.vcpus
+        if chosen:
+            await self._retire(chosen, "scale-down")
+
+    async def _retire(self, chosen: list[InstanceRecord], why: str) -> None:
+        """Hand their data to the others (distributed's retire_workers), then terminate the
+        instances in one call."""
+        names = [r.instance_id for r in chosen]
+        for name in names:
+            self._retiring[name] = why
+        self._log(f"retiring {len(names)} worker(s) ({sum(r.vcpus for r in chosen)} cores): {why}")
+        with contextlib.suppress(OSError):
+            await self.scheduler_comm.retire_workers(
+                names=names,
+                close_workers=True,
+                remove=True,
+                stimulus_id=f"burst-{why}-{time.time()}",
+            )
+        ended = await self._cloud(self.provider.terminate, self.identity, names)
+        now = datetime.now(UTC)
+        for name in ended:
+            self._gone.add(name)
+            self.instances[name].state = "terminated"
+            self.instances[name].end_time = self.instances[name].end_time or now
 
     # ---------------------------------------------------------------- start
 
@@ -254,7 +734,8 @@ class BurstCluster(Cluster):
         await super()._start()
         joined = -1
         while True:
-            expected = len(await self._cloud(self._check_nodes, give_up, "the workers to join"))
+            alive = await self._cloud(self._check_nodes, give_up, "the workers to join")
+            expected = len(alive)
             count = len(self.scheduler_info["workers"])
             if count != joined:
                 self._emit(events.WorkersJoined(count, expected))
@@ -263,6 +744,14 @@ class BurstCluster(Cluster):
                 break
             await asyncio.sleep(POLL_SECONDS)
         self.timings["bootstrap"] = time.monotonic() - started
+        # Workers lost while booting are not part of the cluster: it runs on what came up.
+        self._gone |= set(self.workers) - {r.instance_id for r in alive}
+        # From now on the cores that came up are kept: lost workers are replaced, and
+        # scale()/adapt() move the target.
+        self._target_cores = self.cores
+        reconcile = PeriodicCallback(self._reconcile_tick, RECONCILE_SECONDS * 1000)
+        self.periodic_callbacks["burst-reconcile"] = reconcile
+        reconcile.start()
 
     async def _heartbeat(self) -> None:
         self._beats += 1
@@ -283,8 +772,7 @@ class BurstCluster(Cluster):
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.
-        offered = {o.zone for o in self.offers or ()} or set(default_zones(self.spec.region))
-        zones = sorted(offered | {line.zone for line in self.capacity_plan.lines})
+        zones = self._zones()
         env = provider.prepare(
             self.identity,
             zones,
@@ -304,6 +792,7 @@ class BurstCluster(Cluster):
         template = provider.launch_template(
             self.identity, env, self._user_data("worker"), self.spec.architecture
         )
+        self._env, self._template_id = env, template  # for scale-ups and replacements
         got = acquire_workers(
             provider,
             self.identity,
@@ -317,6 +806,10 @@ class BurstCluster(Cluster):
         if got.cores < self.spec.cores:  # at least min_cores, or acquire_workers raised
             self._emit(events.CapacityShort(got.cores, self.spec.cores))
         self.timings["provision"] = time.monotonic() - started
+
+    def _zones(self) -> list[str]:
+        offered = {o.zone for o in self.offers or ()} or set(default_zones(self.spec.region))
+        return sorted(offered | {line.zone for line in self.capacity_plan.lines})
 
     def _launched(self, got: Fulfilment) -> None:
         self.instances.update({r.instance_id: r for r in got.records})
@@ -376,12 +869,23 @@ class BurstCluster(Cluster):
     def close(self, timeout: float | None = None) -> Any:
         BurstCluster._open.discard(self)
         self._closing.set()
+        if self.asynchronous:
+            return self._close()
         with shielded():
             try:
                 super().close(timeout)
             finally:
                 self._teardown()
                 self._loop_runner.stop()
+
+    async def _close(self) -> None:
+        BurstCluster._open.discard(self)
+        self._closing.set()
+        try:
+            await super()._close()
+        finally:
+            if self.asynchronous:  # the sync close() tears down in its own thread
+                await asyncio.to_thread(self._teardown)
 
     def _teardown(self) -> None:
         with self._cloud_lock:  # the cloud call in flight, if any, finishes first
@@ -390,7 +894,9 @@ class BurstCluster(Cluster):
             started = time.monotonic()
             self._emit(events.TearingDown())
             try:
-                self.teardown_report = self.provider.teardown(self.identity)
+                self.teardown_report = self.provider.teardown(
+                    self.identity, instance_ids=list(self.instances)
+                )
                 if self.teardown_report.verified:
                     ended = datetime.now(UTC)
                     for record in self.instances.values():
@@ -408,6 +914,22 @@ class BurstCluster(Cluster):
             f"cores={self.spec.cores}, workers={workers}, status={self.status.name})"
         )
 
+    def _memory_gib(self, instance_type: str) -> float | None:
+        """An instance type's memory, from the plan, the offers or the catalog's snapshot."""
+        for item in (*self.capacity_plan.lines, *(self.offers or ())):
+            if getattr(item, "instance_type", None) == instance_type and item.memory_gib:
+                return item.memory_gib
+        known = SNAPSHOT.get(instance_type)
+        return known.memory_gib if known else None
+
+    def _workers_summary(self) -> str:
+        """The serving workers' cores and memory, as the instance types have them (not the
+        memory of the machine this runs on, which a sandbox's instances share)."""
+        workers = list(self.workers.values())
+        memory = [self._memory_gib(r.instance_type) for r in workers]
+        total = f", {sum(memory):g} GiB memory" if workers and None not in memory else ""
+        return f"{len(workers)} serving, {sum(r.vcpus for r in workers)} cores{total}"
+
     def _repr_html_(self, cluster_status: Any = None) -> str:
         """distributed's cluster card, then what was rented and what it may cost."""
         plan = self.capacity_plan
@@ -418,6 +940,7 @@ class BurstCluster(Cluster):
         rows = {
             "cloud": f"{self.spec.cloud} {self.spec.region}",
             "instances": rented,
+            "workers": self._workers_summary(),
             "cost": f"${plan.hourly:.4f}/h planned, bound ${plan.cost_bound:.4f} "
             f"({plan.price_source})",
             "deadline": f"{self.deadline:%Y-%m-%d %H:%M:%S} UTC (instances power off then)",
@@ -440,4 +963,8 @@ class BurstCluster(Cluster):
 def _close_open_clusters() -> None:
     """A notebook kernel restarted with clusters open still tears them down."""
     for cluster in list(BurstCluster._open):
-        cluster.close()
+        if cluster.asynchronous:  # its event loop may be gone: tear down directly
+            cluster._closing.set()
+            cluster._teardown()
+        else:
+            cluster.close()

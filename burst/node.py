@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -25,6 +26,11 @@ METADATA_ENDPOINT = "http://169.254.169.254/"
 # warning on EC2); drills on the sandbox set it lower to see the notice while work still runs.
 SPOT_POLL_SECONDS = float(os.environ.get("BURST_SPOT_POLL_SECONDS") or 5.0)
 SPOT_NOTICE = "meta-data/spot/instance-action"
+REBALANCE_NOTICE = "meta-data/events/recommendations/rebalance"
+NOTICES = ((SPOT_NOTICE, "spot interruption"), (REBALANCE_NOTICE, "rebalance recommendation"))
+# Where a retiring worker tells the client it goes: [key, instance id] -> reason and time
+# (burst.cluster reads the same key to replace the lost cores).
+INTERRUPTED_KEY = "burst-interrupted"
 # What a BurstCluster sets on the scheduler every few seconds while it lives (burst.cluster).
 HEARTBEAT_KEY = "burst-heartbeat"
 # The scheduler's handlers that act as a Dask client: submit or change work, run code on the
@@ -114,14 +120,25 @@ def peer_role(comm) -> str | None:
     return None
 
 
-def only_for(roles: frozenset[str], name: str, handler):
-    """`handler`, callable only by a peer whose certificate has one of `roles`."""
+def _worker_retiring(role: str | None, message: dict) -> bool:
+    """A worker may set one piece of metadata itself: its retirement notice."""
+    keys = message.get("keys") or [None]
+    return role == "worker" and keys[0] == INTERRUPTED_KEY
+
+
+# Calls of a client-only handler that a worker's certificate may still make.
+WORKER_EXCEPTIONS = {"set_metadata": _worker_retiring}
+
+
+def only_for(roles: frozenset[str], name: str, handler, also=None):
+    """`handler`, callable only by a peer whose certificate has one of `roles` (or for which
+    `also(role, message)` holds)."""
     takes_comm = next(iter(inspect.signature(handler).parameters), None) == "comm"
     takes_serializers = "serializers" in inspect.signature(handler).parameters
 
     async def guarded(comm, serializers=None, **message):
         role = peer_role(comm)
-        if role not in roles:
+        if role not in roles and not (also and also(role, message)):
             raise PermissionError(
                 f"{name}: refused to a peer with a {role or 'missing'} certificate; only "
                 f"{' or '.join(sorted(roles))} certificates may act as a Dask client here"
@@ -139,7 +156,9 @@ def guard_client_handlers(server) -> None:
     """Let only a client's or the driver's certificate call the server's client handlers."""
     for name in CLIENT_ONLY_HANDLERS:
         if name in server.handlers:
-            server.handlers[name] = only_for(CLIENT_ROLES, name, server.handlers[name])
+            server.handlers[name] = only_for(
+                CLIENT_ROLES, name, server.handlers[name], WORKER_EXCEPTIONS.get(name)
+            )
 
 
 def check_versions(expected: dict[str, str]) -> None:
@@ -261,11 +280,17 @@ class Node:
                 return
 
     async def worker(self) -> None:
-        from distributed import Worker
+        """A Nanny and its worker process, as `dask worker` starts them: the Nanny sets
+        distributed's pre-spawn environment (one OpenMP/BLAS thread per task thread), holds
+        the worker to the instance's memory and restarts a worker process that died."""
+        from distributed import Nanny
 
         address = await self._scheduler_address()
         nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
-        async with Worker(
+        # "auto" is the machine's memory; sandbox instances share one host, so the sandbox
+        # declares each instance type's memory, as it declares its vCPUs.
+        memory = int(os.environ.get("BURST_NODE_MEMORY") or 0) or "auto"
+        async with Nanny(
             address,
             nthreads=nthreads,
             name=self.instance_id,
@@ -274,15 +299,33 @@ class Node:
             security=self.security(),
             dashboard=False,
             death_timeout=self.args.death_timeout,
-        ) as worker:
+            memory_limit=memory,
+        ) as nanny:
             watch = asyncio.ensure_future(self._spot_notice())
             try:
-                done = await self._until_deadline(worker.finished(), watch)
-                # On an interruption notice, hand the data to other workers, then leave.
+                done = await self._until_deadline(nanny.finished(), watch)
                 if watch in done and watch.exception() is None:
-                    await worker.close_gracefully(reason="spot-interruption")
+                    await self._retire(nanny, watch.result())
             finally:
                 watch.cancel()
+
+    async def _retire(self, nanny, reason: str) -> None:
+        """Hand this worker's data to the others, then leave; the Nanny must not restart it."""
+        nanny.close_gracefully(reason=reason)
+        with contextlib.suppress(OSError):  # the client reads it to replace the lost cores
+            await nanny.scheduler.set_metadata(
+                keys=[INTERRUPTED_KEY, self.instance_id],
+                value={"reason": reason, "time": time.time()},
+            )
+        try:
+            await nanny.scheduler.retire_workers(
+                workers=[nanny.worker_address],
+                close_workers=True,
+                remove=True,
+                stimulus_id=f"{reason}-{time.time()}",
+            )
+        finally:
+            await nanny.close(reason=reason)
 
     async def _scheduler_address(self) -> str:
         wait = 1.0  # a hundred workers asking every second would be most of SSM's 40/s
@@ -295,17 +338,19 @@ class Node:
                 wait = min(3.0, wait * 1.5)
         raise RuntimeError("the deadline passed before the scheduler published its address")
 
-    async def _spot_notice(self) -> None:
-        """Returns only when the two-minute interruption notice is really there."""
+    async def _spot_notice(self) -> str:
+        """Returns only when the two-minute interruption notice, or a rebalance
+        recommendation (EC2's earlier warning of an elevated risk), is really there."""
         while True:
-            try:
-                notice = await asyncio.to_thread(self.metadata.get, SPOT_NOTICE)
-            except OSError as error:  # a metadata hiccup is not an interruption
-                print(f"metadata unavailable ({error}); still watching", flush=True)
-                notice = None
-            if notice is not None:
-                print("spot interruption notice: retiring this worker", flush=True)
-                return
+            for path, reason in NOTICES:
+                try:
+                    notice = await asyncio.to_thread(self.metadata.get, path)
+                except OSError as error:  # a metadata hiccup is not an interruption
+                    print(f"metadata unavailable ({error}); still watching", flush=True)
+                    notice = None
+                if notice is not None:
+                    print(f"{reason} notice: retiring this worker", flush=True)
+                    return reason
             await asyncio.sleep(SPOT_POLL_SECONDS)
 
     async def _until_deadline(self, *awaitables) -> set:

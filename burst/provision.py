@@ -7,7 +7,8 @@ reports an error (no capacity, price too low, ...) or fills short is left out of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
 from burst.catalog import Offer
@@ -22,7 +23,7 @@ from burst.cloud.base import (
     Provider,
 )
 from burst.errors import PlanError
-from burst.plan import Plan, PlanLine, fallback_plan
+from burst.plan import Plan, PlanLine, fallback_plan, plan, worker_market
 from burst.spec import JobSpec
 
 # Rounds per market: the plan's pools, then up to two re-plans without the pools that failed.
@@ -52,19 +53,107 @@ def acquire_workers(
     """Launch the plan's workers, a fleet per pool (so the plan's mix and its pool share
     hold); raise CloudError when fewer than `min_cores` came up once every round is spent.
     `on_launch` sees each fleet's result at once; the caller tears down either way."""
-    got = Fulfilment()
     budget = _hourly_budget(capacity_plan, spec)
-    zones = sorted(env.subnets)
     planned = capacity_plan.workers
     markets = [planned[0].market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
+    got = _fill(
+        provider, ident, env, template_id, spec, spec.cores, planned, markets, budget,
+        Decimal(0), offers, (), on_launch,
+    )  # fmt: skip
+    if got.cores < spec.min_cores:
+        reasons = "; ".join(str(e) for e in got.errors) or (
+            "the budget allows no more" if budget is not None else "the cloud gave no more"
+        )
+        account = [e for e in got.errors if e.code in ACCOUNT_WIDE]
+        raise CloudError(
+            f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons})",
+            f"the account's limit was reached ({account[0].code}): burst doctor shows the "
+            "quotas; request an increase or lower cores"
+            if account
+            else "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
+        )
+    return got
+
+
+def top_up(
+    provider: Provider,
+    ident: ClusterIdentity,
+    env: NodeEnvironment,
+    template_id: str,
+    capacity_plan: Plan,
+    spec: JobSpec,
+    cores: int,
+    running_hourly: Decimal,
+    offers: Sequence[Offer] | None = None,
+    exclude: Iterable[tuple[str, str, str]] = (),
+    on_launch: Callable[[Fulfilment], None] = lambda got: None,
+) -> Fulfilment:
+    """More workers for a running cluster: `cores` more (a scale-up, or the cores of
+    interrupted workers), planned anew without the `exclude`d pools, spot first then
+    on-demand under spot-with-fallback, a fleet per pool, and never above the hourly budget
+    given what already runs (`running_hourly`, its workers). Returns what came up, which may
+    be less; it does not raise for a shortfall."""
+    market = worker_market(spec)
+    markets = [market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
+    first = plan_top_up(spec, cores, sorted(env.subnets), offers, exclude, market)
+    return _fill(
+        provider, ident, env, template_id, spec, cores, first.workers, markets,
+        _hourly_budget(capacity_plan, spec), running_hourly, offers, exclude, on_launch,
+    )  # fmt: skip
+
+
+def plan_top_up(
+    spec: JobSpec,
+    cores: int,
+    zones: list[str],
+    offers: Sequence[Offer] | None = None,
+    exclude: Iterable[tuple[str, str, str]] = (),
+    market: str | None = None,
+) -> Plan:
+    """The workers `top_up` asks first: the planner's cheapest mix for `cores`, with the
+    spec's pool share when no pool is excluded, else the cheapest cover of what is left."""
+    market = market or worker_market(spec)
+    exclude = list(exclude)
+    if not exclude and market == worker_market(spec):
+        with contextlib.suppress(PlanError):
+            more = spec.model_copy(update={"cores": cores, "min_cores": cores})
+            return plan(more, zones, offers=offers)
+    return fallback_plan(spec, cores, exclude, market=market, zones=zones, offers=offers)
+
+
+def hourly_budget_left(capacity_plan: Plan, spec: JobSpec, running_hourly: Decimal):
+    """What more workers may cost per hour, given the workers that run: None, no budget."""
+    budget = _hourly_budget(capacity_plan, spec)
+    return None if budget is None else budget - running_hourly
+
+
+def _fill(
+    provider: Provider,
+    ident: ClusterIdentity,
+    env: NodeEnvironment,
+    template_id: str,
+    spec: JobSpec,
+    want: int,
+    first_pools: list[PlanLine],
+    markets: list[str],
+    budget: Decimal | None,
+    running_hourly: Decimal,
+    offers: Sequence[Offer] | None,
+    exclude: Iterable[tuple[str, str, str]],
+    on_launch: Callable[[Fulfilment], None],
+) -> Fulfilment:
+    """Ask for `want` cores: the first pools, then re-plans of the shortfall over the next
+    cheapest pools of each market, a fleet per pool (split at the cloud's fleet limits)."""
+    got = Fulfilment()
+    zones = sorted(env.subnets)
     for market in markets:
-        failed: set[tuple[str, str, str]] = set()
+        failed: set[tuple[str, str, str]] = set(exclude)
         for round_number in range(ROUNDS_PER_MARKET):
-            missing = spec.cores - got.cores
+            missing = want - got.cores
             if missing <= 0 or _account_wide(got, market):
                 break
-            if round_number == 0 and market == planned[0].market:
-                pools = planned
+            if round_number == 0 and first_pools and market == first_pools[0].market:
+                pools = first_pools
             else:
                 try:
                     pools = fallback_plan(
@@ -80,7 +169,9 @@ def acquire_workers(
                     continue
                 request = launch_request(pool)
                 for units in provider.fleet_chunks(pool.cores, pool.vcpus):
-                    spent = sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))
+                    spent = running_hourly + sum(
+                        (r.hourly or Decimal(0) for r in got.records), Decimal(0)
+                    )
                     cap = None if budget is None else budget - spent
                     if cap is not None and cap < pool.hourly:
                         break  # not one more instance fits the budget
@@ -93,18 +184,6 @@ def acquire_workers(
                 if _account_wide(got, market):
                     break
             failed |= {(e.instance_type, e.zone, e.market) for e in got.errors}
-    if got.cores < spec.min_cores:
-        reasons = "; ".join(str(e) for e in got.errors) or (
-            "the budget allows no more" if budget is not None else "the cloud gave no more"
-        )
-        account = [e for e in got.errors if e.code in ACCOUNT_WIDE]
-        raise CloudError(
-            f"only {got.cores} of the {spec.min_cores} cores needed came up ({reasons})",
-            f"the account's limit was reached ({account[0].code}): burst doctor shows the "
-            "quotas; request an increase or lower cores"
-            if account
-            else "allow more instance types or zones, use spot-with-fallback, or lower min_cores",
-        )
     return got
 
 

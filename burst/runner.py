@@ -380,6 +380,7 @@ def _manifest(
         "cost": cost,
         "fleets": cluster.fleet_ids,
         "capacity_errors": [str(e) for e in cluster.capacity_errors],
+        "elasticity": cluster.elasticity(),  # scaling, spot interruptions, replacements
         "plan": cluster.capacity_plan.to_dict(),
         "timings": {
             k: round(v, 3)

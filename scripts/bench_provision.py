@@ -47,8 +47,8 @@ def measure(
     try:
         calls: dict[str, Counter] = {"provision": Counter(), "teardown": Counter()}
         phase = "provision"
-        session = sandbox.session(sandbox.UNGUARDED_CREDENTIALS)  # a bare moto takes any key
-        sandbox.prepare_account(session, endpoint)  # the account's one-time boundary
+        session = sandbox.session()
+        sandbox.create_boundary(session.client("iam", endpoint_url=endpoint))
         session.events.register(
             "before-call.ec2", lambda model, **kw: calls[phase].update([model.name])
         )

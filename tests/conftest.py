@@ -6,6 +6,7 @@ tests can then ask moto directly what is left.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -142,3 +143,18 @@ def settled_leftovers(cloud, cluster_id: str | None = None, seconds: float = 15)
     while (found := leftovers(cloud, cluster_id)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return found
+
+
+@contextlib.contextmanager
+def moto_in_process():
+    """moto's in-process mock, without the reset of its state on the way in and out: moto's
+    state is one per process, shared with this process's sandbox (its boundary policy, its
+    clusters), which a reset would wipe mid-session."""
+    from moto import mock_aws
+
+    mock = mock_aws()
+    mock.start(reset=False)
+    try:
+        yield
+    finally:
+        mock.stop(remove_data=False)

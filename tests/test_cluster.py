@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
+import signal
 import ssl
 import time
 from datetime import timedelta
@@ -17,7 +20,6 @@ from distributed.security import Security
 from burst import bootstrap, events, tls
 from burst.cloud.base import CloudError
 from burst.cluster import BurstCluster
-from burst.errors import BurstError
 from tests.conftest import client, settled_leftovers
 
 
@@ -54,11 +56,10 @@ def test_cluster_is_a_distributed_cluster_over_tls(sandbox, shared_cluster):
     assert "launched 1 scheduler instance(s)" in logs and "2 of 2 workers joined" in logs
     workers = {r.instance_id for r in cluster.worker_instances}
     assert cluster.plan == cluster.requested == cluster.observed == workers
-    # It has the cores of its spec: scaling is refused with a message, not NotImplementedError.
-    with pytest.raises(BurstError, match="does not scale: it runs the 4 cores of its spec"):
-        cluster.scale(8)
-    with pytest.raises(BurstError, match="does not adapt"):
-        cluster.adapt(minimum=1, maximum=4)
+    # The notebook card: the instances' memory (2 x c5.large, 4 GiB each), not the host's.
+    card = cluster._repr_html_()
+    assert "<strong>Total memory:</strong> 8.00 GiB" in card
+    assert "2 serving, 4 cores, 8 GiB memory" in card
     with Client(cluster) as c:
         assert sum(c.nthreads().values()) == 4
         assert c.submit(sum, [1, 2, 3]).result() == 6
@@ -133,6 +134,51 @@ def test_instances_are_tagged_secured_and_carry_no_secret(sandbox, shared_cluste
     assert cidrs == ["127.0.0.1/32"]  # the client's own address only
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (killed, waiting for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_run_under_a_nanny_as_dask_worker_starts_them(sandbox):
+    """One BLAS/OpenMP thread per task thread, the instance type's memory as the limit, a
+    dead worker process restarted; and the power-off still kills the whole node."""
+    with BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"]) as cluster, \
+            Client(cluster) as c:
+        (name,) = cluster.workers
+        environ = c.run(lambda: {k: os.environ.get(k) for k in (
+            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        assert list(environ.values()) == [dict.fromkeys(
+            ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")]
+        (info,) = cluster.scheduler_info["workers"].values()
+        assert info["memory_limit"] == 4 * 2**30  # a c5.large's 4 GiB, not the host's
+        assert info["nanny"] and info["name"] == name
+        ((address, pid),) = c.run(os.getpid).items()
+        nanny = c.run(os.getppid)[address]
+        os.kill(pid, signal.SIGKILL)  # the worker process dies; its Nanny starts another
+        give_up = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(Exception):
+                pids = c.run(os.getpid, wait=True)
+                if pids and pid not in pids.values():
+                    break
+            assert time.monotonic() < give_up, "the worker process was never restarted"
+            time.sleep(0.5)
+        (new_pid,) = pids.values()
+        assert c.submit(sum, [1, 2, 3], pure=False).result(timeout=30) == 6
+        assert c.run(lambda dask_worker: dask_worker.name) == {next(iter(pids)): name}
+        cluster_id = cluster.cluster_id
+    assert cluster.teardown_report.verified
+    assert settled_leftovers(sandbox, cluster_id) == []
+    give_up = time.monotonic() + 30  # killed with the instance's process group
+    while not all(_gone(p) for p in (nanny, new_pid)) and time.monotonic() < give_up:
+        time.sleep(0.2)
+    assert [p for p in (nanny, new_pid) if not _gone(p)] == []
+
+
 def test_dead_mans_switch_powers_off_at_the_deadline(sandbox):
     """The client goes silent; the instances terminate themselves at max_runtime + grace."""
     cluster = BurstCluster(cores=2, max_runtime="10s", grace=0, instance_types=["c5.large"])
@@ -193,12 +239,23 @@ def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbo
         results = c.gather(futures)
         assert [square for square, _ in results] == [x * x for x in range(40)]
         ran_on = [name for _, name in results]
-        assert set(ran_on) == {victim, survivor}, (victim, ran_on)  # both worked
-        give_up = time.monotonic() + 30
-        while len(cluster.scheduler_info["workers"]) > 1 and time.monotonic() < give_up:
+        replacement = set(cluster.instances) - {victim, survivor} - {
+            i for i, r in cluster.instances.items() if r.role == "scheduler"}
+        # Both worked; the replacement too, if it joined before the work ran out.
+        assert {victim, survivor} <= set(ran_on) <= {victim, survivor} | replacement, ran_on
+        # The retired worker's cores are replaced by a new worker, in another pool.
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up:
+            names = {w["name"] for w in cluster.scheduler_info["workers"].values()}
+            if victim not in names and len(names) == 2:
+                break
             time.sleep(0.5)
-        names = [w["name"] for w in cluster.scheduler_info["workers"].values()]
-        assert names == [survivor]
+        assert victim not in names and survivor in names and len(names) == 2
+        assert names - {survivor} == replacement and len(replacement) == 1
+        assert names == set(cluster.workers) and cluster.cores == 4
+        (interruption,) = cluster.interruptions
+        assert interruption["instance_id"] == victim
+        assert interruption["reason"] == "spot interruption"
         cluster_id = cluster.cluster_id
     assert settled_leftovers(sandbox, cluster_id) == []
 

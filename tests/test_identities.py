@@ -17,7 +17,7 @@ from distributed.comm import connect
 from distributed.core import rpc
 from distributed.security import Security
 
-from burst import tls
+from burst import node, tls
 from burst.cloud import sandbox as sandbox_module
 from burst.cloud.aws import AwsProvider, role_names
 from burst.cloud.base import ClusterIdentity
@@ -174,6 +174,13 @@ def test_a_nodes_key_cannot_act_as_the_client(sandbox, cluster):
                 asyncio.run(call(op, **message))
         # Asking is not refused: a worker reads metadata and the like.
         assert asyncio.run(call("get_metadata", keys=["nothing"], default=7)) == 7
+        # A retiring worker posts its notice (burst.cluster reads it); nothing else may.
+        notice = {"keys": [node.INTERRUPTED_KEY, "i-0test"], "value": {"reason": "drill"}}
+        if role == "worker":
+            asyncio.run(call("set_metadata", **notice))
+        else:
+            with pytest.raises(PermissionError, match="set_metadata: refused"):
+                asyncio.run(call("set_metadata", **notice))
     driver = _stored(sandbox, cluster, "driver")
     as_driver = Security(tls_ca_file=driver["ca"], tls_client_cert=driver["cert"],
                          tls_client_key=driver["key"], require_encryption=True)
@@ -194,8 +201,6 @@ def test_the_dashboard_listens_on_loopback_only(tmp_path):
 
     from distributed import Scheduler
 
-    from burst import node
-
     try:
         with socket.socket() as probe:
             probe.bind(("127.0.0.2", 0))
@@ -210,7 +215,9 @@ def test_the_dashboard_listens_on_loopback_only(tmp_path):
 
         def put_parameter(self, Name, Value, **kwargs):
             published[Name] = json.loads(Value)
-            scheduler = next(iter(Scheduler._instances))
+            # This test's scheduler (other tests' may still live in this process).
+            scheduler = next(s for s in list(Scheduler._instances)
+                             if s.status.name == "running" and "127.0.0.2" in s.address)
             bound.extend(s.getsockname()[0] for s in scheduler.http_server._sockets.values())
             bound.append(scheduler.address)
 

@@ -94,7 +94,9 @@ def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch):
 def test_cluster_refuses_a_positional_core_count_and_async_use():
     with pytest.raises(TypeError, match="cores=8"):
         burst.BurstCluster(8)
-    with pytest.raises(TypeError, match="synchronous"):
+    # asynchronous=True belongs in a coroutine (`async with`): refused outside one, before
+    # any plan or cloud call.
+    with pytest.raises(TypeError, match="asynchronous=True needs a running event loop"):
         burst.BurstCluster(cores=2, asynchronous=True)
 
 

@@ -21,7 +21,7 @@ from burst.cloud.base import (
 )
 from burst.errors import CloudError
 from burst.plan import Plan, fallback_plan, plan
-from burst.provision import acquire_workers, check_nodes
+from burst.provision import acquire_workers, check_nodes, hourly_budget_left, top_up
 from burst.spec import JobSpec, parse_spec
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -341,6 +341,56 @@ def test_check_nodes_returns_the_live_workers_when_enough_are_left():
     nodes[1].state = "terminated"
     assert check_nodes(cloud, IDENT, nodes, 12) == nodes[2:]
     assert check_nodes(FakeCloud(), IDENT, nodes, 16) == nodes[1:]  # a cloud with none gone
+
+
+# --------------------------------------------------------------------------- top_up
+
+
+def more(cloud: FakeCloud, spec: JobSpec, cores: int, running=Decimal(0), exclude=(), **kw):
+    return top_up(cloud, IDENT, env(), "lt-1", kw.pop("capacity_plan", plan(spec)), spec,
+                  cores, running, exclude=exclude, **kw)  # fmt: skip
+
+
+def test_a_scale_up_is_planned_with_the_pool_share_a_fleet_per_pool():
+    spec = make_spec()
+    got = more(FakeCloud(), spec, 12)
+    wanted = plan(make_spec(cores=12)).workers
+    assert len(wanted) > 1  # the pool share spreads the 12 cores too
+    assert got.cores == 12
+    cloud = FakeCloud()
+    more(cloud, spec, 12)
+    assert cloud.calls == asked(wanted)
+
+
+def test_a_replacement_leaves_out_the_interrupted_pool_then_falls_back_to_on_demand():
+    spec = make_spec(spot="spot-with-fallback")
+    lost = plan(spec).workers[0].pool
+    cloud = FakeCloud({"spot": ICE})
+    got = more(cloud, spec, 8, exclude={lost})
+    spot_asked = [c[0] for c in cloud.calls if c[0][2] == "spot"]
+    assert spot_asked and lost not in spot_asked  # re-planned without the interrupted pool
+    assert [c for c in cloud.calls if c[0][2] == "on-demand"] == asked(
+        replan(spec, 8, (), market="on-demand"))
+    assert got.cores == 8 and {r.market for r in got.records} == {"on-demand"}
+    # Spot only: what spot cannot give is not taken on demand, and no error is raised.
+    got = more(FakeCloud({"spot": ICE}), make_spec(), 8, exclude={lost})
+    assert got.cores == 0 and got.errors
+
+
+def test_a_top_up_counts_what_already_runs_against_the_budget():
+    capacity_plan = plan(make_spec())
+    spec = make_spec(max_hourly=str(capacity_plan.hourly))
+    workers = capacity_plan.hourly - capacity_plan.lines[0].hourly  # the scheduler aside
+    assert hourly_budget_left(capacity_plan, spec, workers) == 0
+    cloud = FakeCloud()
+    got = more(cloud, spec, 8, running=workers, capacity_plan=capacity_plan)
+    assert got.cores == 0 and cloud.calls == []  # not one more instance fits
+    half = workers / 2
+    cloud = FakeCloud()
+    got = more(cloud, spec, 8, running=half, capacity_plan=capacity_plan)
+    assert cloud.calls and all(cap <= workers - half for _, _, cap in cloud.calls)
+    assert sum(r.hourly for r in got.records) <= workers - half
+    assert hourly_budget_left(capacity_plan, make_spec(), workers) is None
 
 
 @pytest.mark.parametrize("code", ["MaxSpotInstanceCountExceeded", "RequestLimitExceeded"])

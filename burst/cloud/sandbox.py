@@ -208,6 +208,17 @@ class SigV4Guard:
         return [body.encode()]
 
 
+def create_boundary(iam) -> None:
+    """The node roles' permissions boundary, made once per account as an operator would
+    (moto's state is one per process, so another sandbox of this process may have made it)."""
+    from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
+
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_policy(
+            PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=BOUNDARY_DOCUMENT.read_text()
+        )
+
+
 def _guarded_moto_server(keys: list[dict[str, str]]):
     """moto's app behind the SigV4 guard (only the owner's keys get in), then AWS's limits
     (request rates, launch rate, vCPU quotas: limits.py); returns the server and the limits."""
@@ -398,6 +409,23 @@ def _power_cut_on_terminate() -> None:
     Instance.terminate = cutting(Instance.terminate)
     Instance.stop = cutting(Instance.stop)
     Instance._burst_power_cut = True
+    _fleet_deletion_as_ec2()
+
+
+def _fleet_deletion_as_ec2() -> None:
+    """EC2 deletes an instant fleet with TerminateInstances=True whose instances are already
+    gone; moto then calls TerminateInstances with no ids and refuses. Only that is changed."""
+    from moto.ec2.models.fleets import Fleet
+
+    terminate = Fleet.terminate_instances
+
+    def terminate_live(self) -> None:
+        requests = self.spot_requests + self.on_demand_instances
+        instances = [getattr(r, "instance", None) or r["instance"] for r in requests]
+        if any(i.state != "terminated" for i in instances):
+            terminate(self)
+
+    Fleet.terminate_instances = terminate_live
 
 
 class Hypervisor:
@@ -428,6 +456,7 @@ class Hypervisor:
         }
         self.instances: dict[str, SandboxInstance] = {}
         self._vcpus: dict[str, int] = {}
+        self._memory: dict[str, int] = {}  # instance type -> bytes
         self._fleets_seen: set[str] = set()
         self._template_data: dict[str, dict] = {}  # instance id -> its launch template's data
         self._stop = threading.Event()
@@ -499,6 +528,8 @@ class Hypervisor:
         if instance_type not in self._vcpus:
             info = ec2.describe_instance_types(InstanceTypes=[instance_type])
             self._vcpus[instance_type] = info["InstanceTypes"][0]["VCpuInfo"]["DefaultVCpus"]
+            mib = info["InstanceTypes"][0].get("MemoryInfo", {}).get("SizeInMiB", 0)
+            self._memory[instance_type] = mib * 2**20
         template = self._launch_template_data(ec2, instance_id)
         profile = described.get("IamInstanceProfile", {}).get("Arn") or template.get(
             "IamInstanceProfile", {}
@@ -580,6 +611,7 @@ class Hypervisor:
                 # the host's cores are shared, so the instance's vCPUs are declared, not counted.
                 "BURST_NODE_PYTHON": sys.executable,
                 "BURST_NODE_VCPUS": str(instance.vcpus),
+                "BURST_NODE_MEMORY": str(self._memory.get(instance.instance_type, 0)),
             }
         )
         if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):  # spot drills: see node.py
@@ -651,7 +683,8 @@ class Sandbox:
         self.stop()
 
     def _prepare_account(self) -> None:
-        prepare_account(self.session(), self.endpoint)
+        """What an operator does once per AWS account: the node roles' permissions boundary."""
+        create_boundary(self.session().client("iam", endpoint_url=self.endpoint))
 
     def session(self) -> boto3.Session:
         """A session with this sandbox's owner keys."""
@@ -671,18 +704,6 @@ class Sandbox:
         keys) is readable by its owner alone, in a $BURST_HOME only its owner may enter."""
         ensure_home()
         write_private(state_file(), json.dumps(self.state()))
-
-
-def prepare_account(session: boto3.Session, endpoint: str) -> None:
-    """What an operator does once per AWS account: create the node roles' permissions
-    boundary. moto's state is per process, so a second sandbox in it finds it made."""
-    from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
-
-    iam = session.client("iam", endpoint_url=endpoint)
-    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
-        iam.create_policy(
-            PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=BOUNDARY_DOCUMENT.read_text()
-        )
 
 
 def running_sandbox() -> dict | None:
