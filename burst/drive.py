@@ -433,12 +433,14 @@ class Driver:
             return "failed", f"run.reduce raised {type(error).__name__}: {error}", None
 
     def _security(self) -> Any:
-        """The client side of the cluster's TLS, from the secret its nodes read."""
+        """The driver's own client certificate (OU driver, client auth only; burst.tls),
+        which only the scheduler's role may read: never the client's, never a node's."""
         import boto3
         from distributed.security import Security
 
         ssm = boto3.client("ssm", region_name=self.region)
-        secret = ssm.get_parameter(Name=f"/burst/{self.cluster_id}/tls", WithDecryption=True)
+        name = f"/burst/{self.cluster_id}/tls-driver"
+        secret = ssm.get_parameter(Name=name, WithDecryption=True)
         tls = json.loads(secret["Parameter"]["Value"])
         return Security(
             tls_ca_file=tls["ca"],

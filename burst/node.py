@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -32,6 +33,34 @@ NOTICES = ((SPOT_NOTICE, "spot interruption"), (REBALANCE_NOTICE, "rebalance rec
 INTERRUPTED_KEY = "burst-interrupted"
 # What a BurstCluster sets on the scheduler every few seconds while it lives (burst.cluster).
 HEARTBEAT_KEY = "burst-heartbeat"
+# The scheduler's handlers that act as a Dask client: submit or change work, run code on the
+# scheduler or the workers, install plugins, stop the cluster. Only a peer whose certificate
+# is the client's or the detached driver's (its OU, see burst.tls) may call them; a worker's
+# or the scheduler's key may not. A client's own stream handlers (update-graph, ...) are
+# reachable only after register-client, so guarding that guards them.
+CLIENT_ROLES = frozenset({"client", "driver"})
+CLIENT_ONLY_HANDLERS = (
+    "register-client",
+    "run_function",
+    "broadcast",
+    "feed",
+    "proxy",
+    "scatter",
+    "retry",
+    "restart",
+    "restart_workers",
+    "terminate",
+    "set_metadata",
+    "rebalance",
+    "replicate",
+    "register_scheduler_plugin",
+    "unregister_scheduler_plugin",
+    "register_worker_plugin",
+    "unregister_worker_plugin",
+    "register_nanny_plugin",
+    "unregister_nanny_plugin",
+    "dump_cluster_state_to_url",
+)
 
 
 def _read(request: urllib.request.Request, attempts: int = 5) -> str:
@@ -81,6 +110,57 @@ class Metadata:
         return None
 
 
+def peer_role(comm) -> str | None:
+    """The role (OU) in the certificate the peer of a TLS comm presented; None without one."""
+    certificate = (getattr(comm, "extra_info", None) or {}).get("peercert") or {}
+    for attributes in certificate.get("subject", ()):
+        for key, value in attributes:
+            if key == "organizationalUnitName":
+                return value
+    return None
+
+
+def _worker_retiring(role: str | None, message: dict) -> bool:
+    """A worker may set one piece of metadata itself: its retirement notice."""
+    keys = message.get("keys") or [None]
+    return role == "worker" and keys[0] == INTERRUPTED_KEY
+
+
+# Calls of a client-only handler that a worker's certificate may still make.
+WORKER_EXCEPTIONS = {"set_metadata": _worker_retiring}
+
+
+def only_for(roles: frozenset[str], name: str, handler, also=None):
+    """`handler`, callable only by a peer whose certificate has one of `roles` (or for which
+    `also(role, message)` holds)."""
+    takes_comm = next(iter(inspect.signature(handler).parameters), None) == "comm"
+    takes_serializers = "serializers" in inspect.signature(handler).parameters
+
+    async def guarded(comm, serializers=None, **message):
+        role = peer_role(comm)
+        if role not in roles and not (also and also(role, message)):
+            raise PermissionError(
+                f"{name}: refused to a peer with a {role or 'missing'} certificate; only "
+                f"{' or '.join(sorted(roles))} certificates may act as a Dask client here"
+            )
+        if takes_serializers:
+            message["serializers"] = serializers
+        result = handler(comm, **message) if takes_comm else handler(**message)
+        return await result if inspect.isawaitable(result) else result
+
+    guarded.__name__ = f"guarded_{getattr(handler, '__name__', name)}"
+    return guarded
+
+
+def guard_client_handlers(server) -> None:
+    """Let only a client's or the driver's certificate call the server's client handlers."""
+    for name in CLIENT_ONLY_HANDLERS:
+        if name in server.handlers:
+            server.handlers[name] = only_for(
+                CLIENT_ROLES, name, server.handlers[name], WORKER_EXCEPTIONS.get(name)
+            )
+
+
 def check_versions(expected: dict[str, str]) -> None:
     """Dask needs the same versions everywhere; refuse to join a mismatched cluster."""
     import cloudpickle
@@ -116,17 +196,17 @@ class Node:
         self.path = f"/burst/{args.cluster_id}"
 
     def security(self):
+        """This node's own TLS identity: the pair of its role (scheduler or worker), which its
+        instance role alone may read."""
         from distributed.security import Security
 
-        secret = self.ssm.get_parameter(Name=f"{self.path}/tls", WithDecryption=True)
+        role = self.args.role
+        secret = self.ssm.get_parameter(Name=f"{self.path}/tls-{role}", WithDecryption=True)
         tls = json.loads(secret["Parameter"]["Value"])
         return Security(
             tls_ca_file=tls["ca"],
-            tls_scheduler_cert=tls["cert"],
-            tls_scheduler_key=tls["key"],
-            tls_worker_cert=tls["cert"],
-            tls_worker_key=tls["key"],
             require_encryption=True,
+            **{f"tls_{role}_cert": tls["cert"], f"tls_{role}_key": tls["key"]},
         )
 
     def seconds_left(self) -> float:
@@ -144,14 +224,18 @@ class Node:
     async def scheduler(self) -> None:
         from distributed import Scheduler
 
-        async with Scheduler(
+        scheduler = Scheduler(
             host=self.address,
             port=self.args.port,
             protocol="tls",
             security=self.security(),
-            dashboard_address=f"{self.address}:{self.args.dashboard_port}",
+            # The dashboard is plain HTTP without login: on the instance's loopback alone,
+            # reached through a tunnel (README, Security).
+            dashboard_address=f"127.0.0.1:{self.args.dashboard_port}",
             idle_timeout=self.args.idle_timeout or None,
-        ) as scheduler:
+        )
+        guard_client_handlers(scheduler)  # before it listens
+        async with scheduler:
             port = scheduler.port
             public = self.metadata.get("meta-data/public-ipv4") or self.address
             dashboard = scheduler.services.get("dashboard")
@@ -163,7 +247,7 @@ class Node:
                     {
                         "private": f"tls://{self.address}:{port}",
                         "public": f"tls://{public}:{port}",
-                        "dashboard": f"http://{public}:{dashboard.port}/status"
+                        "dashboard": f"http://127.0.0.1:{dashboard.port}/status"
                         if dashboard
                         else None,
                         "instance_id": self.instance_id,

@@ -294,6 +294,19 @@ def _writable(root: Path) -> None:
             path.chmod(path.stat().st_mode | 0o700)
 
 
+# What a command task never inherits from its worker: the node's AWS settings (credentials,
+# the metadata service's endpoint, the sandbox's API endpoint) and Dask's (which can name the
+# node's TLS key). botocore in the task is told not to look for an instance role either.
+SCRUBBED_PREFIXES = ("AWS_", "DASK_", "BURST_NODE_")
+
+
+def task_environment(inherited: dict[str, str]) -> dict[str, str]:
+    """The environment a command task starts from: the worker's, without its credentials."""
+    kept = {k: v for k, v in inherited.items() if not k.upper().startswith(SCRUBBED_PREFIXES)}
+    kept["AWS_EC2_METADATA_DISABLED"] = "true"
+    return kept
+
+
 class CommandTask:
     """Callable on a worker with (index, row): run the command, upload its outputs.
 
@@ -401,7 +414,7 @@ class CommandTask:
         if "/" not in argv[0] and (code / argv[0]).is_file():
             argv[0] = str(work / argv[0])  # a program that ships with the job
         env = {
-            **os.environ,
+            **task_environment(os.environ),
             "BURST_JOB": self.config["job_id"],
             "BURST_TASK": str(index),
             "BURST_INPUT": str(cache / "inputs"),

@@ -116,15 +116,18 @@ def test_instances_are_tagged_secured_and_carry_no_secret(sandbox, shared_cluste
         "LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
-    assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}"
+    # The workers' own role (the scheduler has another, with more rights: test_identities).
+    assert data["IamInstanceProfile"]["Name"] == f"burst-{cluster.cluster_id}-worker"
     assert data["SecurityGroupIds"] == [
         g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
     assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
     fleets = [f for f in ec2.describe_fleets()["Fleets"]
               if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
     assert [f["Type"] for f in fleets] == ["instant"] * len(cluster.capacity_plan.workers)
-    secret = client(sandbox, "ssm").get_parameter(Name=f"/burst/{cluster.cluster_id}/tls")
-    assert secret["Parameter"]["Type"] == "SecureString"
+    for role in ("scheduler", "worker", "driver"):  # one secret per role (burst.tls)
+        secret = client(sandbox, "ssm").get_parameter(
+            Name=f"/burst/{cluster.cluster_id}/tls-{role}")
+        assert secret["Parameter"]["Type"] == "SecureString"
     group = ec2.describe_security_groups(Filters=[
         {"Name": "tag:burst:cluster", "Values": [cluster.cluster_id]}])["SecurityGroups"][0]
     cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]]

@@ -293,8 +293,9 @@ def authorizations(call: Call) -> list[Request]:
         else:
             resources = [f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"]
         return [Request(a, r) for a in actions_ for r in resources]
-    if name == "servicequotas:GetServiceQuota":
-        return [Request(name, "*")]  # Service Quotas has no resource-level permission here
+    if service == "servicequotas" and op == "GetServiceQuota":
+        return [Request(name, f"arn:aws:servicequotas:{region}:{ACCOUNT}:"
+                              f"{params['ServiceCode']}/{params['QuotaCode']}")]
     raise NotImplementedError(f"no authorization model for {name}: add one")
 
 

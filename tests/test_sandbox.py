@@ -211,3 +211,55 @@ def test_sandbox_down_kills_only_the_sandbox(tmp_path, monkeypatch):
     # A pid that is gone: nothing to stop, and the stale state file is removed.
     assert sandbox_module.stop_detached(timeout=1) is False
     assert not sandbox_module.state_file().exists()
+
+
+def test_the_metadata_service_answers_only_the_sandbox_user(sandbox):
+    """The instance's metadata service hands out its role's keys: another local user (here
+    `nobody`, which needs root to become) is refused; the owner gets a token."""
+    import subprocess
+    import sys
+
+    from burst.cloud.sandbox import _peer_uid
+
+    if sys.platform != "linux" or os.getuid() != 0:
+        pytest.skip("needs Linux's /proc/net/tcp and root to act as another user")
+    instance_id = launch(sandbox, "#!/bin/bash\nsleep 300\n")
+    wait_for(lambda: instance_id in sandbox.hypervisor.instances)
+    instance = sandbox.hypervisor.instances[instance_id]
+    url = f"http://127.0.0.1:{instance.server.server_address[1]}/latest/api/token"
+    ask = ("import urllib.request, urllib.error, sys\n"
+           f"r = urllib.request.Request({url!r}, method='PUT', "
+           "headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'})\n"
+           "try:\n    print(urllib.request.urlopen(r, timeout=5).status)\n"
+           "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+    as_owner = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True)
+    system_python = "/usr/bin/python3"  # the venv may sit where `nobody` cannot enter
+    if not os.access(system_python, os.X_OK):
+        pytest.skip("no /usr/bin/python3 to run as another user")
+    as_nobody = subprocess.run([system_python, "-c", ask], capture_output=True, text=True,
+                               user=65534, group=65534, cwd="/")
+    client(sandbox, "ec2").terminate_instances(InstanceIds=[instance_id])
+    assert as_owner.stdout.strip() == "200", as_owner.stderr
+    assert as_nobody.stdout.strip() == "403", as_nobody.stderr
+    import socket
+
+    with socket.socket() as listener:  # the look-up finds the owner of a connection
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()) as connection:
+            assert _peer_uid(connection.getsockname(), listener.getsockname()) == os.getuid()
+
+
+def test_burst_home_and_the_job_index_are_private(tmp_path, monkeypatch):
+    """A $BURST_HOME made world-readable (by hand, or an older burst) is tightened to 0700;
+    the job index is 0600."""
+    from burst import state
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    monkeypatch.setenv("BURST_HOME", str(home))
+    state.record("job-1", name="x")
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert state.path().stat().st_mode & 0o777 == 0o600
+    assert state.get("job-1")["name"] == "x"

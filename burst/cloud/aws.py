@@ -134,7 +134,7 @@ class AwsProvider:
         ident: ClusterIdentity,
         zones: list[str],
         client_cidr: str,
-        node_secret: dict[str, str],
+        node_secret: dict[str, dict[str, str]],
         architectures: set[str] = frozenset({"x86_64"}),
         read_objects: list[str] | None = None,
     ) -> NodeEnvironment:
@@ -143,16 +143,21 @@ class AwsProvider:
         vpc_id, subnets = self._default_network(zones)
         self.boundary_arn()  # checked before anything is created
         group = self._security_group(ident, vpc_id, client_cidr)
-        profile = self._node_role(ident, read_objects or [])
+        profiles = self._node_roles(ident, read_objects or [])
         storage.create_bucket(self.s3, ident, self.region)
-        self.ssm.put_parameter(
-            Name=f"{ident.parameter_path}/tls",
-            Value=json.dumps(node_secret),
-            Type="SecureString",
-            Tags=ident.tags("secret"),
-        )
+        # One parameter per node role (scheduler, worker, driver), each readable by the
+        # instances of the role that needs it alone (see _node_roles).
+        for role, bundle in node_secret.items():
+            self.ssm.put_parameter(
+                Name=f"{ident.parameter_path}/tls-{role}",
+                Value=json.dumps(bundle),
+                Type="SecureString",
+                Tags=ident.tags("secret"),
+            )
         images = {arch: self._image(arch) for arch in sorted(architectures)}
-        return NodeEnvironment(vpc_id, subnets, group, profile, images)
+        return NodeEnvironment(
+            vpc_id, subnets, group, profiles["scheduler"], images, profiles["worker"]
+        )
 
     def _default_network(self, zones: list[str]) -> tuple[str, dict[str, str]]:
         vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -180,16 +185,17 @@ class AwsProvider:
             Description=f"burst cluster {ident.cluster_id}: Dask over TLS",
             TagSpecifications=ident.tag_specifications("network", "security-group"),
         )["GroupId"]
-        # The scheduler and dashboard only to the client's own address; everything else only
-        # between members of this group.
-        client_ports = sorted({self.scheduler_port or 8786, self.dashboard_port or 8787})
+        # The scheduler's port only to the client's own address (the dashboard listens on the
+        # scheduler's loopback alone: README, Security); everything else only between members
+        # of this group.
+        client_port = self.scheduler_port or 8786
         self.ec2.authorize_security_group_ingress(
             GroupId=group_id,
             IpPermissions=[
                 {
                     "IpProtocol": "tcp",
-                    "FromPort": client_ports[0],
-                    "ToPort": client_ports[-1],
+                    "FromPort": client_port,
+                    "ToPort": client_port,
                     "IpRanges": [{"CidrIp": client_cidr, "Description": "burst client"}],
                 },
                 {
@@ -221,9 +227,57 @@ class AwsProvider:
             self._boundary = arn
         return self._boundary
 
-    def _node_role(self, ident: ClusterIdentity, read_objects: list[str]) -> str:
-        """A role per cluster that can read and publish only this cluster's parameters, use
-        its bucket, read the s3:// inputs of the job and terminate its own instances."""
+    def _node_roles(self, ident: ClusterIdentity, read_objects: list[str]) -> dict[str, str]:
+        """Two roles per cluster, each under the permissions boundary, and their instance
+        profiles: the scheduler's and the workers'. Both read the s3:// inputs of the job.
+
+        - scheduler: reads its own TLS pair and the detached driver's; publishes its address
+          and its failure; uses the whole bucket (the driver streams results there);
+          terminates only instances tagged with this cluster's id (the driver ends its
+          cluster).
+        - worker: reads its TLS pair and the scheduler's address; writes failure reports;
+          reads the bucket and writes only under the jobs' outputs/. It cannot read the
+          scheduler's or the driver's key, nor overwrite /scheduler or /tls-*.
+        """
+        arn = f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}"
+
+        def parameters(actions: list[str], *names: str) -> dict:
+            return {
+                "Effect": "Allow",
+                "Action": actions,
+                "Resource": [f"{arn}/{name}" for name in names],
+            }
+
+        scheduler = [
+            parameters(["ssm:GetParameter"], "tls-scheduler", "tls-driver"),
+            parameters(["ssm:PutParameter"], "scheduler", "failed/*"),
+            {
+                "Effect": "Allow",
+                "Action": "ec2:TerminateInstances",
+                "Resource": f"arn:aws:ec2:{self.region}:*:instance/*",
+                "Condition": {
+                    "StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": ident.cluster_id}
+                },
+            },
+            *storage.node_policy_statements(ident, read_objects),
+        ]
+        worker = [
+            parameters(["ssm:GetParameter"], "tls-worker", "scheduler"),
+            # Any worker's report, not only its own: SSM names cannot hold the instance's
+            # ${aws:userid} (it has a colon), so this is as narrow as a parameter goes.
+            parameters(["ssm:PutParameter"], "failed/*"),
+            *_worker_bucket_statements(ident, read_objects),
+        ]
+        profiles = {}
+        for role, statements, name in (
+            ("scheduler", scheduler, ident.name),
+            ("worker", worker, f"{ident.name}-worker"),
+        ):
+            self._role(ident, name, {"Version": "2012-10-17", "Statement": statements})
+            profiles[role] = name
+        return profiles
+
+    def _role(self, ident: ClusterIdentity, name: str, policy: dict) -> None:
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -234,42 +288,20 @@ class AwsProvider:
                 }
             ],
         }
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Action": ["ssm:GetParameter", "ssm:PutParameter"],
-                    "Resource": f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}/*",
-                },
-                # A detached job's driver ends its own cluster, and no other: terminate only
-                # instances tagged with this cluster's id.
-                {
-                    "Effect": "Allow",
-                    "Action": "ec2:TerminateInstances",
-                    "Resource": f"arn:aws:ec2:{self.region}:*:instance/*",
-                    "Condition": {
-                        "StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": ident.cluster_id}
-                    },
-                },
-                *storage.node_policy_statements(ident, read_objects),
-            ],
-        }
         # IAM is global: the region tag keeps `burst gc` in one region off others' roles.
         tags = ident.tags("node-role") + [{"Key": TAG_REGION, "Value": self.region}]
         self.iam.create_role(
-            RoleName=ident.name,
+            RoleName=name,
             Path=IAM_PATH,
             AssumeRolePolicyDocument=json.dumps(trust),
             PermissionsBoundary=self.boundary_arn(),
             Tags=tags,
         )
         self.iam.put_role_policy(
-            RoleName=ident.name, PolicyName="burst-node", PolicyDocument=json.dumps(policy)
+            RoleName=name, PolicyName="burst-node", PolicyDocument=json.dumps(policy)
         )
-        self.iam.create_instance_profile(InstanceProfileName=ident.name, Path=IAM_PATH, Tags=tags)
-        self.iam.add_role_to_instance_profile(InstanceProfileName=ident.name, RoleName=ident.name)
-        return ident.name
+        self.iam.create_instance_profile(InstanceProfileName=name, Path=IAM_PATH, Tags=tags)
+        self.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
 
     def _image(self, architecture: str) -> str:
         name = AMI_PARAMETERS[architecture]
@@ -591,28 +623,24 @@ class AwsProvider:
 
     def _delete_role(self, ident: ClusterIdentity) -> list[str]:
         deleted = []
-        try:
-            self.iam.remove_role_from_instance_profile(
-                InstanceProfileName=ident.name, RoleName=ident.name
-            )
-        except self.iam.exceptions.NoSuchEntityException:
-            pass
-        for what, delete in (
-            (
-                "instance-profile",
-                lambda: self.iam.delete_instance_profile(InstanceProfileName=ident.name),
-            ),
-            (
-                "role-policy",
-                lambda: self.iam.delete_role_policy(RoleName=ident.name, PolicyName="burst-node"),
-            ),
-            ("role", lambda: self.iam.delete_role(RoleName=ident.name)),
-        ):
+        for name in role_names(ident):
             try:
-                delete()
-                deleted.append(f"{what}/{ident.name}")
+                self.iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name)
             except self.iam.exceptions.NoSuchEntityException:
                 pass
+            steps: list[tuple[str, Callable[..., Any], dict[str, str]]] = [
+                ("instance-profile", self.iam.delete_instance_profile,
+                 {"InstanceProfileName": name}),
+                ("role-policy", self.iam.delete_role_policy,
+                 {"RoleName": name, "PolicyName": "burst-node"}),
+                ("role", self.iam.delete_role, {"RoleName": name}),
+            ]
+            for what, delete, names in steps:
+                try:
+                    delete(**names)
+                    deleted.append(f"{what}/{name}")
+                except self.iam.exceptions.NoSuchEntityException:
+                    pass
         return deleted
 
     def survey(self) -> list[Remnant]:
@@ -678,16 +706,17 @@ class AwsProvider:
         found += [f"security-group {g}" for g in self._groups(ident)]
         found += [f"parameter {p}" for p in self._parameters(ident)]
         found += storage.leftovers(self.s3, ident)
-        try:
-            self.iam.get_role(RoleName=ident.name)
-            found.append(f"role {ident.name}")
-        except self.iam.exceptions.NoSuchEntityException:
-            pass
-        try:
-            self.iam.get_instance_profile(InstanceProfileName=ident.name)
-            found.append(f"instance-profile {ident.name}")
-        except self.iam.exceptions.NoSuchEntityException:
-            pass
+        for name in role_names(ident):
+            try:
+                self.iam.get_role(RoleName=name)
+                found.append(f"role {name}")
+            except self.iam.exceptions.NoSuchEntityException:
+                pass
+            try:
+                self.iam.get_instance_profile(InstanceProfileName=name)
+                found.append(f"instance-profile {name}")
+            except self.iam.exceptions.NoSuchEntityException:
+                pass
         return found
 
     # ------------------------------------------------------------- preflight
@@ -745,6 +774,29 @@ class AwsProvider:
         return quotas
 
 
+def _worker_bucket_statements(ident: ClusterIdentity, read_objects: list[str]) -> list[dict]:
+    """A worker reads the bucket (job files, inputs) and the named inputs, and writes only the
+    tasks' outputs (jobs/<job>/outputs/...): never results, status or the driver's objects."""
+    objects = f"arn:aws:s3:::{storage.bucket_name(ident)}/*"
+    kept = [
+        s for s in storage.node_policy_statements(ident, read_objects) if s["Resource"] != objects
+    ]
+    return [
+        *kept,
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": objects},
+        {
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+            "Resource": objects.replace("/*", "/jobs/*/outputs/*"),
+        },
+    ]
+
+
+def role_names(ident: ClusterIdentity) -> list[str]:
+    """The cluster's IAM roles (and instance profiles, of the same names): scheduler, worker."""
+    return [ident.name, f"{ident.name}-worker"]
+
+
 def _node_settings(
     ident: ClusterIdentity, env: NodeEnvironment, role: str, architecture: str
 ) -> dict[str, Any]:
@@ -752,7 +804,10 @@ def _node_settings(
     the two APIs take the same names."""
     return {
         "ImageId": env.images[architecture],
-        "IamInstanceProfile": {"Name": env.instance_profile},
+        "IamInstanceProfile": {
+            "Name": env.worker_profile if role == "worker" and env.worker_profile else
+            env.instance_profile
+        },
         "SecurityGroupIds": [env.security_group_id],
         "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},

@@ -72,8 +72,9 @@ class NodeEnvironment:
     vpc_id: str
     subnets: dict[str, str]  # zone -> subnet id
     security_group_id: str
-    instance_profile: str
+    instance_profile: str  # the scheduler's (and every node's, when no worker_profile)
     images: dict[str, str]  # architecture -> machine image id
+    worker_profile: str = ""  # the workers' own, with fewer rights than the scheduler's
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class Provider(Protocol):
         ident: ClusterIdentity,
         zones: list[str],
         client_cidr: str,
-        node_secret: dict[str, str],
+        node_secret: dict[str, dict[str, str]],
         architectures: set[str] = ...,
         read_objects: list[str] | None = None,
     ) -> NodeEnvironment:

@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -237,8 +238,31 @@ def _guarded_moto_server(keys: list[dict[str, str]]):
 # ------------------------------------------------------------------ metadata
 
 
+def _peer_uid(peer: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """The user owning the local TCP connection from `peer` to `server`, from Linux's
+    /proc/net/tcp (IPv4, established connections only: a closed one of the same port may
+    linger there, owned by root); None where there is no such table (macOS) or no match."""
+
+    def hexed(address: tuple[str, int]) -> str:
+        return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
+
+    try:
+        wanted = (hexed(peer), hexed(server), "01")  # 01: TCP_ESTABLISHED
+        with open("/proc/net/tcp") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                if tuple(fields[1:4]) == wanted:
+                    return int(fields[7])
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None
+
+
 class _Metadata(BaseHTTPRequestHandler):
-    """IMDSv2: a PUT for a token, then GETs that carry it."""
+    """IMDSv2: a PUT for a token, then GETs that carry it. It serves the instance role's keys,
+    so it answers only processes of the sandbox's own user (Linux; see README, Security): on
+    EC2 only the instance reaches its metadata service, here every local user could."""
 
     instance: SandboxInstance  # set per server class
 
@@ -253,7 +277,16 @@ class _Metadata(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _stranger(self) -> bool:
+        uid = _peer_uid(self.client_address[:2], self.server.server_address[:2])
+        if uid is not None and uid != os.getuid():
+            self._reply(403)
+            return True
+        return False
+
     def do_PUT(self):
+        if self._stranger():
+            return
         if self.path == "/latest/api/token" and self.headers.get(
             "X-aws-ec2-metadata-token-ttl-seconds"
         ):
@@ -262,6 +295,8 @@ class _Metadata(BaseHTTPRequestHandler):
             self._reply(400)
 
     def do_GET(self):
+        if self._stranger():
+            return
         if self.headers.get("X-aws-ec2-metadata-token") != self.instance.token:
             return self._reply(401)  # IMDSv2 is required, as burst sets HttpTokens=required
         value = self.instance.metadata(self.path.removeprefix("/latest/").rstrip("/"))
