@@ -92,9 +92,16 @@ def test_a_scale_over_max_hourly_is_refused_saying_what_fits(sandbox):
                            r"\(max_hourly \$[0-9.]+\); 6 worker cores fit"):
             cluster.scale(cores=16)
         assert cluster.cores == 2 and len(_running_workers(sandbox, cluster.cluster_id)) == 1
-        cluster.scale(cores=6)  # what fits is granted
-        assert cluster.cores == 6
-        assert cluster.capacity_plan.hourly - worker + 3 * worker <= cluster.spec.max_hourly
+        # Adaptive asking for more than fits gets what fits, and the refusal is logged once.
+        adaptive = cluster.adapt(minimum_cores=16, maximum_cores=16, interval="200ms")
+        _until(lambda: cluster.target_cores == 6, 60, "adapt never scaled up to what fits")
+        time.sleep(1)  # several more ticks: it stays at what fits
+        adaptive.stop()
+        assert cluster.target_cores == cluster.cores == 6
+        assert len(_running_workers(sandbox, cluster.cluster_id)) == 3
+        assert cluster._running_worker_hourly() + scheduler <= cluster.spec.max_hourly
+        logs = cluster.get_logs(scheduler=False, workers=False)["Cluster"]
+        assert logs.count("scale to 16 cores refused: over the budget") == 1
     assert cluster.teardown_report.verified
 
 
