@@ -150,3 +150,24 @@ async def _async_cluster(sandbox):
     assert cluster.teardown_report.verified
     assert settled_leftovers(sandbox, cid) == []
     assert Decimal(cluster.elasticity()["replacement_cost"]) == 0
+
+
+def test_no_worker_is_launched_for_a_scheduler_that_closed_itself(sandbox):
+    """idle_timeout closes the scheduler and its workers power off: those are not lost cores
+    to replace (new workers would have nothing to join, and would bill)."""
+    with BurstCluster(cores=2, max_runtime="5m", idle_timeout="10s", instance_types=["c5.large"],
+                      quiet=True) as cluster:
+        cid = cluster.cluster_id
+        launched = set(cluster.instances)
+        ec2 = client(sandbox, "ec2")
+        tag = [{"Name": "tag:burst:cluster", "Values": [cid]}]
+
+        def states() -> set[str]:
+            reply = ec2.describe_instances(Filters=tag)
+            return {i["State"]["Name"] for r in reply["Reservations"] for i in r["Instances"]}
+
+        _until(lambda: states() == {"terminated"}, 90, "the idle cluster never powered off")
+        time.sleep(8)  # several reconcile ticks and a cloud check after the power-off
+        assert set(cluster.instances) == launched and states() == {"terminated"}
+        assert cluster.replacements == []
+    assert settled_leftovers(sandbox, cid) == []
