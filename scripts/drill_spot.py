@@ -109,7 +109,7 @@ def drill(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "instance_types": [args.instance_type],
                 "spot": "spot-with-fallback",
                 "max_pool_share": 1.0,
-                "outputs": str(folder / "results"),
+                "outputs": "results",  # relative: under folder, the cwd
                 "run": {
                     "function": "drill:work",
                     "tasks": {"range": args.tasks},
@@ -168,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.at < 1 or args.tasks < 1 or not math.isfinite(args.task_seconds):
         parser.error("--at must be in (0, 1) and --tasks at least 1")
+    here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="burst-drill-") as tmp:
-        report = drill(args, Path(tmp))
+        os.chdir(tmp)  # burst.run's results folder is relative to where it runs
+        try:
+            report = drill(args, Path(tmp))
+        finally:
+            os.chdir(here)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
