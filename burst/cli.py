@@ -869,7 +869,12 @@ def sandbox_down() -> None:
     """Stop the long-lived sandbox and every instance in it."""
     from burst.cloud import sandbox
 
-    stopped = sandbox.stop_detached()
+    try:
+        stopped = sandbox.stop_detached()
+    except sandbox.NotTheSandbox as error:
+        raise fail(
+            EXIT_CLOUD, str(error), f"if no sandbox runs, delete {sandbox.state_file()}"
+        ) from None
     out.print("sandbox stopped" if stopped else "sandbox was not running")
 
 

@@ -904,7 +904,9 @@ class BurstCluster(Cluster):
             started = time.monotonic()
             self._emit(events.TearingDown())
             try:
-                self.teardown_report = self.provider.teardown(self.identity)
+                self.teardown_report = self.provider.teardown(
+                    self.identity, instance_ids=list(self.instances)
+                )
                 if self.teardown_report.verified:
                     ended = datetime.now(UTC)
                     for record in self.instances.values():

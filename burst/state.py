@@ -6,6 +6,7 @@ a detached job's status, so a lost or stale index loses nothing. `burst ls` reco
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from burst.home import burst_home
+from burst.home import burst_home, ensure_home
 
 COLUMNS = (
     "job_id",
@@ -37,7 +38,9 @@ def path() -> Path:
 
 @contextmanager
 def _database() -> Iterator[sqlite3.Connection]:
-    path().parent.mkdir(parents=True, exist_ok=True)
+    ensure_home()
+    # Readable by its owner alone: job names, buckets and folders are nobody else's business.
+    os.close(os.open(path(), os.O_CREAT | os.O_RDWR, 0o600))
     # Several burst processes may write at once: wait for the lock rather than fail.
     with closing(sqlite3.connect(path(), timeout=30)) as db, db:
         db.row_factory = sqlite3.Row

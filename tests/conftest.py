@@ -6,6 +6,7 @@ tests can then ask moto directly what is left.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -74,13 +75,16 @@ def sandbox(tmp_path_factory):
 def client(cloud, service: str, region: str = "us-east-1"):
     """The tests' own client of the sandbox, made once: a new boto3 client loads its service
     model anew, which made every leftover check cost seconds."""
-    return _client(cloud.endpoint, service, region)
+    keys = cloud.credentials
+    return _client(cloud.endpoint, keys["aws_access_key_id"], keys["aws_secret_access_key"],
+                   service, region)
 
 
 @functools.cache
-def _client(endpoint: str, service: str, region: str):
+def _client(endpoint: str, key_id: str, secret: str, service: str, region: str):
     # Not sandbox_module.session(): tests patch it to inject faults into burst's calls.
-    session = boto3.Session(region_name=region, **sandbox_module.SANDBOX_CREDENTIALS)
+    session = boto3.Session(region_name=region, aws_access_key_id=key_id,
+                            aws_secret_access_key=secret)
     return session.client(service, region_name=region, endpoint_url=endpoint)
 
 
@@ -139,3 +143,18 @@ def settled_leftovers(cloud, cluster_id: str | None = None, seconds: float = 15)
     while (found := leftovers(cloud, cluster_id)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return found
+
+
+@contextlib.contextmanager
+def moto_in_process():
+    """moto's in-process mock, without the reset of its state on the way in and out: moto's
+    state is one per process, shared with this process's sandbox (its boundary policy, its
+    clusters), which a reset would wipe mid-session."""
+    from moto import mock_aws
+
+    mock = mock_aws()
+    mock.start(reset=False)
+    try:
+        yield
+    finally:
+        mock.stop(remove_data=False)

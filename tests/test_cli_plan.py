@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from burst.cli import EXIT_BAD_INPUT, EXIT_BUDGET, app
 from burst.plan import plan
 from burst.spec import parse_spec
-from tests.conftest import REPO
+from tests.conftest import REPO, moto_in_process
 
 PI = str(REPO / "jobs" / "pi.yaml")
 
@@ -123,12 +123,10 @@ def test_run_over_max_hourly_exits_4(work: Path) -> None:
 
 
 def test_plan_uses_live_offers_on_aws_with_credentials(tmp_path, monkeypatch) -> None:
-    from moto import mock_aws
-
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     path = write_spec(tmp_path, cloud="aws", region="us-west-2", cores=32)
-    with mock_aws():
+    with moto_in_process():
         result = CliRunner().invoke(app, ["plan", str(path), "--json"])
         offline = CliRunner().invoke(app, ["plan", str(path), "--json", "--offline"])
     assert result.exit_code == 0, stderr_of(result)

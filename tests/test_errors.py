@@ -127,3 +127,19 @@ def test_no_running_sandbox_is_none_and_a_broken_state_file_too(tmp_path, monkey
     # A sandbox that is gone (nothing listens on its port any more).
     sandbox.state_file().write_text(json.dumps({"endpoint": "http://127.0.0.1:9", "pid": 1}))
     assert sandbox.running_sandbox() is None
+
+
+def test_one_unknown_fleet_id_does_not_hide_the_others_from_teardown():
+    """EC2 fails a whole DescribeFleets batch for one unknown id (a tag seen before its
+    fleet, or a fleet long gone): teardown then asks for each alone and skips the unknown."""
+    provider = _provider()
+    fleet = {"FleetId": "fleet-a", "FleetState": "active"}
+    with Stubber(provider.ec2) as ec2:
+        ec2.add_client_error("describe_fleets", "InvalidFleetId.NotFound", "fleet-b unknown")
+        ec2.add_response("describe_fleets", {"Fleets": [fleet]}, {"FleetIds": ["fleet-a"]})
+        ec2.add_client_error("describe_fleets", "InvalidFleetId.NotFound", "fleet-b unknown")
+        assert provider._describe_fleets(["fleet-a", "fleet-b"]) == [fleet]
+    with Stubber(provider.ec2) as ec2:  # any other error is not swallowed
+        ec2.add_client_error("describe_fleets", "UnauthorizedOperation", "no")
+        with pytest.raises(ClientError):
+            provider._describe_fleets(["fleet-a"])

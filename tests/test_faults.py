@@ -126,8 +126,8 @@ def faults(monkeypatch):
     drill = Faults()
     real_session = sandbox_module.session
 
-    def session():
-        faulty = real_session()
+    def session(*args, **kwargs):
+        faulty = real_session(*args, **kwargs)
         events = faulty.events
         events.register("before-parameter-build.ec2.CreateFleet", drill.before_build)
         events.register("before-call.ec2.CreateFleet", drill.before_call)

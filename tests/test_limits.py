@@ -66,7 +66,7 @@ REGION = "us-west-2"
 
 
 def _client(cloud, service, config=ONCE):
-    session = boto3.Session(region_name=REGION, **sandbox_module.SANDBOX_CREDENTIALS)
+    session = boto3.Session(region_name=REGION, **cloud.credentials)
     return session.client(service, endpoint_url=cloud.endpoint, config=config)
 
 
@@ -125,6 +125,12 @@ def test_quotas_are_served_and_launches_past_them_refused(limited):
     )
     assert len(fleet["Instances"][0]["InstanceIds"]) == 1
     assert limits.vcpus_in_use(REGION) == {"spot": 8, "on-demand": 4}
+    # moto is one per process, like an account: leave nothing for other tests' sandboxes.
+    ids = [
+        i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+    ]
+    ec2.terminate_instances(InstanceIds=ids)
+    assert limits.vcpus_in_use(REGION) == {"spot": 0, "on-demand": 0}
 
 
 @pytest.mark.sandbox
@@ -141,6 +147,7 @@ def test_ssm_reads_are_throttled_as_aws_does_and_retries_get_through(limited):
     ssm.put_parameter(Name="/burst/x/other", Value="1", Type="String")
     # The hypervisor's own calls are the cloud's, not the account's: never throttled.
     assert not limited.hypervisor.errors
+    ssm.delete_parameters(Names=["/burst/x/scheduler", "/burst/x/other"])  # moto is shared
 
 
 @pytest.mark.sandbox

@@ -27,11 +27,13 @@ def write_job(folder: Path, module: str, code: str, tasks: str = "{range: 6}",
               extra: str = "") -> Path:
     (folder / f"{module}.py").write_text(textwrap.dedent(code))
     spec = folder / f"{module}.yaml"
-    spec.write_text(textwrap.dedent(f"""\
-        name: {module.replace('_', '-')}
-        cores: 4
-        max_runtime: 5m
-        instance_types: [c5.large]
+    # `extra` adds to the run section (indented lines) or replaces a top-level field: a key
+    # given twice is refused in a spec, so the base's line of that field is left out.
+    replaced = {line.split(":")[0] for line in extra.splitlines() if not line.startswith(" ")}
+    base = [f"name: {module.replace('_', '-')}", "cores: 4", "max_runtime: 5m",
+            "instance_types: [c5.large]"]
+    base = [line for line in base if line.split(":")[0] not in replaced]
+    spec.write_text("\n".join(base) + textwrap.dedent(f"""
         run:
           function: {module}:task
           tasks: {tasks}

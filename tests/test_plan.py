@@ -41,6 +41,7 @@ from burst.plan import (
     share_cap,
 )
 from burst.spec import JobSpec, SpecError, parse_spec
+from tests.conftest import moto_in_process
 
 POLICIES = ["spot", "spot-with-fallback", "on-demand"]
 CORES = [1, 7, 8, 9, 100, 1000]
@@ -155,11 +156,9 @@ def test_matching_types(patterns: list[str], expected: list[str]) -> None:
 
 @pytest.fixture()
 def moto_ec2(monkeypatch: pytest.MonkeyPatch):
-    from moto import mock_aws
-
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
-    with mock_aws():
+    with moto_in_process():
         import boto3
 
         yield boto3.client("ec2", region_name="eu-west-1")

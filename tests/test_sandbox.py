@@ -112,3 +112,102 @@ def test_spot_interruption_notice_is_served_then_instance_terminated(sandbox, tm
     action = json.loads(instance.metadata("meta-data/spot/instance-action"))
     assert action["action"] == "terminate"
     wait_for(lambda: state(sandbox, instance_id) == "terminated")
+
+
+# ---------------------------------------------------------------- single-user by construction
+
+
+def test_the_endpoint_refuses_requests_not_signed_with_the_sandbox_keys(sandbox):
+    import urllib.error
+    import urllib.request
+
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from burst.cloud.sandbox import UNGUARDED_CREDENTIALS
+
+    def ec2(**keys):
+        return boto3.Session(region_name="us-east-1", **keys).client(
+            "ec2", endpoint_url=sandbox.endpoint)
+
+    # moto alone takes any key: the placeholder keys, another key id, a right id with a
+    # wrong secret, an unsigned request, moto's own control API: all refused.
+    wrong_secret = {**sandbox.credentials, "aws_secret_access_key": "x" * 40}
+    for keys in (UNGUARDED_CREDENTIALS, wrong_secret):
+        with pytest.raises(ClientError) as refused:
+            ec2(**keys).describe_instances()
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError, match="not this sandbox's"):
+        boto3.Session(region_name="us-east-1", **UNGUARDED_CREDENTIALS).client(
+            "ssm", endpoint_url=sandbox.endpoint).get_parameters_by_path(Path="/burst")
+    for url, data in ((sandbox.endpoint + "/?Action=DescribeInstances&Version=2016-11-15", None),
+                      (sandbox.endpoint + "/moto-api/reset", b"")):
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(urllib.request.Request(url, data=data))
+        assert unsigned.value.code == 403
+    # The instances' role keys need their session token too.
+    no_token = {k: v for k, v in sandbox.instance_keys.items() if k != "aws_session_token"}
+    with pytest.raises(ClientError):
+        ec2(**no_token).describe_instances()
+    assert ec2(**sandbox.instance_keys).describe_instances()["Reservations"] is not None
+    assert ec2(**sandbox.credentials).describe_instances()["Reservations"] is not None
+
+
+def test_a_body_changed_after_signing_is_refused(sandbox):
+    """The signature covers the body: a request replayed with another body fails."""
+    from botocore.exceptions import ClientError
+
+    ssm = client(sandbox, "ssm")
+
+    def tamper(request, **kwargs):
+        request.body = request.body.replace(b"honest", b"forged")
+
+    ssm.meta.events.register("before-send.ssm.PutParameter", tamper)
+    try:
+        with pytest.raises(ClientError, match="signature"):
+            ssm.put_parameter(Name="/sandbox-test/tamper", Value="honest", Type="String")
+    finally:
+        ssm.meta.events.unregister("before-send.ssm.PutParameter", tamper)
+
+
+def test_the_state_file_and_home_are_private(sandbox):
+    from burst.cloud.sandbox import state_file
+
+    path = state_file()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert json.loads(path.read_text())["credentials"] == sandbox.credentials
+
+
+def test_the_identity_page_answers_only_the_owner(sandbox):
+    from burst.cloud.sandbox import _answers_as
+
+    state = sandbox.state()
+    assert _answers_as(state) == os.getpid()
+    other = {**state, "credentials": {"aws_secret_access_key": "guess"}}
+    assert _answers_as(other) is None
+
+
+def test_sandbox_down_kills_only_the_sandbox(tmp_path, monkeypatch):
+    """A state file naming another process (here a `sleep`) gets it refused, not killed."""
+    import subprocess
+
+    from burst.cloud import sandbox as sandbox_module
+
+    monkeypatch.setenv("BURST_HOME", str(tmp_path / "home"))
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "home").mkdir()
+        sandbox_module.state_file().write_text(json.dumps({
+            "endpoint": "http://127.0.0.1:9", "pid": victim.pid, "folder": str(tmp_path),
+            "credentials": {"aws_access_key_id": "AKIA", "aws_secret_access_key": "s"}}))
+        with pytest.raises(sandbox_module.NotTheSandbox, match=f"pid {victim.pid}"):
+            sandbox_module.stop_detached(timeout=1)
+        time.sleep(0.2)
+        assert victim.poll() is None  # alive
+    finally:
+        victim.kill()
+        victim.wait()
+    # A pid that is gone: nothing to stop, and the stale state file is removed.
+    assert sandbox_module.stop_detached(timeout=1) is False
+    assert not sandbox_module.state_file().exists()

@@ -10,9 +10,10 @@ import base64
 import json
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -63,6 +64,12 @@ def fleet_chunks(cores: int, vcpus: int) -> list[int]:
 
 
 IAM_PATH = "/burst/"
+# Every role burst creates carries this managed policy as its permissions boundary, so that the
+# client's right to create roles can never give a role more than the boundary: its own
+# parameters, its buckets, terminating burst's instances (scripts/iam-boundary.json). The
+# account's operator creates it once; the sandbox creates it at start.
+BOUNDARY_NAME = "burst-node-boundary"
+BOUNDARY_DOCUMENT = Path(__file__).with_name("iam-boundary.json")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
@@ -102,6 +109,7 @@ class AwsProvider:
         self.s3 = client("s3")
         self.sts = client("sts")
         self.quotas = client("service-quotas")
+        self._boundary: str | None = None
         self.scheduler_port = scheduler_port
         self.dashboard_port = dashboard_port
 
@@ -119,6 +127,7 @@ class AwsProvider:
         """The network, role, bucket and secret of a cluster, and its images. Zones without a
         subnet in the default VPC are left out (capacity there is re-planned elsewhere)."""
         vpc_id, subnets = self._default_network(zones)
+        self.boundary_arn()  # checked before anything is created
         group = self._security_group(ident, vpc_id, client_cidr)
         profile = self._node_role(ident, read_objects or [])
         storage.create_bucket(self.s3, ident, self.region)
@@ -179,6 +188,25 @@ class AwsProvider:
         )
         return group_id
 
+    def boundary_arn(self) -> str:
+        """The permissions boundary every node role gets; it must exist in the account."""
+        if self._boundary is None:
+            account = self.sts.get_caller_identity()["Account"]  # needs no permission
+            arn = f"arn:aws:iam::{account}:policy{IAM_PATH}{BOUNDARY_NAME}"
+            try:
+                self.iam.get_policy(PolicyArn=arn)
+            except ClientError as error:
+                if error_code(error) != "NoSuchEntity":
+                    raise
+                raise CloudError(
+                    f"the permissions boundary {arn} does not exist: burst creates node roles "
+                    "only under it",
+                    f"once per account: `aws iam create-policy --path {IAM_PATH} --policy-name "
+                    f"{BOUNDARY_NAME} --policy-document file://scripts/iam-boundary.json`",
+                ) from error
+            self._boundary = arn
+        return self._boundary
+
     def _node_role(self, ident: ClusterIdentity, read_objects: list[str]) -> str:
         """A role per cluster that can read and publish only this cluster's parameters, use
         its bucket, read the s3:// inputs of the job and terminate its own instances."""
@@ -219,6 +247,7 @@ class AwsProvider:
             RoleName=ident.name,
             Path=IAM_PATH,
             AssumeRolePolicyDocument=json.dumps(trust),
+            PermissionsBoundary=self.boundary_arn(),
             Tags=tags,
         )
         self.iam.put_role_policy(
@@ -397,9 +426,21 @@ class AwsProvider:
         ids = sorted({t["ResourceId"] for page in pages for t in page["Tags"]})
         fleets = []
         for start in range(0, len(ids), 100):
-            reply = self.ec2.describe_fleets(FleetIds=ids[start : start + 100])
-            fleets += [f for f in reply["Fleets"] if not f["FleetState"].startswith("deleted")]
-        return fleets
+            fleets += self._describe_fleets(ids[start : start + 100])
+        return [f for f in fleets if not f["FleetState"].startswith("deleted")]
+
+    def _describe_fleets(self, ids: list[str]) -> list[dict]:
+        """One unknown id (a tag seen before its fleet, EC2 being eventually consistent, or a
+        fleet long deleted) fails the whole batch: then each is asked alone, the unknown
+        skipped."""
+        try:
+            return self.ec2.describe_fleets(FleetIds=ids)["Fleets"]
+        except ClientError as error:
+            if not error_code(error).startswith("InvalidFleetId"):
+                raise
+        if len(ids) == 1:
+            return []
+        return [fleet for one in ids for fleet in self._describe_fleets([one])]
 
     def scheduler_address(self, ident: ClusterIdentity) -> dict | None:
         """The scheduler publishes its addresses once it listens; None until then."""
@@ -417,12 +458,17 @@ class AwsProvider:
 
     # -------------------------------------------------------------- teardown
 
-    def teardown(self, ident: ClusterIdentity, wait: float = 600) -> TeardownReport:
-        """Delete everything of the cluster, found by tag, then prove nothing is left."""
+    def teardown(
+        self, ident: ClusterIdentity, wait: float = 600, instance_ids: Sequence[str] = ()
+    ) -> TeardownReport:
+        """Delete everything of the cluster, found by tag (and the instances by the ids the
+        caller recorded too: a new instance's tags may not be visible yet), then prove nothing
+        is left."""
         report = TeardownReport()
+        terminate = lambda: self._terminate(ident, wait, instance_ids)  # noqa: E731
         steps: list[tuple[str, Callable[[], list[str]], list[str]]] = [
             ("delete fleets", lambda: self._delete_fleets(ident), report.deleted),
-            ("terminate instances", lambda: self._terminate(ident, wait), report.terminated),
+            ("terminate instances", terminate, report.terminated),
             ("delete launch templates", lambda: self._delete_templates(ident), report.deleted),
             ("delete security group", lambda: self._delete_groups(ident, wait), report.deleted),
             ("delete parameters", lambda: self._delete_parameters(ident), report.deleted),
@@ -440,18 +486,37 @@ class AwsProvider:
             report.errors.append(f"verify: {error}")
         return report
 
-    def _terminate(self, ident: ClusterIdentity, wait: float) -> list[str]:
-        ids = [i.instance_id for i in self.instances(ident, LIVE_STATES)]
+    def _terminate(self, ident: ClusterIdentity, wait: float, known: Sequence[str]) -> list[str]:
+        # By tag and by the ids the caller recorded, as long as EC2 shows them: a filter, not
+        # InstanceIds, so an id not yet visible (eventual consistency) fails nothing.
+        ids = self._live(ident, known)
         for start in range(0, len(ids), 1000):
             self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
         # Poll instead of the instance_terminated waiter, which gives up at once on an
         # instance still `pending` (common right after a launch).
         deadline = time.monotonic() + wait
-        while remaining := self.instances(ident, LIVE_STATES):
+        while remaining := self._live(ident, known):
             if time.monotonic() > deadline:
                 raise CloudError(f"{len(remaining)} instances not terminated after {wait:.0f}s")
+            if late := sorted(set(remaining) - set(ids))[:1000]:  # seen late: end them too
+                self.ec2.terminate_instances(InstanceIds=late)
+                ids += late
             time.sleep(2)
         return ids
+
+    def _live(self, ident: ClusterIdentity, known: Sequence[str]) -> list[str]:
+        """The cluster's instances not yet terminated, by tag and by the known ids."""
+        live = {i.instance_id for i in self.instances(ident, LIVE_STATES)}
+        for start in range(0, len(known), 200):
+            pages = self.ec2.get_paginator("describe_instances").paginate(
+                Filters=[
+                    {"Name": "instance-id", "Values": list(known[start : start + 200])},
+                    {"Name": "instance-state-name", "Values": LIVE_STATES},
+                ]
+            )
+            for page in pages:
+                live |= {i["InstanceId"] for r in page["Reservations"] for i in r["Instances"]}
+        return sorted(live)
 
     def _fleets(self, ident: ClusterIdentity) -> list[str]:
         return [f["FleetId"] for f in self._tagged_fleets(TAG_CLUSTER, ident.cluster_id)]
@@ -461,13 +526,8 @@ class AwsProvider:
         is why no fleet holds more): one call per fleet."""
         ids = self._fleets(ident)
         for fleet_id in ids:
-            try:
-                reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
-            except ClientError as error:
-                # moto (not EC2) refuses when every instance of the fleet is already gone.
-                if error_code(error) != "InvalidParameterCombination":
-                    raise
-                reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
+            # An instant fleet can only be deleted with its instances (EC2 refuses False).
+            reply = self.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
             for failed in reply.get("UnsuccessfulFleetDeletions", []):
                 raise CloudError(f"fleet {fleet_id} not deleted: {failed.get('Error')}")
         return ids

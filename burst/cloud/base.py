@@ -8,6 +8,7 @@ errors (`CloudError`), never its SDK's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -249,8 +250,11 @@ class Provider(Protocol):
     def bucket(self, ident: ClusterIdentity) -> Bucket:
         """The cluster's storage for job code, inputs and task outputs."""
 
-    def teardown(self, ident: ClusterIdentity, wait: float = 600) -> TeardownReport:
-        """Delete everything of the cluster, found by tag, then verify nothing is left."""
+    def teardown(
+        self, ident: ClusterIdentity, wait: float = 600, instance_ids: Sequence[str] = ()
+    ) -> TeardownReport:
+        """Delete everything of the cluster, found by tag (instances also by the ids the
+        caller recorded), then verify nothing is left."""
 
     def leftovers(self, ident: ClusterIdentity) -> list[str]:
         """Everything of the cluster that still exists."""

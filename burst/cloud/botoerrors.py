@@ -79,7 +79,6 @@ def aws_session(region: str) -> boto3.Session:
     return session
 
 
-
 def as_cloud_error(error: ClientError | BotoCoreError) -> CloudError:
     """botocore's error as burst's: the cloud's code and message, and a fix where one is known."""
     if isinstance(error, ClientError):

@@ -43,9 +43,14 @@ def open_provider(cloud: str, region: str, *, start_sandbox: bool = True) -> Con
         if not start_sandbox:
             return None
         private = sandbox.Sandbox().start()
-        state = {"endpoint": private.endpoint}
-    # All sandbox instances share one host, so their ports are chosen freely.
+        state = private.state()
+    # All sandbox instances share one host, so their ports are chosen freely. The sandbox
+    # answers only requests signed with its own keys.
     provider = AwsProvider(
-        sandbox.session(), region, state["endpoint"], scheduler_port=0, dashboard_port=0
+        sandbox.session(state["credentials"]),
+        region,
+        state["endpoint"],
+        scheduler_port=0,
+        dashboard_port=0,
     )
     return Connection(provider, state["endpoint"], private)

@@ -6,16 +6,23 @@
   applies the shutdown behaviour when the group exits by itself (the instance powered off).
 - Instance metadata: an IMDSv2 emulator per instance, reached through
   AWS_EC2_METADATA_SERVICE_ENDPOINT exactly as botocore does on EC2; it also serves the
-  instance role's (fake) credentials and spot interruption notices for drills.
+  instance role's credentials and spot interruption notices for drills.
+- Single-user by construction: each sandbox makes random keys (one pair for its owner's
+  client, one for its instances' role) and its endpoint refuses every request whose SigV4
+  signature they did not make. The owner's keys are in $BURST_HOME/sandbox.json, mode 0600.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
+import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,9 +43,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
 from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits
-from burst.home import burst_home
+from burst.home import burst_home, ensure_home, write_private
 
-SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# What a bare moto server (no guard) takes: the provisioning benchmark's in-process moto.
+UNGUARDED_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SANDBOX_REGION = "us-east-1"
 POLL_SECONDS = 0.25
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
@@ -48,9 +57,170 @@ def state_file() -> Path:
     return burst_home() / "sandbox.json"
 
 
-def session() -> boto3.Session:
-    """The client's session for the sandbox: moto's fake credentials, never a real one."""
-    return boto3.Session(region_name=SANDBOX_REGION, **SANDBOX_CREDENTIALS)
+def session(credentials: dict[str, str] | None = None) -> boto3.Session:
+    """A session for the sandbox, never with a real AWS key: the sandbox's own `credentials`
+    (its state's), else those of the sandbox published in $BURST_HOME, else the placeholder
+    keys a bare moto server takes."""
+    if credentials is None:
+        credentials = _published_credentials() or UNGUARDED_CREDENTIALS
+    keys = {k: credentials[k] for k in ("aws_access_key_id", "aws_secret_access_key")}
+    return boto3.Session(region_name=SANDBOX_REGION, **keys)
+
+
+def _published_credentials() -> dict[str, str] | None:
+    try:
+        return json.loads(state_file().read_text())["credentials"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _new_keys(prefix: str) -> dict[str, str]:
+    """An access key pair shaped like AWS's (20 upper-case characters, 40-character secret)."""
+    return {
+        "aws_access_key_id": prefix + secrets.token_hex(8).upper(),
+        "aws_secret_access_key": secrets.token_urlsafe(30),
+    }
+
+
+# ----------------------------------------------------------------- the guard
+
+IDENTITY_PATH = "/__burst_sandbox__/identity"
+MAX_SKEW = timedelta(minutes=15)  # as AWS: an older signature is refused (no replays later)
+
+
+def identity_token(secret: str) -> str:
+    """What proves to the sandbox's identity page that the asker holds the sandbox's secret,
+    without sending the secret itself (the port may belong to someone else by then)."""
+    return hmac.new(secret.encode(), b"burst sandbox identity", hashlib.sha256).hexdigest()
+
+
+class SigV4Guard:
+    """WSGI middleware in front of moto: only requests signed (AWS SigV4) with one of this
+    sandbox's keys get through; the signature is recomputed with botocore's own signer from
+    the request as received. moto itself takes any key, so without this any local user could
+    drive the sandbox, whose instances run their user data as the sandbox's owner."""
+
+    def __init__(self, app, keys: list[dict[str, str]]):
+        self.app = app
+        self.keys = {k["aws_access_key_id"]: k for k in keys}
+        self.client_secret = keys[0]["aws_secret_access_key"]
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == IDENTITY_PATH:
+            return self._identity(environ, start_response)
+        body = self._body(environ)
+        refusal = self._refusal(environ, body)
+        if refusal:
+            return self._refuse(environ, start_response, refusal)
+        return self.app(environ, start_response)
+
+    def _identity(self, environ, start_response):
+        offered = environ.get("HTTP_X_BURST_SANDBOX_TOKEN", "")
+        if not hmac.compare_digest(offered, identity_token(self.client_secret)):
+            return self._refuse(environ, start_response, "not this sandbox's token")
+        data = json.dumps({"pid": os.getpid()}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [data]
+
+    @staticmethod
+    def _body(environ) -> bytes:
+        """Read the body once (to check its hash) and hand moto a fresh copy."""
+        from werkzeug.wsgi import get_input_stream
+
+        body = get_input_stream(environ).read()
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return body
+
+    def _refusal(self, environ, body: bytes) -> str | None:
+        from botocore.auth import S3SigV4Auth, SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        authorization = environ.get("HTTP_AUTHORIZATION", "")
+        if not authorization.startswith("AWS4-HMAC-SHA256 "):
+            return "the request is not signed with AWS SigV4"
+        fields = dict(
+            part.strip().split("=", 1)
+            for part in authorization.removeprefix("AWS4-HMAC-SHA256 ").split(",")
+            if "=" in part
+        )
+        try:
+            key_id, day, region, service, _ = fields["Credential"].split("/")
+            signed, signature = fields["SignedHeaders"].split(";"), fields["Signature"]
+        except (KeyError, ValueError):
+            return "malformed Authorization header"
+        keys = self.keys.get(key_id)
+        if keys is None:
+            return f"the access key {key_id} is not this sandbox's"
+        stamp = environ.get("HTTP_X_AMZ_DATE", "")
+        try:
+            when = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return "no X-Amz-Date"
+        if abs(datetime.now(UTC) - when) > MAX_SKEW or not stamp.startswith(day):
+            return "the signature's date is more than 15 minutes off"
+        token = keys.get("aws_session_token")
+        if token is not None and environ.get("HTTP_X_AMZ_SECURITY_TOKEN") != token:
+            return "wrong session token"
+        headers = {}
+        for name in signed:
+            key = name.upper().replace("-", "_")
+            value = environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}")
+            if value is None:
+                return f"signed header {name} is missing"
+            headers[name] = value
+        request = AWSRequest(
+            method=environ["REQUEST_METHOD"],
+            url=f"http://{environ.get('HTTP_HOST', '')}{environ.get('RAW_URI', '/')}",
+            headers=headers,
+            data=body,
+        )
+        request.context["timestamp"] = stamp
+        credentials = Credentials(
+            key_id, keys["aws_secret_access_key"], keys.get("aws_session_token")
+        )
+        signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(credentials, service, region)
+        expected = signer.signature(
+            signer.string_to_sign(request, signer.canonical_request(request)), request
+        )
+        if not hmac.compare_digest(expected, signature):
+            return "the signature does not match"
+        declared = headers.get("x-amz-content-sha256")
+        if declared and len(declared) == 64 and hashlib.sha256(body).hexdigest() != declared:
+            return "the body does not match its signed hash"
+        return None
+
+    @staticmethod
+    def _refuse(environ, start_response, why: str):
+        message = f"burst sandbox: {why}; use the keys in $BURST_HOME/sandbox.json"
+        if "json" in environ.get("CONTENT_TYPE", ""):
+            body = json.dumps({"__type": "UnrecognizedClientException", "message": message})
+            kind = "application/x-amz-json-1.1"
+        else:
+            body = (
+                "<ErrorResponse><Error><Code>InvalidClientTokenId</Code>"
+                f"<Message>{message}</Message></Error></ErrorResponse>"
+            )
+            kind = "text/xml"
+        start_response("403 Forbidden", [("Content-Type", kind)])
+        return [body.encode()]
+
+
+def _guarded_moto_server(keys: list[dict[str, str]]):
+    """moto's app behind the SigV4 guard (only the owner's keys get in), then AWS's limits
+    (request rates, launch rate, vCPU quotas: limits.py); returns the server and the limits."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    limits = AwsLimits.from_environment(DomainDispatcherApplication(create_backend_app))
+    app = SigV4Guard(limits, keys)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    return server, limits
 
 
 # ------------------------------------------------------------------ metadata
@@ -95,6 +265,7 @@ class SandboxInstance:
     vcpus: int
     role: str
     folder: Path
+    keys: dict[str, str]  # the instance role's credentials
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     process: subprocess.Popen | None = None
     server: ThreadingHTTPServer | None = None
@@ -104,9 +275,9 @@ class SandboxInstance:
         credentials = {
             "Code": "Success",
             "Type": "AWS-HMAC",
-            "AccessKeyId": "ASIASANDBOXINSTANCE",
-            "SecretAccessKey": "testing",
-            "Token": "testing",
+            "AccessKeyId": self.keys["aws_access_key_id"],
+            "SecretAccessKey": self.keys["aws_secret_access_key"],
+            "Token": self.keys["aws_session_token"],
             "LastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "Expiration": (datetime.now(UTC) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
@@ -192,17 +363,44 @@ def _power_cut_on_terminate() -> None:
     Instance.terminate = cutting(Instance.terminate)
     Instance.stop = cutting(Instance.stop)
     Instance._burst_power_cut = True
+    _fleet_deletion_as_ec2()
+
+
+def _fleet_deletion_as_ec2() -> None:
+    """EC2 deletes an instant fleet with TerminateInstances=True whose instances are already
+    gone; moto then calls TerminateInstances with no ids and refuses. Only that is changed."""
+    from moto.ec2.models.fleets import Fleet
+
+    terminate = Fleet.terminate_instances
+
+    def terminate_live(self) -> None:
+        requests = self.spot_requests + self.on_demand_instances
+        instances = [getattr(r, "instance", None) or r["instance"] for r in requests]
+        if any(i.state != "terminated" for i in instances):
+            terminate(self)
+
+    Fleet.terminate_instances = terminate_live
 
 
 class Hypervisor:
     """Boots, kills and powers off the sandbox's instances as moto's EC2 state says."""
 
-    def __init__(self, endpoint: str, folder: Path):
+    def __init__(
+        self,
+        endpoint: str,
+        folder: Path,
+        credentials: dict[str, str] | None = None,
+        instance_keys: dict[str, str] | None = None,
+    ):
         self.endpoint = endpoint
         self.folder = folder
+        self.instance_keys = instance_keys or {
+            **UNGUARDED_CREDENTIALS,
+            "aws_session_token": "testing",
+        }
         self.clients = {
             # The hypervisor is the cloud itself: its calls are not the account's (limits.py).
-            r: session().client(
+            r: session(credentials).client(
                 "ec2",
                 region_name=r,
                 endpoint_url=endpoint,
@@ -297,6 +495,7 @@ class Hypervisor:
             vcpus=self._vcpus[instance_type],
             role=profile.rsplit("/", 1)[-1],
             folder=self.folder / instance_id,
+            keys=self.instance_keys,
         )
         instance.folder.mkdir(parents=True, exist_ok=True)
         user_data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")[
@@ -400,21 +599,13 @@ class Sandbox:
     """moto's server plus the hypervisor, in this process."""
 
     def __init__(self, folder: Path | None = None):
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._owns_folder = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="burst-sandbox-"))
-        # moto's app behind AWS's limits (request rates, launch rate, vCPU quotas).
-        self.limits = AwsLimits.from_environment(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server(
-            "127.0.0.1", 0, self.limits, threaded=True, request_handler=MotoRequestHandler
-        )
+        # The owner's keys, and the instances' role keys (served by their metadata service).
+        self.credentials = _new_keys("AKIA")
+        self.instance_keys = {**_new_keys("ASIA"), "aws_session_token": secrets.token_urlsafe(32)}
+        self._server, self.limits = _guarded_moto_server([self.credentials, self.instance_keys])
         self._serving = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.endpoint = ""
         self.hypervisor: Hypervisor | None = None
@@ -424,7 +615,10 @@ class Sandbox:
         host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host}:{port}"
         _power_cut_on_terminate()
-        self.hypervisor = Hypervisor(self.endpoint, self.folder)
+        self._prepare_account()
+        self.hypervisor = Hypervisor(
+            self.endpoint, self.folder, self.credentials, self.instance_keys
+        )
         self.hypervisor.start()
         return self
 
@@ -442,13 +636,37 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _prepare_account(self) -> None:
+        """What an operator does once per AWS account: the node roles' permissions boundary."""
+        from burst.cloud.aws import BOUNDARY_DOCUMENT, BOUNDARY_NAME, IAM_PATH
+
+        iam = self.session().client("iam", endpoint_url=self.endpoint)
+        # moto's state is one per process: another sandbox of this process may have made it.
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+            iam.create_policy(
+                PolicyName=BOUNDARY_NAME,
+                Path=IAM_PATH,
+                PolicyDocument=BOUNDARY_DOCUMENT.read_text(),
+            )
+
+    def session(self) -> boto3.Session:
+        """A session with this sandbox's owner keys."""
+        return session(self.credentials)
+
+    def state(self) -> dict:
+        """What a client needs to use this sandbox: its endpoint and its owner's keys."""
+        return {
+            "endpoint": self.endpoint,
+            "pid": os.getpid(),
+            "folder": str(self.folder),
+            "credentials": self.credentials,
+        }
+
     def publish(self) -> None:
-        """Let other burst processes on this machine use this sandbox."""
-        path = state_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({"endpoint": self.endpoint, "pid": os.getpid(), "folder": str(self.folder)})
-        )
+        """Let this user's other burst processes use this sandbox: the state file (with the
+        keys) is readable by its owner alone, in a $BURST_HOME only its owner may enter."""
+        ensure_home()
+        write_private(state_file(), json.dumps(self.state()))
 
 
 def running_sandbox() -> dict | None:
@@ -456,15 +674,17 @@ def running_sandbox() -> dict | None:
     file, a torn one, or a sandbox that is gone all mean none; anything else is a bug."""
     try:
         state = json.loads(state_file().read_text())
-        endpoint = state["endpoint"]
+        endpoint, credentials = state["endpoint"], state["credentials"]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # half written by a sandbox starting now, or not ours
     quick = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
     try:
-        session().client("sts", endpoint_url=endpoint, config=quick).get_caller_identity()
-    except (BotoCoreError, ClientError):
+        session(credentials).client(
+            "sts", endpoint_url=endpoint, config=quick
+        ).get_caller_identity()
+    except (BotoCoreError, ClientError, KeyError, TypeError):
         return None  # its process is gone (the state file outlived it)
     return state
 
@@ -491,8 +711,7 @@ def serve(idle_stop: float | None = None) -> None:
 
 
 def start_detached(timeout: float = 60, idle_stop: float | None = None) -> dict:
-    home = burst_home()
-    home.mkdir(parents=True, exist_ok=True)
+    home = ensure_home()
     state_file().unlink(missing_ok=True)
     idle = [] if idle_stop is None else ["--idle-stop", f"{idle_stop:g}"]
     with open(home / "sandbox.log", "ab") as log:
@@ -512,11 +731,54 @@ def start_detached(timeout: float = 60, idle_stop: float | None = None) -> dict:
     raise RuntimeError(f"the sandbox did not start in {timeout:.0f}s; see {home / 'sandbox.log'}")
 
 
-def stop_detached(timeout: float = 30) -> bool:
+class NotTheSandbox(RuntimeError):
+    """The state file names a process that is not this user's sandbox."""
+
+
+def _answers_as(state: dict) -> int | None:
+    """The pid the sandbox at the state's endpoint gives when shown the state's token."""
+    request = urllib.request.Request(
+        state["endpoint"] + IDENTITY_PATH,
+        headers={
+            "X-Burst-Sandbox-Token": identity_token(state["credentials"]["aws_secret_access_key"])
+        },
+    )
     try:
-        pid = json.loads(state_file().read_text())["pid"]
-    except (OSError, ValueError, KeyError):
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return int(json.loads(reply.read())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _command_line(pid: int) -> str:
+    """The process's command line ('' when it is gone), through ps (Linux and macOS)."""
+    found = subprocess.run(
+        ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip()
+
+
+def stop_detached(timeout: float = 30) -> bool:
+    """Stop the long-lived sandbox: False when none runs. The process the state file names is
+    signalled only once it proves to be the sandbox: it answers the sandbox's identity check
+    with that pid, or (hung) it is `python -m burst.cloud.sandbox`. Else NotTheSandbox."""
+    try:
+        state = json.loads(state_file().read_text())
+        pid, endpoint = int(state["pid"]), state["endpoint"]
+        state["credentials"]["aws_secret_access_key"]
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    answered = _answers_as(state)
+    if answered != pid:
+        command = _command_line(pid)
+        if not command:
+            state_file().unlink(missing_ok=True)  # it died and left its state file
+            return False
+        if answered is not None or "burst.cloud.sandbox" not in command:
+            raise NotTheSandbox(
+                f"pid {pid} named by {state_file()} is not the sandbox at {endpoint} "
+                f"({command[:80]!r}); nothing was stopped"
+            )
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
