@@ -539,6 +539,10 @@ class BurstCluster(Cluster):
         retired or ended, then launch the missing cores or retire the extra ones."""
         async with self._lock_for_reconcile():
             scheduler_up = await self._observe()
+            # Retired, but not terminated yet (on AWS a new instance's tags may lag): again.
+            unended = [n for n, why in self._retiring.items() if why == "scale-down"]
+            if unended := [n for n in unended if n not in self._gone]:
+                await self._terminate(unended)
             serving = self.cores
             if serving > self._target_cores:
                 await self._shrink(serving - self._target_cores)
@@ -705,6 +709,9 @@ class BurstCluster(Cluster):
                 remove=True,
                 stimulus_id=f"burst-{why}-{time.time()}",
             )
+        await self._terminate(names)
+
+    async def _terminate(self, names: list[str]) -> None:
         ended = await self._cloud(self.provider.terminate, self.identity, names)
         now = datetime.now(UTC)
         for name in ended:

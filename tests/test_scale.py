@@ -171,3 +171,31 @@ def test_no_worker_is_launched_for_a_scheduler_that_closed_itself(sandbox):
         assert set(cluster.instances) == launched and states() == {"terminated"}
         assert cluster.replacements == []
     assert settled_leftovers(sandbox, cid) == []
+
+
+def test_a_retired_worker_the_cloud_did_not_terminate_yet_is_terminated_next_time(
+        sandbox, monkeypatch):
+    """On AWS a new instance's tags may lag, so terminating by tag can miss it: the next
+    reconcile terminates it, rather than leaving it billing until teardown."""
+    with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
+                      max_pool_share=1.0, quiet=True) as cluster:
+        real = cluster.provider.terminate
+        calls: list[list[str]] = []
+
+        def lagging(ident, ids):
+            calls.append(list(ids))
+            return [] if len(calls) == 1 else real(ident, ids)  # first: not found by tag yet
+
+        monkeypatch.setattr(cluster.provider, "terminate", lagging)
+        # Only the retry may find it ended (the node also powers itself off once retired).
+        monkeypatch.setattr("burst.cluster.CLOUD_CHECK_SECONDS", 3600)
+        cluster.scale(cores=2)
+        assert cluster.cores == 2
+        (retired,) = calls[0]
+        _until(lambda: cluster.instances[retired].end_time is not None, 30,
+               "the retired worker was never terminated again")
+        assert calls[1] == [retired]
+        _until(lambda: _running_workers(sandbox, cluster.cluster_id) == set(cluster.workers),
+               30, "the retired worker's instance still runs")
+        cid = cluster.cluster_id
+    assert settled_leftovers(sandbox, cid) == []
