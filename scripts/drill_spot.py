@@ -42,12 +42,7 @@ def log(message: str) -> None:
 
 def leftovers(cloud, cluster_id: str, region: str) -> list[str]:
     """What of the cluster still exists, asked of the sandbox directly (not through burst)."""
-    import boto3
-
-    from burst.cloud import sandbox
-
-    session = boto3.Session(region_name=region, **sandbox.SANDBOX_CREDENTIALS)
-    ec2 = session.client("ec2", region_name=region, endpoint_url=cloud.endpoint)
+    ec2 = cloud.session().client("ec2", region_name=region, endpoint_url=cloud.endpoint)
     tag = [{"Name": "tag:burst:cluster", "Values": [cluster_id]}]
     live = [{"Name": "instance-state-name",
              "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]  # fmt: skip

@@ -119,8 +119,8 @@ def test_adapt_under_load_grows_then_shrinks_within_its_cores(sandbox):
             return x
 
         futures = c.map(busy, range(80), pure=False)  # 40 s of work for one 2-core worker
-        _until(lambda: cluster.target_cores == 6, 60, "adapt never scaled up")
-        assert len(cluster.workers) == 3 and cluster.cores == 6
+        _until(lambda: cluster.cores == 6, 60, "adapt never scaled up")
+        assert len(cluster.workers) == 3 and cluster.target_cores == 6
         c.wait_for_workers(3, timeout=120)
         assert c.gather(futures) == list(range(80))
         del futures
