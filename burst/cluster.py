@@ -229,6 +229,7 @@ class BurstCluster(Cluster):
         self._cloud_checked = 0.0
         self._retry_at = 0.0
         self._refused: str | None = None
+        self._scheduler_gone = False
         self.interruptions: list[dict[str, Any]] = []
         self.replacements: list[dict[str, Any]] = []
         self.scaling: list[dict[str, Any]] = []
@@ -537,31 +538,43 @@ class BurstCluster(Cluster):
         """Align the running set with the target, as distributed's SpecCluster does: see who
         retired or ended, then launch the missing cores or retire the extra ones."""
         async with self._lock_for_reconcile():
-            await self._observe()
+            scheduler_up = await self._observe()
+            # Retired, but not terminated yet (on AWS a new instance's tags may lag): again.
+            unended = [n for n, why in self._retiring.items() if why == "scale-down"]
+            if unended := [n for n in unended if n not in self._gone]:
+                await self._terminate(unended)
             serving = self.cores
             if serving > self._target_cores:
                 await self._shrink(serving - self._target_cores)
-            elif serving < self._target_cores:
+            elif serving < self._target_cores and scheduler_up:
+                # Never for a scheduler that is gone (its idle or no-client timeout closed
+                # the cluster): new workers would have nothing to join, and cost.
                 await self._grow(self._target_cores - serving)
             self._note_rejoined()
 
-    async def _observe(self) -> None:
+    async def _observe(self) -> bool:
         """Workers retiring on a spot notice (they say so on the scheduler), and workers whose
-        instances the cloud says ended: lost cores, replaced by the next step."""
-        if self.scheduler_comm is None:
-            return
-        with contextlib.suppress(OSError):
+        instances the cloud says ended: lost cores, replaced by the next step. Returns
+        whether the scheduler answered and its instance still runs."""
+        if self.scheduler_comm is None or self._scheduler_gone:
+            return False
+        try:
             notices = await self.scheduler_comm.get_metadata(keys=[INTERRUPTED_KEY], default={})
-            for name, notice in (notices or {}).items():
-                if name in self.workers:
-                    self._interrupted(name, notice.get("reason", "spot interruption"))
+        except OSError:
+            return False
+        for name, notice in (notices or {}).items():
+            if name in self.workers:
+                self._interrupted(name, notice.get("reason", "spot interruption"))
         if time.monotonic() - self._cloud_checked < CLOUD_CHECK_SECONDS:
-            return
+            return True
         self._cloud_checked = time.monotonic()
         ended = await self._cloud(
             self.provider.instances, self.identity, ["shutting-down", "terminated"]
         )
         for record in ended:
+            if self.instances.get(record.instance_id, record).role == "scheduler":
+                self._scheduler_gone = True
+                self._note_refusal("the scheduler's instance ended: no more workers launched")
             mine = self.instances.get(record.instance_id)
             if mine is None or mine.role != "worker" or record.instance_id in self._gone:
                 continue
@@ -570,6 +583,7 @@ class BurstCluster(Cluster):
             self._gone.add(record.instance_id)
             mine.state = "terminated"
             mine.end_time = mine.end_time or datetime.now(UTC)
+        return not self._scheduler_gone
 
     def _interrupted(self, name: str, reason: str) -> None:
         record = self.instances[name]
@@ -695,6 +709,9 @@ class BurstCluster(Cluster):
                 remove=True,
                 stimulus_id=f"burst-{why}-{time.time()}",
             )
+        await self._terminate(names)
+
+    async def _terminate(self, names: list[str]) -> None:
         ended = await self._cloud(self.provider.terminate, self.identity, names)
         now = datetime.now(UTC)
         for name in ended:

@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
         },
     }
+    here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="burst-throughput-") as tmp:
         os.environ["BURST_HOME"] = str(Path(tmp) / "home")
+        os.chdir(tmp)  # burst.run's results folder is relative to where it runs
         with Sandbox(Path(tmp) / "sandbox") as cloud:
             cloud.publish()
             log(f"BurstCluster: {args.cores} cores of {args.instance_type}")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                             "max_runtime": "30m",
                             "instance_types": [args.instance_type],
                             "max_pool_share": 1.0,
-                            "outputs": str(Path(tmp) / "results"),
+                            "outputs": "results",  # relative: under tmp, the cwd
                             "run": {"function": "math:sqrt", "tasks": {"range": args.tasks}},
                         },
                         folder=tmp,
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(result.timings["run"])
                 out["burst"]["run_stage"] = round(statistics.median(runs), 3)
                 log(f"burst run stage: {out['burst']['run_stage']}s")
+        os.chdir(here)
     ratios = {
         "map": out["burst"]["map"] / out["local"]["map"],
         "matmul": out["burst"]["matmul"] / out["local"]["matmul"],

@@ -42,12 +42,7 @@ def log(message: str) -> None:
 
 def leftovers(cloud, cluster_id: str, region: str) -> list[str]:
     """What of the cluster still exists, asked of the sandbox directly (not through burst)."""
-    import boto3
-
-    from burst.cloud import sandbox
-
-    session = boto3.Session(region_name=region, **sandbox.SANDBOX_CREDENTIALS)
-    ec2 = session.client("ec2", region_name=region, endpoint_url=cloud.endpoint)
+    ec2 = cloud.session().client("ec2", region_name=region, endpoint_url=cloud.endpoint)
     tag = [{"Name": "tag:burst:cluster", "Values": [cluster_id]}]
     live = [{"Name": "instance-state-name",
              "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]  # fmt: skip
@@ -109,7 +104,7 @@ def drill(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "instance_types": [args.instance_type],
                 "spot": "spot-with-fallback",
                 "max_pool_share": 1.0,
-                "outputs": str(folder / "results"),
+                "outputs": "results",  # relative: under folder, the cwd
                 "run": {
                     "function": "drill:work",
                     "tasks": {"range": args.tasks},
@@ -168,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.at < 1 or args.tasks < 1 or not math.isfinite(args.task_seconds):
         parser.error("--at must be in (0, 1) and --tasks at least 1")
+    here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="burst-drill-") as tmp:
-        report = drill(args, Path(tmp))
+        os.chdir(tmp)  # burst.run's results folder is relative to where it runs
+        try:
+            report = drill(args, Path(tmp))
+        finally:
+            os.chdir(here)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

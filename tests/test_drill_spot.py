@@ -20,6 +20,7 @@ def test_drill_interrupts_a_third_and_gets_the_cores_back_with_nothing_left(tmp_
         [sys.executable, str(REPO / "scripts" / "drill_spot.py"), "--json", "--cores", "6",
          "--tasks", "90", "--task-seconds", "1", "--at", "0.15"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.stdout, completed.stderr[-3000:]
     report = json.loads(completed.stdout)
     assert completed.returncode == 0 and report["passed"], (report, completed.stderr[-3000:])
     assert report["correct"] and report["tasks"]["done"] == 90

@@ -430,12 +430,14 @@ class AwsProvider:
 
     def terminate(self, ident: ClusterIdentity, instance_ids: list[str]) -> list[str]:
         """Terminate some of the cluster's instances (a scale-down): only those tagged with
-        its id, a call per 1,000, without waiting. Returns the ids it terminated."""
+        its id, a call per 1,000, without waiting. Returns the ids now ended or ending (an
+        instance not found by its tag yet is not among them: ask again later)."""
         wanted = set(instance_ids)
-        ids = [r.instance_id for r in self.instances(ident, LIVE_STATES) if r.instance_id in wanted]
+        found = [r for r in self.instances(ident) if r.instance_id in wanted]
+        ids = [r.instance_id for r in found if r.state in LIVE_STATES]
         for start in range(0, len(ids), 1000):
             self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
-        return ids
+        return [r.instance_id for r in found]
 
     # Resources by tag: of one cluster (burst:cluster) for teardown, of all (burst:managed)
     # for gc.

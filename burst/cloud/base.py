@@ -240,7 +240,8 @@ class Provider(Protocol):
         """The cluster's instances, found by tag, optionally in some states only."""
 
     def terminate(self, ident: ClusterIdentity, instance_ids: list[str]) -> list[str]:
-        """Terminate some of the cluster's instances (found by its tag); returns their ids."""
+        """Terminate some of the cluster's instances (found by its tag); returns the ids now
+        ended or ending."""
 
     def scheduler_address(self, ident: ClusterIdentity) -> dict | None:
         """What the scheduler published once it listens; None until then."""
