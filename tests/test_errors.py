@@ -156,3 +156,29 @@ def test_the_client_address_can_be_given_and_a_bad_one_is_named(monkeypatch):
     with pytest.raises(CloudError, match="'my laptop' is not an address") as refused:
         client_cidr()
     assert refused.value.exit_code == 3
+
+
+def test_a_fleet_waits_for_a_new_instance_profile_instead_of_dropping_the_pool(monkeypatch):
+    """An instant fleet reports a profile IAM has not propagated yet as its error, with
+    nothing launched: asked again, as RunInstances is, not taken for a pool without capacity."""
+    from decimal import Decimal
+
+    from burst.cloud.base import LaunchRequest, NodeEnvironment
+
+    monkeypatch.setattr("burst.cloud.aws.time.sleep", lambda seconds: None)
+    provider = _provider()
+    ident = ClusterIdentity("c0ffee000001", "job", datetime.now(UTC))
+    env = NodeEnvironment("vpc-1", {"us-east-1a": "subnet-1"}, "sg-1", "profile", {})
+    request = LaunchRequest("c5.large", "us-east-1a", "spot", 2, Decimal("0.03"), "worker")
+    not_yet = {
+        "FleetId": "fleet-1",
+        "Errors": [{"ErrorCode": "InvalidParameterValue",
+                    "ErrorMessage": "Value (burst-x) for parameter iamInstanceProfile.name is "
+                                    "invalid. Invalid IAM Instance Profile name"}],
+    }  # fmt: skip
+    launched = {"FleetId": "fleet-2", "Instances": [{"InstanceIds": ["i-1"]}]}
+    with Stubber(provider.ec2) as ec2:
+        ec2.add_response("create_fleet", not_yet)
+        ec2.add_response("create_fleet", launched)
+        got = provider.launch_fleet(ident, env, "lt-1", request, 2)
+    assert [r.instance_id for r in got.records] == ["i-1"] and got.errors == []

@@ -255,9 +255,7 @@ class AwsProvider:
                 "Effect": "Allow",
                 "Action": "ec2:TerminateInstances",
                 "Resource": f"arn:aws:ec2:{self.region}:*:instance/*",
-                "Condition": {
-                    "StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": ident.cluster_id}
-                },
+                "Condition": {"StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": ident.cluster_id}},
             },
             *storage.node_policy_statements(ident, read_objects),
         ]
@@ -353,33 +351,55 @@ class AwsProvider:
             options["InstanceInterruptionBehavior"] = "terminate"
         if max_hourly is not None:
             options["MaxTotalPrice"] = str(max_hourly.quantize(HUNDREDTH_CENT, ROUND_FLOOR))
-        reply = self.ec2.create_fleet(
-            Type="instant",
-            LaunchTemplateConfigs=[
-                {
-                    "LaunchTemplateSpecification": {
-                        "LaunchTemplateId": template_id,
-                        "Version": "$Latest",
-                    },
-                    "Overrides": [
-                        {
-                            "InstanceType": request.instance_type,
-                            "SubnetId": env.subnets[request.zone],
-                            "WeightedCapacity": float(request.vcpus),
-                        }
-                    ],
-                }
-            ],
-            TargetCapacitySpecification={
-                "TotalTargetCapacity": cores,
-                "DefaultTargetCapacityType": request.market,
-                (
-                    "SpotTargetCapacity" if request.market == "spot" else "OnDemandTargetCapacity"
-                ): cores,
-            },
-            **{("SpotOptions" if request.market == "spot" else "OnDemandOptions"): options},
-            TagSpecifications=ident.tag_specifications("worker", "fleet"),
-        )
+
+        def ask() -> dict:
+            return self.ec2.create_fleet(
+                Type="instant",
+                LaunchTemplateConfigs=[
+                    {
+                        "LaunchTemplateSpecification": {
+                            "LaunchTemplateId": template_id,
+                            "Version": "$Latest",
+                        },
+                        "Overrides": [
+                            {
+                                "InstanceType": request.instance_type,
+                                "SubnetId": env.subnets[request.zone],
+                                "WeightedCapacity": float(request.vcpus),
+                            }
+                        ],
+                    }
+                ],
+                TargetCapacitySpecification={
+                    "TotalTargetCapacity": cores,
+                    "DefaultTargetCapacityType": request.market,
+                    (
+                        "SpotTargetCapacity"
+                        if request.market == "spot"
+                        else "OnDemandTargetCapacity"
+                    ): cores,
+                },
+                **{("SpotOptions" if request.market == "spot" else "OnDemandOptions"): options},
+                TagSpecifications=ident.tag_specifications("worker", "fleet"),
+            )
+
+        # A new instance profile takes seconds to reach EC2: an instant fleet then reports it
+        # as its error, with nothing launched. Wait it out, as for RunInstances.
+        deadline = time.monotonic() + 60
+        while True:
+            reply = ask()
+            errors = reply.get("Errors", [])
+            waiting = (
+                errors
+                and not reply.get("Instances")
+                and all(
+                    _profile_propagating(e.get("ErrorCode", ""), e.get("ErrorMessage", ""))
+                    for e in errors
+                )
+            )
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         got = Fulfilment(fleet_ids=[reply["FleetId"]] if reply.get("FleetId") else [])
         for launched in reply.get("Instances", []):
             for instance_id in launched["InstanceIds"]:
@@ -631,10 +651,16 @@ class AwsProvider:
             except self.iam.exceptions.NoSuchEntityException:
                 pass
             steps: list[tuple[str, Callable[..., Any], dict[str, str]]] = [
-                ("instance-profile", self.iam.delete_instance_profile,
-                 {"InstanceProfileName": name}),
-                ("role-policy", self.iam.delete_role_policy,
-                 {"RoleName": name, "PolicyName": "burst-node"}),
+                (
+                    "instance-profile",
+                    self.iam.delete_instance_profile,
+                    {"InstanceProfileName": name},
+                ),
+                (
+                    "role-policy",
+                    self.iam.delete_role_policy,
+                    {"RoleName": name, "PolicyName": "burst-node"},
+                ),
                 ("role", self.iam.delete_role, {"RoleName": name}),
             ]
             for what, delete, names in steps:
@@ -807,8 +833,9 @@ def _node_settings(
     return {
         "ImageId": env.images[architecture],
         "IamInstanceProfile": {
-            "Name": env.worker_profile if role == "worker" and env.worker_profile else
-            env.instance_profile
+            "Name": env.worker_profile
+            if role == "worker" and env.worker_profile
+            else env.instance_profile
         },
         "SecurityGroupIds": [env.security_group_id],
         "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
@@ -844,10 +871,13 @@ def _while_profile_propagates(call: Callable[[], dict], seconds: float = 60) -> 
         try:
             return call()
         except ClientError as error:
-            propagating = (
-                error_code(error) == "InvalidParameterValue"
-                and "instance profile" in str(error).lower()
-            )
-            if not propagating or time.monotonic() > deadline:
+            if not _profile_propagating(error_code(error), str(error)):
+                raise
+            if time.monotonic() > deadline:
                 raise
             time.sleep(3)
+
+
+def _profile_propagating(code: str, message: str) -> bool:
+    """EC2's answer while a new instance profile has not reached it yet."""
+    return code == "InvalidParameterValue" and "instance profile" in message.lower()
