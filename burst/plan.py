@@ -435,9 +435,26 @@ def plan(
             "thread and slows down past about a thousand workers; fewer, bigger instances "
             "(instance_types: [c5.24xlarge]) keep it responsive"
         )
+    if (paced := launch_pacing_seconds(chosen.instances)) > 0:
+        notes.append(
+            f"{chosen.instances} instances pass EC2's launch bucket (1,000, refilling 2/s): "
+            f"launching takes about {paced // 60 + 1} min more; fewer, bigger instances "
+            "launch at once"
+        )
     if spec.max_hourly is not None and chosen.hourly > spec.max_hourly:
         notes.append(f"the cheapest plan costs ${chosen.hourly}/h, over max_hourly")
     return replace(chosen, notes=tuple(notes))
+
+
+# EC2's instance-launch bucket per account and region (burst.provision paces launches by it):
+# https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html
+LAUNCH_BUCKET, LAUNCH_REFILL = 1000, 2
+
+
+def launch_pacing_seconds(instances: int) -> int:
+    """How long EC2's launch rate adds before `instances` have all launched (from a full
+    bucket): nothing up to 1,000, then half a second per instance."""
+    return max(0, instances - LAUNCH_BUCKET) // LAUNCH_REFILL
 
 
 def fallback_plan(

@@ -24,7 +24,15 @@ from burst.cloud.base import (
     Provider,
 )
 from burst.errors import PlanError
-from burst.plan import Plan, PlanLine, fallback_plan, plan, worker_market
+from burst.plan import (
+    LAUNCH_BUCKET,
+    LAUNCH_REFILL,
+    Plan,
+    PlanLine,
+    fallback_plan,
+    plan,
+    worker_market,
+)
 from burst.spec import JobSpec
 
 # Rounds per market: the plan's pools, then up to two re-plans without the pools that failed.
@@ -249,7 +257,11 @@ class LaunchPacer:
     _regions: dict[str, LaunchPacer] = {}
 
     def __init__(
-        self, size: float = 1000, refill: float = 2.0, clock=time.monotonic, sleep=time.sleep
+        self,
+        size: float = LAUNCH_BUCKET,
+        refill: float = LAUNCH_REFILL,
+        clock=time.monotonic,
+        sleep=time.sleep,
     ):
         self.size, self.refill, self.clock, self.sleep = size, refill, clock, sleep
         self.tokens, self.stamp = size, clock()

@@ -719,8 +719,9 @@ def test_the_scheduler_grows_with_the_worker_instances() -> None:
     assert scheduler(many).instance_type == "m5.2xlarge"
     assert scheduler(many).hourly == hourly_price("m5.2xlarge", scheduler(many).zone, "on-demand")
     assert many.hourly == sum(line.total_hourly for line in many.lines)
-    (note,) = many.notes
+    note, launching = many.notes  # 1201 instances also pass EC2's launch bucket
     assert note.startswith("one scheduler serves 1200 worker instances")
+    assert launching.startswith("1201 instances pass EC2's launch bucket")
     named = plan(make_spec(cores=4 * 1200, instance_types=["c5.xlarge"],
                            scheduler_instance_type="m5.large"))
     assert scheduler(named).instance_type == "m5.large"  # the spec's choice stands ...
@@ -731,3 +732,16 @@ def test_the_price_source_says_the_snapshot_once() -> None:
     source = plan(make_spec(cores=64)).price_source
     assert source.count(SNAPSHOT_DATE) == 1 and "sandbox" not in source
     assert source.endswith("; spot: modelled 55-75% discount, not a live price")
+
+
+def test_a_plan_past_ecs_launch_bucket_says_how_long_launching_takes():
+    from burst.plan import launch_pacing_seconds
+
+    assert launch_pacing_seconds(1000) == 0 and launch_pacing_seconds(2500) == 750
+    many = plan(parse_spec({"cores": 6000, "instance_types": ["c5.large"], "max_runtime": "1h",
+                            "run": {"function": "m:f", "tasks": [1]}}))  # fmt: skip
+    assert many.instances > 1000
+    assert any("EC2's launch bucket" in note for note in many.notes)
+    few = plan(parse_spec({"cores": 6000, "instance_types": ["c5.24xlarge"], "max_runtime": "1h",
+                           "run": {"function": "m:f", "tasks": [1]}}))  # fmt: skip
+    assert not any("launch bucket" in note for note in few.notes)
