@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                             "instance_types": [args.instance_type],
                             "max_pool_share": 1.0,
                             "outputs": "results",  # relative: under tmp, the cwd
-                            "run": {"function": "math:sqrt", "tasks": {"range": args.tasks}},
+                            "run": {
+                                "function": "math:sqrt",
+                                "allow_any_module": True,  # math is not a job-folder module
+                                "tasks": {"range": args.tasks},
+                            },
                         },
                         folder=tmp,
                     )
