@@ -41,6 +41,7 @@ class NodeConfig:
     idle_timeout: float = 1800.0  # seconds without a task: the scheduler stops
     no_client_timeout: float = 120.0  # seconds without a client: the scheduler stops
     pip: tuple[str, ...] = ()  # the job's software.pip, installed with the exact Dask stack
+    scheduler: str = ""  # a worker's scheduler (tls://ip:port) when known at launch
 
 
 def _agent_payload() -> str:
@@ -72,6 +73,7 @@ def render(config: NodeConfig) -> str:
             f"{config.no_client_timeout:g}",
             "--versions",
             json.dumps(versions),
+            *(["--scheduler", config.scheduler] if config.scheduler else []),
         ]
     )
     path = f"/burst/{config.cluster_id}"

@@ -8,6 +8,7 @@ import contextlib
 import html
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -801,15 +802,22 @@ class BurstCluster(Cluster):
             | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},
             read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
         )
+        # The scheduler's port is known before it starts (on the sandbox's one host, a free
+        # one), and its address once it is launched: the workers get it in their user data
+        # rather than polling SSM, whose reads are 40 per second for the whole account.
+        port = provider.scheduler_port or _free_port()
+        scheduler = ""
         for line in self.capacity_plan.lines:
             if line.role != "worker":
-                user_data = self._user_data(line.role)
+                user_data = self._user_data(line.role, port)
                 record = provider.launch_instance(
                     self.identity, env, launch_request(line), user_data
                 )
                 self._launched(Fulfilment([record]))
+                if line.role == "scheduler" and record.private_ip:
+                    scheduler = f"tls://{record.private_ip}:{port}"
         template = provider.launch_template(
-            self.identity, env, self._user_data("worker"), self.spec.architecture
+            self.identity, env, self._user_data("worker", port, scheduler), self.spec.architecture
         )
         self._env, self._template_id = env, template  # for scale-ups and replacements
         got = acquire_workers(
@@ -841,13 +849,14 @@ class BurstCluster(Cluster):
         if self._closing.is_set():  # stop launching: teardown is waiting
             raise CloudError(f"cluster {self.cluster_id} closed while starting")
 
-    def _user_data(self, role: str) -> str:
+    def _user_data(self, role: str, port: int, scheduler: str = "") -> str:
         return bootstrap.render(
             bootstrap.NodeConfig(
                 role=role,
                 cluster_id=self.cluster_id,
                 deadline=self.deadline,
-                port=self.provider.scheduler_port,
+                port=port,
+                scheduler=scheduler,
                 dashboard_port=self.provider.dashboard_port,
                 pip=tuple(self.spec.software.pip) if self.spec.software else (),
                 idle_timeout=self.spec.idle_timeout.total_seconds(),
@@ -987,3 +996,10 @@ def _close_open_clusters() -> None:
             cluster._teardown()
         else:
             cluster.close()
+
+
+def _free_port() -> int:
+    """A port free on this host now: the sandbox scheduler's, chosen before it starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

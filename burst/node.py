@@ -285,7 +285,7 @@ class Node:
         the worker to the instance's memory and restarts a worker process that died."""
         from distributed import Nanny
 
-        address = await self._scheduler_address()
+        address = self.args.scheduler or await self._scheduler_address()
         nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
         # "auto" is the machine's memory; sandbox instances share one host, so the sandbox
         # declares each instance type's memory, as it declares its vCPUs.
@@ -374,6 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-client-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument("--death-timeout", type=float, default=120.0)
     parser.add_argument("--versions", type=json.loads, default={})
+    parser.add_argument("--scheduler", default="", help="tls://ip:port, else read from SSM")
     return parser.parse_args(argv)
 
 

@@ -13,6 +13,7 @@ import os
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
@@ -110,6 +111,7 @@ class AwsProvider:
         endpoint_url: str | None = None,
         scheduler_port: int = 8786,
         dashboard_port: int = 8787,
+        shared_host: str | None = None,
     ):
         def client(service: str):
             return session.client(
@@ -125,6 +127,7 @@ class AwsProvider:
         self.quotas = client("service-quotas")
         self._boundary: str | None = None
         self.scheduler_port = scheduler_port
+        self.shared_host = shared_host
         self.dashboard_port = dashboard_port
 
     # ----------------------------------------------------------------- set-up
@@ -440,6 +443,8 @@ class AwsProvider:
             )
         )
         record = _record(reply["Instances"][0], request.vcpus)
+        if self.shared_host:  # the sandbox: every node is a process of this one host
+            record = replace(record, private_ip=self.shared_host)
         record.hourly = request.hourly
         return record
 
@@ -860,6 +865,7 @@ def _record(instance: dict, vcpus: int | None = None) -> InstanceRecord:
         state=instance["State"]["Name"],
         launch_time=instance.get("LaunchTime", datetime.now(UTC)),
         vcpus=vcpus or cpu.get("CoreCount", 0) * cpu.get("ThreadsPerCore", 1),
+        private_ip=instance.get("PrivateIpAddress"),
     )
 
 

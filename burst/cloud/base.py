@@ -105,6 +105,7 @@ class InstanceRecord:
     vcpus: int = 0
     end_time: datetime | None = None
     hourly: Decimal | None = None  # the price it was launched at
+    private_ip: str | None = None  # where the other nodes reach it
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -52,5 +52,6 @@ def open_provider(cloud: str, region: str, *, start_sandbox: bool = True) -> Con
         state["endpoint"],
         scheduler_port=0,
         dashboard_port=0,
+        shared_host="127.0.0.1",
     )
     return Connection(provider, state["endpoint"], private)
