@@ -108,19 +108,25 @@ def main(argv: list[str] | None = None) -> int:
         with Sandbox(Path(tmp) / "sandbox") as cloud:
             cloud.publish()
             log(f"BurstCluster: {args.cores} cores of {args.instance_type}")
-            with burst.BurstCluster(
-                cores=args.cores,
-                max_runtime="30m",
-                instance_types=[args.instance_type],
-                max_pool_share=1.0,
-                quiet=True,
-            ) as cluster, Client(cluster) as client:
+            with (
+                burst.BurstCluster(
+                    cores=args.cores,
+                    max_runtime="30m",
+                    instance_types=[args.instance_type],
+                    max_pool_share=1.0,
+                    quiet=True,
+                ) as cluster,
+                Client(cluster) as client,
+            ):
                 workers, threads = shape(cluster)
                 out["burst"] = measure(client, args)
             log(f"burst: {out['burst']}; LocalCluster: {workers} workers x {threads} threads")
-            with LocalCluster(
-                n_workers=workers, threads_per_worker=threads, dashboard_address=None
-            ) as local, Client(local) as client:
+            with (
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=threads, dashboard_address=None
+                ) as local,
+                Client(local) as client,
+            ):
                 out["local"] = measure(client, args)
             log(f"local: {out['local']}")
             out["params"]["workers"] = f"{workers} x {threads} threads"
@@ -135,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                             "instance_types": [args.instance_type],
                             "max_pool_share": 1.0,
                             "outputs": "results",  # relative: under tmp, the cwd
-                            "run": {"function": "math:sqrt", "tasks": {"range": args.tasks}},
+                            "run": {
+                                "function": "math:sqrt",
+                                "allow_any_module": True,  # an installed module
+                                "tasks": {"range": args.tasks},
+                            },
                         },
                         folder=tmp,
                     )
