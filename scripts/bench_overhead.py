@@ -1,12 +1,14 @@
 """Measure what burst costs over a plain Dask LocalCluster for the same job.
 
 Runs `burst run jobs/pi.yaml --json` N times (each with a private sandbox cloud in a fresh
-BURST_HOME, from a temporary copy of jobs/ so no results land in the repo), then runs the
+BURST_HOME, or with `--warm` all on one sandbox started before by `burst sandbox up`, from a
+temporary copy of jobs/ so no results land in the repo), then runs the
 same computation N times on a `distributed.LocalCluster` shaped like burst's workers (one
 worker process per worker instance, one thread per vCPU). Prints one JSON object on stdout;
 progress goes to stderr.
 
     .venv/bin/python scripts/bench_overhead.py --repeat 3
+    .venv/bin/python scripts/bench_overhead.py --repeat 3 --warm
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ def median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
-def run_burst_once(index: int, repeat: int) -> tuple[float, dict[str, Any]]:
-    """One whole `burst run` in a private BURST_HOME and a throwaway working folder."""
-    burst = Path(sys.executable).parent / "burst"
+BURST = Path(sys.executable).parent / "burst"
+
+
+def run_burst_once(
+    index: int, repeat: int, warm_home: Path | None = None
+) -> tuple[float, dict[str, Any]]:
+    """One whole `burst run` in a throwaway working folder, with a private BURST_HOME (so a
+    private sandbox) or `warm_home`, whose sandbox is already up."""
+    burst = BURST
     with tempfile.TemporaryDirectory(prefix="burst-bench-") as tmp:
-        home = Path(tmp) / "home"
+        home = warm_home or Path(tmp) / "home"
         work = Path(tmp) / "work"
-        home.mkdir()
+        home.mkdir(exist_ok=True)
         shutil.copytree(JOBS, work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
         env = {**os.environ, "BURST_HOME": str(home)}
         log(f"burst run {index}/{repeat} (BURST_HOME={home}, cwd={work})")
@@ -123,6 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON (the default anyway)")
+    parser.add_argument("--warm", action="store_true", help="runs share a sandbox already up")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -130,10 +139,21 @@ def main() -> None:
 
     burst_walls: list[float] = []
     manifests: list[dict[str, Any]] = []
-    for i in range(1, args.repeat + 1):
-        wall, manifest = run_burst_once(i, args.repeat)
-        burst_walls.append(wall)
-        manifests.append(manifest)
+    with tempfile.TemporaryDirectory(prefix="burst-bench-home-") as warm:
+        home = Path(warm) if args.warm else None
+        env = {**os.environ, "BURST_HOME": warm}
+        if home:
+            subprocess.run([str(BURST), "sandbox", "up"], env=env, check=True, stdout=sys.stderr)
+        try:
+            for i in range(1, args.repeat + 1):
+                wall, manifest = run_burst_once(i, args.repeat, home)
+                burst_walls.append(wall)
+                manifests.append(manifest)
+        finally:
+            if home:
+                subprocess.run(
+                    [str(BURST), "sandbox", "down"], env=env, check=False, stdout=sys.stderr
+                )
     workers, threads = worker_shape(manifests[0])
     if any(worker_shape(m) != (workers, threads) for m in manifests[1:]):
         log("the burst runs had different worker shapes; the local cluster uses the first")
@@ -149,6 +169,7 @@ def main() -> None:
     burst_median = statistics.median(burst_walls)
     local_median = statistics.median(local["wall"])
     report = {
+        "sandbox": "up before the runs (--warm)" if args.warm else "private, per run (cold)",
         "burst": {
             "wall_seconds": [round(w, 3) for w in burst_walls],
             "median": round(burst_median, 3),
