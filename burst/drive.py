@@ -215,11 +215,16 @@ def run_tasks(
 
         threading.Thread(target=cancel_when_stopping, daemon=True).start()
     try:
-        for future in as_completed(futures, timeout=seconds_left):
+        # with_results: each result is fetched as its task ends, concurrently in the client's
+        # event loop, not one blocking round trip per task in this loop.
+        finished = as_completed(
+            futures, timeout=seconds_left, with_results=True, raise_errors=False
+        )
+        for future, result in finished:
             number, item = inputs[future.key]
             if future.status == "finished":
                 folder = (folders or {}).get(number)
-                outcome = done_outcome(number, item, future.result(), command, folder)
+                outcome = done_outcome(number, item, result, command, folder)
             elif future.status == "error":
                 outcome = failure_outcome(number, item, future, command)
             elif stopping is not None and stopping.is_set():
