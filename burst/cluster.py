@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import html
 import math
 import signal
@@ -802,6 +803,7 @@ class BurstCluster(Cluster):
             | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},
             read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
         )
+        env = dataclasses.replace(env, disk_gb=self.spec.disk_gb)
         # The scheduler's port is known before it starts (on the sandbox's one host, a free
         # one), and its address once it is launched: the workers get it in their user data
         # rather than polling SSM, whose reads are 40 per second for the whole account.

@@ -319,6 +319,8 @@ class JobSpec(Strict):
     min_cores: int | None = Field(None, gt=0, le=100_000, strict=True)  # default: cores
     max_hourly: Decimal | None = Field(None, gt=0, le=10_000_000)  # USD per hour, whole cluster
     max_cost: Decimal | None = Field(None, gt=0, le=100_000_000)  # USD, the cost bound's limit
+    # Each node's root volume (gp3), GiB; default: the image's own (8 GiB on Amazon Linux 2023).
+    disk_gb: int | None = Field(None, ge=8, le=16_384, strict=True)
     run: RunSpec | None = None
     outputs: str = "results"
     inputs: list[str] = Field(

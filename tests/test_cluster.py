@@ -38,7 +38,7 @@ def shared_cluster(sandbox):
     """One cluster for the tests that only inspect it (each cluster start costs seconds).
     Its teardown is checked when the module is done with it."""
     seen: list[events.Event] = []
-    with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"],
+    with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"], disk_gb=20,
                       on_event=seen.append) as cluster:
         yield cluster
     assert cluster.teardown_report.verified
@@ -121,6 +121,13 @@ def test_instances_are_tagged_secured_and_carry_no_secret(sandbox, shared_cluste
     assert data["SecurityGroupIds"] == [
         g["GroupId"] for s in scheduler["SecurityGroups"] for g in [s]]
     assert b"PRIVATE KEY" not in base64.b64decode(data["UserData"])
+    # disk_gb: every node's root volume, the scheduler's and the workers' template alike.
+    root = [{"DeviceName": "/dev/xvda",
+             "Ebs": {"VolumeSize": 20, "VolumeType": "gp3", "DeleteOnTermination": True}}]
+    assert data["BlockDeviceMappings"] == root
+    volumes = [m["Ebs"]["VolumeId"] for m in scheduler["BlockDeviceMappings"]]
+    sizes = [v["Size"] for v in ec2.describe_volumes(VolumeIds=volumes)["Volumes"]]
+    assert 20 in sizes
     fleets = [f for f in ec2.describe_fleets()["Fleets"]
               if {"Key": "burst:cluster", "Value": cluster.cluster_id} in f.get("Tags", [])]
     assert [f["Type"] for f in fleets] == ["instant"] * len(cluster.capacity_plan.workers)

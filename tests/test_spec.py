@@ -841,3 +841,11 @@ def test_memory_no_type_offers_is_one_line() -> None:
         "min_memory_per_core: no x86_64 type in instance_types ['c6i', 'm6i'] has 6 GiB per "
         "vCPU (got 6.0); accepted: up to 4 with these types, or families such as r6i, r7i"
     ]
+
+
+def test_disk_gb_is_a_whole_number_of_gib_within_ebs_limits() -> None:
+    assert parse_spec(minimal(disk_gb=100)).disk_gb == 100
+    assert parse_spec(minimal()).disk_gb is None  # the image's own root volume
+    for bad in (4, 20_000, "lots", 12.5):
+        line = line_for(problems_of(minimal(disk_gb=bad)), "disk_gb")
+        assert repr(bad) in line or str(bad) in line

@@ -846,7 +846,21 @@ def _node_settings(
         "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": ident.tag_specifications(role, "instance", "volume"),
+        **_root_volume(env.disk_gb),
     }
+
+
+# Amazon Linux 2023's root device, on x86_64 and arm64 alike:
+# https://docs.aws.amazon.com/linux/al2023/ug/ec2.html
+ROOT_DEVICE = "/dev/xvda"
+
+
+def _root_volume(disk_gb: int | None) -> dict[str, Any]:
+    """A root volume of `disk_gb` GiB (gp3, deleted with its instance), or the image's."""
+    if disk_gb is None:
+        return {}
+    volume = {"VolumeSize": disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}
+    return {"BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": volume}]}
 
 
 def _tag_filter(key: str, value: str) -> list[dict[str, Any]]:

@@ -75,6 +75,7 @@ class NodeEnvironment:
     instance_profile: str  # the scheduler's (and every node's, when no worker_profile)
     images: dict[str, str]  # architecture -> machine image id
     worker_profile: str = ""  # the workers' own, with fewer rights than the scheduler's
+    disk_gb: int | None = None  # each node's root volume; None: the image's default
 
 
 @dataclass(frozen=True)
