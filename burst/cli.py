@@ -834,7 +834,6 @@ def doctor(
     """Check what a launch needs before anything is created: credentials, zones, the planned
     instance types, the vCPU quotas. Exit 3 when a check fails."""
     from burst import preflight
-    from burst.bootstrap import client_versions
     from burst.cloud.connect import open_provider
     from burst.plan import plan
 
@@ -851,8 +850,7 @@ def doctor(
             done = [preflight.Check("credentials", False, str(error), error.fix)]
         else:
             try:
-                stock = None if connection.endpoint else client_versions()["python"]
-                done = preflight.checks(connection.provider, capacity, stock)
+                done = preflight.checks(connection.provider, capacity, connection.node_python())
             finally:
                 connection.close()
     except BurstError as error:
@@ -885,11 +883,14 @@ def sandbox_up(
     """Start a long-lived sandbox cloud that `burst run` will use, with AWS's limits."""
     from burst.cloud import limits, sandbox
 
-    settings = {"BURST_SANDBOX_QUOTAS": quota, "BURST_SANDBOX_LIMITS": limit}
-    for name, values in settings.items():
+    settings = [
+        ("BURST_SANDBOX_QUOTAS", quota, limits.quotas_from),
+        ("BURST_SANDBOX_LIMITS", limit, limits.buckets_from),
+    ]
+    for name, values, parse in settings:
         if values:
             try:  # refused here, before a sandbox starts with them
-                (limits.quotas_from if "QUOTAS" in name else limits.buckets_from)(",".join(values))
+                parse(",".join(values))
             except ValueError as error:
                 raise fail(EXIT_BAD_INPUT, str(error)) from None
             os.environ[name] = ",".join(values)  # the sandbox's process inherits them

@@ -787,9 +787,8 @@ class BurstCluster(Cluster):
         # Reaching the cloud (starting a private sandbox) is timed apart from provisioning.
         self.timings["connect"] = time.monotonic() - started
         started = time.monotonic()
-        # A shortfall costs nothing; stock-image nodes (not the sandbox's) need the Python.
-        python = None if self._connection.endpoint else bootstrap.client_versions()["python"]
-        preflight.require(provider, self.capacity_plan, python)
+        # A shortfall costs nothing.
+        preflight.require(provider, self.capacity_plan, self._connection.node_python())
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.

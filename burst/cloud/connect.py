@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from burst.bootstrap import client_versions
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, client_cidr
 from burst.cloud.base import Provider
@@ -22,6 +23,11 @@ class Connection:
     def client_cidr(self) -> str:
         """The only address the scheduler's port is opened to: this machine's."""
         return "127.0.0.1/32" if self.endpoint else client_cidr()
+
+    def node_python(self) -> str | None:
+        """The Python (`3.12`) the nodes must install: the client's, on a stock image (AWS);
+        None on the sandbox, whose nodes run the client's own interpreter."""
+        return None if self.endpoint else client_versions()["python"]
 
     def close(self) -> None:
         """Stop the private sandbox, if this connection started one (and its instances)."""
