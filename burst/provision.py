@@ -63,10 +63,8 @@ def acquire_workers(
     hold); raise CloudError when fewer than `min_cores` came up once every round is spent.
     `on_launch` sees each fleet's result at once; the caller tears down either way."""
     budget = _hourly_budget(capacity_plan, spec)
-    planned = capacity_plan.workers
-    markets = [planned[0].market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
     got = _fill(
-        provider, ident, env, template_id, spec, spec.cores, planned, markets, budget,
+        provider, ident, env, template_id, spec, spec.cores, capacity_plan.workers, budget,
         Decimal(0), offers, (), on_launch,
     )  # fmt: skip
     if got.cores < spec.min_cores:
@@ -102,11 +100,9 @@ def top_up(
     on-demand under spot-with-fallback, a fleet per pool, and never above the hourly budget
     given what already runs (`running_hourly`, its workers). Returns what came up, which may
     be less; it does not raise for a shortfall."""
-    market = worker_market(spec)
-    markets = [market] + (["on-demand"] if spec.spot == "spot-with-fallback" else [])
-    first = plan_top_up(spec, cores, sorted(env.subnets), offers, exclude, market)
+    first = plan_top_up(spec, cores, sorted(env.subnets), offers, exclude)
     return _fill(
-        provider, ident, env, template_id, spec, cores, first.workers, markets,
+        provider, ident, env, template_id, spec, cores, first.workers,
         _hourly_budget(capacity_plan, spec), running_hourly, offers, exclude, on_launch,
     )  # fmt: skip
 
@@ -144,7 +140,6 @@ def _fill(
     spec: JobSpec,
     want: int,
     first_pools: list[PlanLine],
-    markets: list[str],
     budget: Decimal | None,
     running_hourly: Decimal,
     offers: Sequence[Offer] | None,
@@ -152,10 +147,12 @@ def _fill(
     on_launch: Callable[[Fulfilment], None],
 ) -> Fulfilment:
     """Ask for `want` cores: the first pools, then re-plans of the shortfall over the next
-    cheapest pools of each market, a fleet per pool (split at the cloud's fleet limits)."""
+    cheapest pools of the workers' market (then on-demand under spot-with-fallback), a fleet
+    per pool (split at the cloud's fleet limits)."""
     got = Fulfilment()
     zones = sorted(env.subnets)
-    for market in markets:
+    fallback = ["on-demand"] if spec.spot == "spot-with-fallback" else []
+    for market in [worker_market(spec), *fallback]:
         failed: set[tuple[str, str, str]] = set(exclude)
         for round_number in range(ROUNDS_PER_MARKET):
             missing = want - got.cores
