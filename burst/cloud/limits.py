@@ -193,7 +193,7 @@ class AwsLimits:
         self._sizes = buckets
         self._buckets: dict[tuple, Bucket] = {}
         self._lock = threading.Lock()  # quota check and launch happen as one step
-        self.throttled: dict[str, int] = {}
+        self.throttled: Counter[str] = Counter()  # calls refused, by bucket
         # Calls seen, by (service, action, caller): "node" for the instances' role keys
         # (temporary, ASIA...), "client" for any other; for benchmarks and drills.
         self.calls: Counter[tuple[str, str, str]] = Counter()
@@ -242,7 +242,7 @@ class AwsLimits:
             self._buckets[name] = Bucket(*self._sizes[bucket])
         if self._buckets[name].take(count):
             return True
-        self.throttled[bucket] = self.throttled.get(bucket, 0) + 1
+        self.throttled[bucket] += 1
         return False
 
     # ------------------------------------------------------------------- EC2
