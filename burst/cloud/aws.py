@@ -126,6 +126,7 @@ class AwsProvider:
         self.sts = client("sts")
         self.quotas = client("service-quotas")
         self._boundary: str | None = None
+        self._caller_identity: dict | None = None
         self.scheduler_port = scheduler_port
         self.shared_host = shared_host
         self.dashboard_port = dashboard_port
@@ -214,7 +215,7 @@ class AwsProvider:
     def boundary_arn(self) -> str:
         """The permissions boundary every node role gets; it must exist in the account."""
         if self._boundary is None:
-            account = self.sts.get_caller_identity()["Account"]  # needs no permission
+            account = self._caller()["Account"]
             arn = f"arn:aws:iam::{account}:policy{IAM_PATH}{BOUNDARY_NAME}"
             try:
                 self.iam.get_policy(PolicyArn=arn)
@@ -459,10 +460,12 @@ class AwsProvider:
         instance not found by its tag yet is not among them: ask again later)."""
         wanted = set(instance_ids)
         found = [r for r in self.instances(ident) if r.instance_id in wanted]
-        ids = [r.instance_id for r in found if r.state in LIVE_STATES]
-        for start in range(0, len(ids), 1000):
-            self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
+        self._terminate_ids([r.instance_id for r in found if r.state in LIVE_STATES])
         return [r.instance_id for r in found]
+
+    def _terminate_ids(self, ids: list[str]) -> None:
+        for start in range(0, len(ids), 1000):  # EC2 takes at most 1,000 ids a call
+            self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
 
     # Resources by tag: of one cluster (burst:cluster) for teardown, of all (burst:managed)
     # for gc.
@@ -563,16 +566,15 @@ class AwsProvider:
         # By tag and by the ids the caller recorded, as long as EC2 shows them: a filter, not
         # InstanceIds, so an id not yet visible (eventual consistency) fails nothing.
         ids = self._live(ident, known)
-        for start in range(0, len(ids), 1000):
-            self.ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
+        self._terminate_ids(ids)
         # Poll instead of the instance_terminated waiter, which gives up at once on an
         # instance still `pending` (common right after a launch).
         deadline = time.monotonic() + wait
         while remaining := self._live(ident, known):
             if time.monotonic() > deadline:
                 raise CloudError(f"{len(remaining)} instances not terminated after {wait:.0f}s")
-            if late := sorted(set(remaining) - set(ids))[:1000]:  # seen late: end them too
-                self.ec2.terminate_instances(InstanceIds=late)
+            if late := sorted(set(remaining) - set(ids)):  # seen late: end them too
+                self._terminate_ids(late)
                 ids += late
             time.sleep(2)
         return ids
@@ -755,8 +757,14 @@ class AwsProvider:
     # ------------------------------------------------------------- preflight
 
     def account(self) -> str:
-        """The credentials' identity (STS GetCallerIdentity needs no permission)."""
-        return self.sts.get_caller_identity()["Arn"]
+        """The credentials' identity."""
+        return self._caller()["Arn"]
+
+    def _caller(self) -> dict:
+        """STS's GetCallerIdentity (it needs no permission), asked once per provider."""
+        if self._caller_identity is None:
+            self._caller_identity = self.sts.get_caller_identity()
+        return self._caller_identity
 
     def zones(self) -> list[str]:
         reply = self.ec2.describe_availability_zones(
