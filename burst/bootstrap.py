@@ -10,13 +10,13 @@ import base64
 import gzip
 import json
 import shlex
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import burst.node
+from burst.software import client_python
 
 USER_DATA_LIMIT = 16 * 1024  # EC2's limit, before base64
 
@@ -24,7 +24,7 @@ USER_DATA_LIMIT = 16 * 1024  # EC2's limit, before base64
 def client_versions() -> dict[str, str]:
     """What the workers must match: Python's minor version and the exact Dask stack."""
     return {
-        "python": "{}.{}".format(*sys.version_info[:2]),
+        "python": client_python(),
         "dask": version("dask"),
         "distributed": version("distributed"),
         "cloudpickle": version("cloudpickle"),

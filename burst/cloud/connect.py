@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from burst.bootstrap import client_versions
 from burst.cloud import sandbox
 from burst.cloud.aws import AwsProvider, client_cidr
 from burst.cloud.base import Provider
 from burst.cloud.botoerrors import aws_session
 from burst.errors import SpecError
+from burst.software import client_python
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Connection:
     def node_python(self) -> str | None:
         """The Python (`3.12`) the nodes must install: the client's, on a stock image (AWS);
         None on the sandbox, whose nodes run the client's own interpreter."""
-        return None if self.endpoint else client_versions()["python"]
+        return None if self.endpoint else client_python()
 
     def close(self) -> None:
         """Stop the private sandbox, if this connection started one (and its instances)."""
