@@ -68,14 +68,23 @@ class ClusterLost(RuntimeError):
     """A task was cancelled or lost by the cluster, not failed by its own code."""
 
 
-def by_value(target: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A closure cannot be pickled by reference, so distributed hands the task to cloudpickle,
-    which then honours register_pickle_by_value for the target (workers have no burst)."""
+def ship(client: Any, task: Callable[[Any], Any], retries: int) -> Any:
+    """The task callable, sent to the cluster once: a future of it, for every task to take as
+    its first argument (see run_tasks). cloudpickled here, which honours
+    register_pickle_by_value (the nodes have no burst), and unpickled by one task whose result
+    the workers share. Passed to client.map directly, it would be pickled again into each
+    task's message and unpickled by each task, which costs more than a tiny task itself
+    (scripts/bench_throughput.py). A task rather than scattered data, so that the cluster
+    computes it again if every worker holding it is lost."""
+    import cloudpickle
 
-    def call(item: Any) -> Any:
-        return target(item)
-
-    return call
+    return client.submit(
+        cloudpickle.loads,
+        cloudpickle.dumps(task),
+        pure=False,
+        retries=retries,
+        key=f"burst-task-code-{time.time_ns()}",
+    )
 
 
 def failure_outcome(number: int, task: Any, future: Any, command: bool) -> TaskOutcome:
@@ -190,19 +199,21 @@ def run_tasks(
     failed fast, `attempts_on` (run on the scheduler) gives each recorded outcome its number
     of attempts (after `record` saw it: the caller rewrites). `folders` names each command
     task's outputs folder (burst.results.output_folders), kept in its outcome."""
+    from dask.utils import apply
     from distributed import TimeoutError as DaskTimeoutError
     from distributed import as_completed
 
+    code = ship(client, task, retries)
     futures = client.map(
-        by_value(task),
-        numbered if command else [item for _, item in numbered],
+        apply,
+        [code] * len(numbered),
+        [(pair if command else pair[1],) for pair in numbered],
         retries=retries,
         pure=False,
         key=[f"task-{number}" for number, _ in numbered],
     )
     inputs = {f.key: pair for f, pair in zip(futures, numbered, strict=True)}
     outcomes: dict[int, TaskOutcome] = {}
-    ended = FINISHED
     seconds_left = None if stop_at is None else max(0.0, stop_at - time.time())
     over = threading.Event()
     if stopping is not None:
@@ -215,36 +226,44 @@ def run_tasks(
 
         threading.Thread(target=cancel_when_stopping, daemon=True).start()
     try:
-        # with_results: each result is fetched as its task ends, concurrently in the client's
-        # event loop, not one blocking round trip per task in this loop.
-        finished = as_completed(
-            futures, timeout=seconds_left, with_results=True, raise_errors=False
-        )
-        for future, result in finished:
-            number, item = inputs[future.key]
-            if future.status == "finished":
-                folder = (folders or {}).get(number)
-                outcome = done_outcome(number, item, result, command, folder)
-            elif future.status == "error":
-                outcome = failure_outcome(number, item, future, command)
-            elif stopping is not None and stopping.is_set():
-                return CANCELLED
-            else:  # cancelled or lost: the cluster, not the task
-                raise ClusterLost(f"lost task {number} ({future.status}): the cluster went away")
-            outcomes[number] = outcome
-            record(outcome)
-            future.release()
-            if len(outcomes) == fail_fast < len(futures):
-                alike = {failure_signature(o, command) for o in outcomes.values()}
-                if len(alike) == 1 and outcome.status == "failed":
-                    client.cancel([f for f in futures if not f.done()])
-                    ended = FAILED_FAST
-                    break
+        # What finished since the last look comes as one batch, its values as one gather: a
+        # round trip per batch, not per task (as with_results=True would fetch them).
+        for batch in as_completed(futures, timeout=seconds_left).batches():
+            finished = {f.key: f for f in batch if f.status == "finished"}
+            values = client.gather(finished, errors="skip")  # cancelled meanwhile: skipped
+            for future in batch:
+                number, item = inputs[future.key]
+                if future.status == "finished" and future.key in values:
+                    folder = (folders or {}).get(number)
+                    outcome = done_outcome(number, item, values[future.key], command, folder)
+                elif future.status == "error":
+                    outcome = failure_outcome(number, item, future, command)
+                elif stopping is not None and stopping.is_set():
+                    return CANCELLED
+                else:  # cancelled or lost: the cluster, not the task
+                    raise ClusterLost(
+                        f"lost task {number} ({future.status}): the cluster went away"
+                    )
+                outcomes[number] = outcome
+                record(outcome)
+                future.release()
+                if len(outcomes) == fail_fast < len(futures):
+                    alike = {failure_signature(o, command) for o in outcomes.values()}
+                    if len(alike) == 1 and outcome.status == "failed":
+                        client.cancel([f for f in futures if not f.done()])
+                        return _with_attempts(client, attempts_on, inputs, outcomes, FAILED_FAST)
     except DaskTimeoutError:
         client.cancel([f for f in futures if not f.done()])
         return DEADLINE
     finally:
         over.set()
+    return _with_attempts(client, attempts_on, inputs, outcomes, FINISHED)
+
+
+def _with_attempts(
+    client: Any, attempts_on: Callable | None, inputs: dict, outcomes: dict, ended: str
+) -> str:
+    """Each recorded outcome's number of attempts, from the scheduler; returns `ended`."""
     if attempts_on is not None:
         attempts = client.run_on_scheduler(attempts_on)
         for key, (number, _) in inputs.items():
