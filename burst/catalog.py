@@ -42,6 +42,7 @@ def public_ipv4_hourly(public_ip: str, role: str) -> Decimal:
         return PUBLIC_IPV4_HOURLY
     return Decimal(0)
 
+
 # Sizes in the snapshot: name -> (vCPUs, multiple of the .large price). Prices are linear in
 # size within a family (AWS list prices are), so one .large price per family suffices.
 _SIZES = {

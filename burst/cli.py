@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from burst.catalog import PUBLIC_IPV4_HOURLY
 from burst.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUDGET,
@@ -37,7 +38,6 @@ from burst.errors import (
     CloudError,
     SpecError,
 )
-from burst.catalog import PUBLIC_IPV4_HOURLY
 from burst.job import load_job
 from burst.spec import JobSpec, assignments, format_duration, load_spec
 

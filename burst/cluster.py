@@ -803,7 +803,8 @@ class BurstCluster(Cluster):
         env = provider.prepare(
             self.identity,
             zones,
-            self.spec.network.client_cidrs or self._connection.client_cidr(),
+            self.spec.network.client_cidrs
+            or self._connection.client_cidr(private=network.public_ip == "none"),
             credentials.node_bundle(),
             architectures={self.spec.architecture}
             | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},

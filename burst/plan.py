@@ -291,9 +291,7 @@ def _no_offers(spec: JobSpec, market: str, zones: list[str]) -> PlanError:
     )
 
 
-def _worker_lines(
-    spec: JobSpec, offers: Sequence[Offer], counts: Sequence[int]
-) -> list[PlanLine]:
+def _worker_lines(spec: JobSpec, offers: Sequence[Offer], counts: Sequence[int]) -> list[PlanLine]:
     ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
     return [
         PlanLine(

@@ -173,9 +173,9 @@ def _vpc(ec2, cidr: str, zones: list[str]) -> tuple[str, list[str]]:
     vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
     base = cidr.rsplit(".", 2)[0]
     subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"{base}.{n}.0/24", AvailabilityZone=zone)[
-            "Subnet"
-        ]["SubnetId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"{base}.{n}.0/24", AvailabilityZone=zone)["Subnet"][
+            "SubnetId"
+        ]
         for n, zone in enumerate(zones, start=1)
     ]
     return vpc, subnets
@@ -206,7 +206,8 @@ def test_subnets_must_exist_and_share_one_vpc():
                 two.value
             ) or f"network.subnets are in 2 VPCs ({other}: {c}; {one}: {a})" in str(two.value)
             assert "name subnets of one VPC" in two.value.fix
-            with pytest.raises(CloudError, match="network.subnets: .*subnet-0123456789abcdef0"):
+            unknown = r"network.subnets: subnet-0123456789abcdef0 not found in us-west-2$"
+            with pytest.raises(CloudError, match=unknown):
                 provider.network([a, "subnet-0123456789abcdef0"])
             default = provider.network([], ["us-west-2a"])
             assert list(default.subnets) == ["us-west-2a"] and default.vpc_id not in (one, other)
@@ -252,9 +253,9 @@ def test_a_cluster_in_named_subnets_with_a_public_scheduler_alone(sandbox, own_v
         (template,) = ec2.describe_launch_templates(
             Filters=[{"Name": "tag:burst:cluster", "Values": [cluster_id]}]
         )["LaunchTemplates"]
-        data = ec2.describe_launch_template_versions(
-            LaunchTemplateId=template["LaunchTemplateId"]
-        )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        data = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
+            "LaunchTemplateVersions"
+        ][0]["LaunchTemplateData"]
         (interface,) = data["NetworkInterfaces"]
         assert interface["DeviceIndex"] == 0 and interface["AssociatePublicIpAddress"] is False
         (group,) = ec2.describe_security_groups(GroupIds=interface["Groups"])["SecurityGroups"]
@@ -290,3 +291,34 @@ def test_doctor_checks_the_subnets(sandbox, own_vpc, tmp_path):
     code, checks = doctor()
     assert code == 3 and not checks["network"]["ok"]
     assert "network.subnets are in 2 VPCs" in checks["network"]["detail"]
+
+
+def test_no_public_address_anywhere_in_the_default_vpc(sandbox):
+    """public_ip: none without subnets: the default VPC's subnets would give every node an
+    address; the nodes' interfaces say no, and the cluster still works (the client reaches the
+    scheduler at its private address: on the sandbox, this host)."""
+    ec2 = client(sandbox, "ec2")
+    private = {"public_ip": "none"}
+    with BurstCluster(cores=2, max_runtime="5m", instance_types=["c5.large"],
+                      network=private) as cluster, Client(cluster) as dask:  # fmt: skip
+        assert dask.submit(sum, [2, 3]).result(timeout=60) == 5
+        cluster_id = cluster.cluster_id
+        assert cluster.capacity_plan.public_ipv4 == 0
+        reply = ec2.describe_instances(InstanceIds=list(cluster.instances))
+        found = [i for r in reply["Reservations"] for i in r["Instances"]]
+        assert len(found) == 2 and [i.get("PublicIpAddress") for i in found] == [None, None]
+        default = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])
+        assert {i["VpcId"] for i in found} == {default["Vpcs"][0]["VpcId"]}
+    assert cluster.teardown_report.verified
+    assert settled_leftovers(sandbox, cluster_id) == []
+
+
+def test_without_a_public_address_the_clients_address_must_be_given(monkeypatch):
+    from burst.cloud.aws import client_cidr
+
+    monkeypatch.delenv("BURST_CLIENT_CIDR", raising=False)
+    with pytest.raises(CloudError) as refused:
+        client_cidr(private=True)  # no lookup of a public address that would be wrong
+    assert refused.value.exit_code == 3 and "network.client_cidrs" in refused.value.fix
+    monkeypatch.setenv("BURST_CLIENT_CIDR", "10.8.0.0/16")
+    assert client_cidr(private=True) == "10.8.0.0/16"

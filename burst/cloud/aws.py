@@ -7,6 +7,7 @@ endpoint URL and the credentials of the session handed in.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
@@ -78,10 +79,12 @@ BOUNDARY_DOCUMENT = Path(__file__).with_name("iam-boundary.json")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
-def client_cidr() -> str:
+def client_cidr(private: bool = False) -> str:
     """The client's public address, to which alone the scheduler port is opened:
     BURST_CLIENT_CIDR when set (a NAT, a VPN, a client inside the VPC), else what
-    checkip.amazonaws.com sees."""
+    checkip.amazonaws.com sees. `private`: the scheduler has no public address (network.
+    public_ip: none), so the client reaches it from inside the VPC or through a VPN, where
+    its public address is not what the VPC sees: then it must be given."""
     given = os.environ.get("BURST_CLIENT_CIDR", "").strip()
     if given:
         try:
@@ -91,6 +94,14 @@ def client_cidr() -> str:
                 f"BURST_CLIENT_CIDR={given!r} is not an address or network",
                 "set it like 203.0.113.7/32 or 10.0.0.0/16, or unset it",
             ) from None
+    if private:
+        raise CloudError(
+            "network.public_ip is none: the client reaches the scheduler at its private "
+            "address (inside the VPC, a VPN or Direct Connect), where this machine's public "
+            "address is not the one the VPC sees",
+            "set network.client_cidrs (or BURST_CLIENT_CIDR) to the client's address as the "
+            "VPC sees it, such as the VPN's range 10.8.0.0/16",
+        )
     try:
         with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
             address = reply.read().decode().strip()
@@ -188,18 +199,17 @@ class AwsProvider:
         except ClientError as error:
             if not error_code(error).startswith("InvalidSubnetID"):
                 raise
-            raise CloudError(
-                f"network.subnets: {error.response['Error'].get('Message', error)} "
-                f"(in {self.region})",
-                f"name subnets of {self.region}: `aws ec2 describe-subnets --region "
-                f"{self.region} --query 'Subnets[].[SubnetId,VpcId,AvailabilityZone]'`",
-            ) from error
+            found = []  # one unknown id fails the batch: ask each, to name every one missing
+            for subnet_id in subnets:
+                with contextlib.suppress(ClientError):
+                    found += self.ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
         by_id = {s["SubnetId"]: s for s in found}
         missing = [s for s in subnets if s not in by_id]
         if missing:
             raise CloudError(
                 f"network.subnets: {', '.join(missing)} not found in {self.region}",
-                f"`aws ec2 describe-subnets --region {self.region}` lists the subnets",
+                f"name subnets of {self.region}: `aws ec2 describe-subnets --region "
+                f"{self.region} --query 'Subnets[].[SubnetId,VpcId,AvailabilityZone]'`",
             )
         vpcs: dict[str, list[str]] = {}
         for subnet_id in subnets:
