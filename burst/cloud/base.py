@@ -65,9 +65,6 @@ class ClusterIdentity:
         return [{"ResourceType": r, "Tags": self.tags(role)} for r in resource_types]
 
 
-PUBLIC_IP_CHOICES = ("all", "scheduler", "none")
-
-
 @dataclass(frozen=True)
 class NetworkRequest:
     """Where a cluster's nodes go: its subnets (none: the default VPC's, one per zone) and
