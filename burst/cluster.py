@@ -765,11 +765,15 @@ class BurstCluster(Cluster):
                 break
             await asyncio.sleep(POLL_SECONDS)
         self.timings["bootstrap"] = time.monotonic() - started
-        # Workers lost while booting are not part of the cluster: it runs on what came up.
-        self._gone |= set(self.workers) - {r.instance_id for r in alive}
-        # From now on the cores that came up are kept: lost workers are replaced, and
+        # A worker that ended while booting, with no failure of its own published (that
+        # would have failed the start), is a loss like a spot interruption: the job starts
+        # on what joined and the reconciler replaces it, without its pool.
+        launched = self.cores
+        for name in set(self.workers) - {r.instance_id for r in alive}:
+            self._interrupted(name, "lost while booting")
+        # From now on the cores launched are kept: lost workers are replaced, and
         # scale()/adapt() move the target.
-        self._target_cores = self.cores
+        self._target_cores = launched
         reconcile = PeriodicCallback(self._reconcile_tick, RECONCILE_SECONDS * 1000)
         self.periodic_callbacks["burst-reconcile"] = reconcile
         reconcile.start()

@@ -2,8 +2,10 @@
 
 Runs burst's real provisioning code (plan, network, role, secret, scheduler, launch template,
 EC2 Fleet, verified teardown) against the sandbox's control plane, moto's server in this
-process, without booting nodes. Counts every EC2 call by operation; mutating calls are all but
-Describe*/Get*. Prints one JSON object on stdout.
+process behind the sandbox's AWS limits (request rates, launch bucket; the vCPU quotas raised
+to what the run needs, as for an account whose quota request was granted), without booting
+nodes. Counts every EC2 call by operation; mutating calls are all but Describe*/Get*, and the
+calls the limits throttled. Prints one JSON object on stdout.
 
     .venv/bin/python scripts/bench_provision.py --cores 10000 --json
 """
@@ -15,6 +17,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -37,17 +40,18 @@ def measure(
     cores: int, spot: str = "spot", instance_types: list[str] | None = None
 ) -> dict[str, Any]:
     """Provision `cores` and tear them down; return the calls and seconds of each phase."""
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    keys = sandbox._new_keys("AKIA")
+    server, limits = sandbox._guarded_moto_server([keys])
+    limits.quotas = {code: max(value, cores + 64.0) for code, value in limits.quotas.items()}
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    host, port = server.server_address[:2]
     endpoint = f"http://{host}:{port}"
     try:
         calls: dict[str, Counter] = {"provision": Counter(), "teardown": Counter()}
         phase = "provision"
-        session = sandbox.session()
+        session = sandbox.session(keys)
         sandbox.create_boundary(session.client("iam", endpoint_url=endpoint))
         session.events.register(
             "before-call.ec2", lambda model, **kw: calls[phase].update([model.name])
@@ -92,6 +96,7 @@ def measure(
             "provision": _phase(calls["provision"], provision_seconds),
             "teardown": _phase(calls["teardown"], teardown_seconds),
             "teardown_verified": report.verified,
+            "throttled": dict(limits.throttled),
             # What other tools would send for the same workers (from their launch loops).
             "others_mutating_calls_to_launch": {
                 "one run_instances per worker (dask-cloudprovider EC2Cluster)": instances,
@@ -100,7 +105,8 @@ def measure(
             },
         }
     finally:
-        server.stop()
+        server.shutdown()
+        serving.join()
 
 
 def _phase(calls: Counter, seconds: float) -> dict[str, Any]:

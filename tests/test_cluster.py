@@ -277,8 +277,9 @@ def test_a_node_that_dies_silently_fails_fast(sandbox, monkeypatch):
     assert settled_leftovers(sandbox, planned[0]) == []
 
 
-def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
-    """A spot interruption during boot: the cluster comes up on what is left, if enough."""
+def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores_then_replaced(sandbox):
+    """A spot interruption during boot: the cluster comes up on what is left, if enough, and
+    the lost cores are replaced from another pool like any interruption."""
     ec2 = client(sandbox, "ec2")
     lost: list[str] = []
     planned: list[str] = []
@@ -292,10 +293,21 @@ def test_a_worker_lost_while_booting_is_tolerated_down_to_min_cores(sandbox):
 
     with BurstCluster(cores=4, min_cores=2, max_runtime="5m", instance_types=["c5.large"],
                       max_pool_share=1.0, on_event=interrupt_one) as cluster:
-        workers = {r.instance_id for r in cluster.worker_instances}
+        first = {r.instance_id for r in cluster.worker_instances}
+        assert len(first) == 1 and not first & set(lost)
+        assert cluster.target_cores == 4  # the cores launched, not the 2 that joined
+        (interruption,) = cluster.interruptions
+        assert interruption["instance_id"] == lost[0]
+        assert interruption["reason"] == "lost while booting"
         with Client(cluster) as c:
+            c.wait_for_workers(2, timeout=90)
             joined = set(c.run(lambda dask_worker: dask_worker.name).values())
-        assert joined == workers - set(lost) and len(joined) == 1
+        assert first < joined and lost[0] not in joined and cluster.cores == 4
+        (replacement,) = cluster.replacements
+        assert replacement["for"] == lost and set(replacement["instances"]) == joined - first
+        # Not the pool the loss came from.
+        lost_pool = f"c5.large {interruption['zone']} {interruption['market']}"
+        assert lost_pool not in replacement["pools"]
         cluster_id = cluster.cluster_id
     assert settled_leftovers(sandbox, cluster_id) == []
 
