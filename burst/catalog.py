@@ -30,6 +30,19 @@ SANDBOX_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 ARCHITECTURES = ("x86_64", "arm64")
 MARKETS = ("spot", "on-demand")
 
+# Every public IPv4 address, an instance's included, is billed $0.005 per hour since
+# February 2024, in every region: https://aws.amazon.com/vpc/pricing/ ("Public IPv4 address").
+PUBLIC_IPV4_HOURLY = Decimal("0.005")
+
+
+def public_ipv4_hourly(public_ip: str, role: str) -> Decimal:
+    """What one node's public IPv4 address costs per hour under the spec's
+    `network.public_ip` (all, scheduler, none): the address's price, or nothing."""
+    if public_ip == "all" or (public_ip == "scheduler" and role == "scheduler"):
+        return PUBLIC_IPV4_HOURLY
+    return Decimal(0)
+
+
 # Sizes in the snapshot: name -> (vCPUs, multiple of the .large price). Prices are linear in
 # size within a family (AWS list prices are), so one .large price per family suffices.
 _SIZES = {
@@ -404,7 +417,12 @@ def offers_for(spec, warn: Callable[[str], None] = lambda note: None) -> list[Of
         config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3})
         ec2 = session.client("ec2", region_name=spec.region, config=config)
         types = [*spec.instance_types, spec.scheduler_instance_type]
-        return live_offers(ec2, spec.region, types) or None
+        offers = live_offers(ec2, spec.region, types)
+        if spec.network.subnets:  # the plan keeps to the zones of the spec's subnets
+            found = ec2.describe_subnets(SubnetIds=list(spec.network.subnets))["Subnets"]
+            zones = {subnet["AvailabilityZone"] for subnet in found}
+            offers = [o for o in offers if o.zone in zones]
+        return offers or None
     except (BotoCoreError, ClientError) as error:
         warn(f"live prices unavailable ({error}): planning with the snapshot's prices")
         return None

@@ -8,6 +8,7 @@ Exit codes (burst.errors): 0 ok, 1 job failed, 2 bad input, 3 cloud or capacity 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from burst.catalog import PUBLIC_IPV4_HOURLY
 from burst.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUDGET,
@@ -157,10 +159,17 @@ def plan_table(plan) -> Group:
         if plan.max_pool_share and plan.share_binds
         else ""
     )
+    # Public IPv4 addresses are billed apart from the instances: their own line (each pool's
+    # $/h above holds its addresses).
+    addresses = plan.public_ipv4
     lines = [
         f"{plan.worker_cores} worker cores{wanted} on {plan.instances} instances{share}",
         f"${plan.hourly:.4f}/h, cost bound ${plan.cost_bound:.4f} "
         f"({format_duration_hours(plan.max_runtime_hours)} incl. grace)",
+        f"public IPv4: {addresses} address{'es' * (addresses != 1)} x ${PUBLIC_IPV4_HOURLY}/h "
+        f"= ${plan.ipv4_hourly:.4f}/h, included above"
+        if addresses
+        else "public IPv4: none (network.public_ip: none)",
         f"prices: {plan.price_source}",
         *(f"note: {note}" for note in plan.notes),
     ]
@@ -840,7 +849,9 @@ def doctor(
     overrides = {k: v for k, v in (("cloud", cloud), ("region", region)) if v is not None}
     try:
         job_spec = load_spec(spec, overrides) if spec else None
-        capacity = plan(job_spec, offers=_offers(job_spec, False)) if job_spec else None
+        offers = _offers(job_spec, False) if job_spec else None
+        capacity = plan(job_spec, offers=offers) if job_spec else None
+        subnets = job_spec.network.subnets if job_spec else []
         if job_spec:
             cloud, region = job_spec.cloud, job_spec.region
         cloud, region = cloud or "sandbox", region or "us-east-1"
@@ -850,7 +861,13 @@ def doctor(
             done = [preflight.Check("credentials", False, str(error), error.fix)]
         else:
             try:
-                done = preflight.checks(connection.provider, capacity, connection.node_python())
+                if subnets:  # planned within the subnets' zones, as a launch does
+                    with contextlib.suppress(CloudError):  # the network check says why
+                        zones = sorted(connection.provider.network(subnets).subnets)
+                        capacity = plan(job_spec, zones, offers=offers)
+                done = preflight.checks(
+                    connection.provider, capacity, connection.node_python(), subnets
+                )
             finally:
                 connection.close()
     except BurstError as error:

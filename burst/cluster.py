@@ -32,6 +32,7 @@ from burst.cloud.base import (
     ClusterIdentity,
     Fulfilment,
     InstanceRecord,
+    NetworkRequest,
     PoolError,
     TeardownReport,
 )
@@ -227,6 +228,7 @@ class BurstCluster(Cluster):
         self._gone: set[str] = set()  # workers the cloud says ended
         self._env = None
         self._template_id = ""
+        self._subnet_zones: list[str] = []  # network.subnets' zones, once looked up
         self._reconcile_lock: asyncio.Lock | None = None
         self._cloud_checked = 0.0
         self._retry_at = 0.0
@@ -791,8 +793,13 @@ class BurstCluster(Cluster):
         # Reaching the cloud (starting a private sandbox) is timed apart from provisioning.
         self.timings["connect"] = time.monotonic() - started
         started = time.monotonic()
+        network = NetworkRequest(tuple(self.spec.network.subnets), self.spec.network.public_ip)
+        if network.subnets:
+            self._within_subnets(provider.network(network.subnets).subnets)
         # A shortfall costs nothing.
-        preflight.require(provider, self.capacity_plan, self._connection.node_python())
+        preflight.require(
+            provider, self.capacity_plan, self._connection.node_python(), network.subnets
+        )
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.
@@ -800,11 +807,13 @@ class BurstCluster(Cluster):
         env = provider.prepare(
             self.identity,
             zones,
-            self._connection.client_cidr(),
+            self.spec.network.client_cidrs
+            or self._connection.client_cidr(private=network.public_ip == "none"),
             credentials.node_bundle(),
             architectures={self.spec.architecture}
             | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},
             read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
+            network=network,
         )
         env = dataclasses.replace(env, disk_gb=self.spec.disk_gb)
         # The scheduler's port is known before it starts (on the sandbox's one host, a free
@@ -840,8 +849,25 @@ class BurstCluster(Cluster):
         self.timings["provision"] = time.monotonic() - started
 
     def _zones(self) -> list[str]:
+        if self._subnet_zones:
+            return list(self._subnet_zones)
         offered = {o.zone for o in self.offers or ()} or set(default_zones(self.spec.region))
         return sorted(offered | {line.zone for line in self.capacity_plan.lines})
+
+    def _within_subnets(self, subnets: dict[str, str]) -> None:
+        """network.subnets name the zones the cluster may use (known once the cloud is
+        reached): a plan with capacity elsewhere is made again within them, before anything
+        is created (and refused, as any plan, when over budget)."""
+        self._subnet_zones = sorted(subnets)
+        outside = sorted({line.zone for line in self.capacity_plan.lines} - set(subnets))
+        if outside:
+            self.capacity_plan = plan_within_budget(
+                self.spec, self._subnet_zones, offers=self.offers
+            )
+            self._log(
+                f"planned again within the subnets' zones {', '.join(self._subnet_zones)} "
+                f"(no subnet in {', '.join(outside)}): ${self.capacity_plan.hourly}/h"
+            )
 
     def _launched(self, got: Fulfilment) -> None:
         self.instances.update({r.instance_id: r for r in got.records})

@@ -1,6 +1,9 @@
 """What a cluster really cost: each instance's price at launch times its billed uptime.
 
-EC2 bills Linux instances per second with a 60-second minimum, on-demand and spot alike.
+EC2 bills Linux instances per second with a 60-second minimum, on-demand and spot alike. An
+instance's price includes its public IPv4 address ($0.005/h, see burst.catalog), billed here
+over the instance's own seconds: AWS bills the address for the hours it is held, which is the
+instance's lifetime.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def cost_report(instances: list[InstanceRecord], plan: dict, now: datetime) -> d
         "actual_complete": len(known) == len(costs),  # False if a price was unknown
         "still_running": sum(1 for r in instances if r.end_time is None),
         "planned_hourly": plan["hourly"],
+        # Within the hourly prices above (and so within `actual`): the public IPv4 addresses.
+        "public_ipv4": plan.get("public_ipv4", {"addresses": 0, "hourly": "0"}),
         "launched_hourly": str(sum((r.hourly or Decimal(0) for r in instances), Decimal(0))),
         "cost_bound": plan["cost_bound"],
         "price_source": plan["price_source"],

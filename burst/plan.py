@@ -32,6 +32,7 @@ from burst.catalog import (
     default_zones,
     hourly_price,
     matches,
+    public_ipv4_hourly,
     region_of,
     snapshot_offers,
     snapshot_source,
@@ -49,17 +50,23 @@ class PlanLine:
     market: str  # "spot" or "on-demand"
     count: int
     vcpus: int  # per instance
-    hourly: Decimal  # per instance
+    hourly: Decimal  # per instance: the instance's own price
     memory_gib: float = 0.0  # per instance
     source: str = ""  # where the price comes from
+    ipv4_hourly: Decimal = Decimal(0)  # per instance: its public IPv4 address, if it has one
 
     @property
     def cores(self) -> int:
         return self.count * self.vcpus
 
     @property
+    def node_hourly(self) -> Decimal:
+        """One node's price: the instance and its public IPv4 address."""
+        return self.hourly + self.ipv4_hourly
+
+    @property
     def total_hourly(self) -> Decimal:
-        return self.hourly * self.count
+        return self.node_hourly * self.count
 
     @property
     def pool(self) -> tuple[str, str, str]:
@@ -102,6 +109,16 @@ class Plan:
         return sum((line.total_hourly for line in self.lines), Decimal(0))
 
     @property
+    def public_ipv4(self) -> int:
+        """The public IPv4 addresses the plan pays for (one per node that gets one)."""
+        return sum(line.count for line in self.lines if line.ipv4_hourly)
+
+    @property
+    def ipv4_hourly(self) -> Decimal:
+        """Their price per hour, within `hourly`."""
+        return sum((line.ipv4_hourly * line.count for line in self.lines), Decimal(0))
+
+    @property
     def cost_bound(self) -> Decimal:
         """The most the cluster can cost: every instance billed until the deadline."""
         return cost_bound(self.hourly, self.max_runtime_hours)
@@ -109,7 +126,12 @@ class Plan:
     def to_dict(self) -> dict:
         return {
             "lines": [
-                {**asdict(line), "hourly": str(line.hourly), "cores": line.cores}
+                {
+                    **asdict(line),
+                    "hourly": str(line.hourly),
+                    "ipv4_hourly": str(line.ipv4_hourly),
+                    "cores": line.cores,
+                }
                 for line in self.lines
             ],
             "cores": self.cores,
@@ -118,6 +140,7 @@ class Plan:
             "on_demand_cores": self.worker_cores - self.spot_cores,
             "instances": self.instances,
             "hourly": str(self.hourly),
+            "public_ipv4": {"addresses": self.public_ipv4, "hourly": str(self.ipv4_hourly)},
             "max_runtime_hours": str(self.max_runtime_hours),
             "cost_bound": str(self.cost_bound),
             "price_source": self.price_source,
@@ -236,7 +259,17 @@ def usable_offers(
         and (spec.min_memory_per_core is None or o.memory_per_vcpu >= spec.min_memory_per_core)
         and not ({(o.instance_type,), (o.instance_type, o.zone), o.pool} & barred)
     ]
-    return sorted(usable, key=lambda o: (Fraction(o.hourly) / o.vcpus, o.instance_type, o.zone))
+    ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
+    return sorted(
+        usable, key=lambda o: (Fraction(o.hourly + ipv4) / o.vcpus, o.instance_type, o.zone)
+    )
+
+
+def _node_priced(spec: JobSpec, offers: Sequence[Offer]) -> list[Offer]:
+    """The offers at a worker node's price: a worker's public IPv4 address is billed with it,
+    so the solver weighs it too (it favours fewer, bigger instances at equal cost per core)."""
+    ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
+    return [replace(o, hourly=o.hourly + ipv4) for o in offers] if ipv4 else list(offers)
 
 
 def _no_offers(spec: JobSpec, market: str, zones: list[str]) -> PlanError:
@@ -258,7 +291,8 @@ def _no_offers(spec: JobSpec, market: str, zones: list[str]) -> PlanError:
     )
 
 
-def _worker_lines(offers: Sequence[Offer], counts: Sequence[int]) -> list[PlanLine]:
+def _worker_lines(spec: JobSpec, offers: Sequence[Offer], counts: Sequence[int]) -> list[PlanLine]:
+    ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
     return [
         PlanLine(
             "worker",
@@ -270,6 +304,7 @@ def _worker_lines(offers: Sequence[Offer], counts: Sequence[int]) -> list[PlanLi
             o.hourly,
             o.memory_gib,
             o.source,
+            ipv4,
         )
         for o, n in zip(offers, counts, strict=True)
         if n > 0
@@ -278,6 +313,7 @@ def _worker_lines(offers: Sequence[Offer], counts: Sequence[int]) -> list[PlanLi
 
 def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | None) -> PlanLine:
     name = spec.scheduler_instance_type
+    ipv4 = public_ipv4_hourly(spec.network.public_ip, "scheduler")
     own = [
         o
         for o in offers or ()
@@ -287,7 +323,16 @@ def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | N
     if own:
         o = own[0]
         return PlanLine(
-            "scheduler", name, o.zone, "on-demand", 1, o.vcpus, o.hourly, o.memory_gib, o.source
+            "scheduler",
+            name,
+            o.zone,
+            "on-demand",
+            1,
+            o.vcpus,
+            o.hourly,
+            o.memory_gib,
+            o.source,
+            ipv4,
         )
     itype = SNAPSHOT[name]
     zone = zones[0]
@@ -301,6 +346,7 @@ def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | N
         hourly_price(name, zone, "on-demand"),
         itype.memory_gib,
         snapshot_source(region_of(zone)),
+        ipv4,
     )
 
 
@@ -366,10 +412,10 @@ def plan(
 
     def attempt(share: float) -> Plan | None:
         caps = [share_cap(o, spec.cores, share) if share < 1 else None for o in usable]
-        counts = cheapest_cover(usable, spec.cores, caps)
+        counts = cheapest_cover(_node_priced(spec, usable), spec.cores, caps)
         if counts is None:
             return None
-        lines = (scheduler, *_worker_lines(usable, counts))
+        lines = (scheduler, *_worker_lines(spec, usable, counts))
         return Plan(
             lines=lines,
             max_runtime_hours=hours,
@@ -475,10 +521,10 @@ def fallback_plan(
     usable = usable_offers(spec, market, zones, offers, exclude)
     if not usable:
         raise _no_offers(spec, market, zones)
-    counts = cheapest_cover(usable, missing_cores)
+    counts = cheapest_cover(_node_priced(spec, usable), missing_cores)
     if counts is None:  # uncapped, the usable offers always cover the cores
         raise RuntimeError(f"planner bug: no cover of {missing_cores} cores")
-    lines = tuple(_worker_lines(usable, counts))
+    lines = tuple(_worker_lines(spec, usable, counts))
     return Plan(
         lines=lines,
         max_runtime_hours=_hours(spec),

@@ -6,11 +6,14 @@ the run fails after its re-plans. Here the plan is held against the account firs
 credentials, the zones, the instance types offered there, and each market's vCPU quota minus
 what already runs (the scheduler included). `burst doctor` prints every check; a launch
 (`burst run`, `submit`, `BurstCluster`) is refused at the first failed one, with exit 3.
+The network check finds the spec's subnets (or the default VPC's) and holds the plan's zones
+against theirs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from burst.cloud.base import Provider, VcpuQuota
@@ -50,10 +53,14 @@ def node_python(version: str) -> Check:
 
 
 def checks(
-    provider: Provider, plan: Plan | None = None, python: str | None = None
+    provider: Provider,
+    plan: Plan | None = None,
+    python: str | None = None,
+    subnets: Sequence[str] = (),
 ) -> list[Check]:
     """Every check, in order; once the credentials fail nothing else can be asked. `python`:
-    the client's Python, checked when nodes boot a stock image (on AWS, not the sandbox).
+    the client's Python, checked when nodes boot a stock image (on AWS, not the sandbox);
+    `subnets`: the spec's network.subnets (none: the default VPC).
 
     Examples
     --------
@@ -70,15 +77,18 @@ def checks(
         found.append(node_python(python))
     zones = set(provider.zones())
     found.append(Check("zones", bool(zones), f"{provider.region}: {', '.join(sorted(zones))}"))
+    found.append(network(provider, subnets, plan))
     if plan is not None:
         found.append(_offerings(provider, plan, zones))
     found += [_quota(provider.region, quota, plan) for quota in provider.vcpu_quotas()]
     return found
 
 
-def require(provider: Provider, plan: Plan, python: str | None = None) -> list[Check]:
+def require(
+    provider: Provider, plan: Plan, python: str | None = None, subnets: Sequence[str] = ()
+) -> list[Check]:
     """The checks of a launch: a CloudError (exit 3) naming every one that failed."""
-    done = checks(provider, plan, python)
+    done = checks(provider, plan, python, subnets)
     failed = [check for check in done if not check.ok]
     if failed:
         raise CloudError(
@@ -89,6 +99,31 @@ def require(provider: Provider, plan: Plan, python: str | None = None) -> list[C
 
 
 _CREDENTIALS_FIX = "configure AWS credentials (aws configure, or aws sso login)"
+
+
+def network(provider: Provider, subnets: Sequence[str], plan: Plan | None = None) -> Check:
+    """The subnets exist and share one VPC (or the default VPC has subnets), and the plan puts
+    capacity only in zones that have one of them."""
+    try:
+        found = provider.network(subnets)
+    except CloudError as error:
+        return Check("network", False, str(error), error.fix)
+    where = ", ".join(f"{subnet} ({zone})" for zone, subnet in sorted(found.subnets.items()))
+    kind = "" if subnets else "default VPC "
+    detail = f"{kind}{found.vpc_id}: {where}"
+    if plan is not None:
+        outside = sorted({line.zone for line in plan.lines} - set(found.subnets))
+        if outside and subnets:
+            return Check(
+                "network",
+                False,
+                f"the plan puts capacity in {', '.join(outside)}, where no subnet of "
+                f"network.subnets is ({detail})",
+                "plan within the subnets' zones (burst run does), or add a subnet there",
+            )
+        if outside:
+            detail += f"; no subnet in {', '.join(outside)}: that capacity is planned elsewhere"
+    return Check("network", True, detail)
 
 
 def _offerings(provider: Provider, plan: Plan, zones: set[str]) -> Check:

@@ -45,7 +45,13 @@ ACCOUNT_WIDE = {"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "RequestLim
 def launch_request(line: PlanLine) -> LaunchRequest:
     """A plan line as the provider takes it: one pool, one instance's vCPUs and price."""
     return LaunchRequest(
-        line.instance_type, line.zone, line.market, line.vcpus, line.hourly, line.role
+        line.instance_type,
+        line.zone,
+        line.market,
+        line.vcpus,
+        line.node_hourly,  # what the node bills: its public IPv4 address included
+        line.role,
+        line.ipv4_hourly,
     )
 
 
@@ -179,7 +185,7 @@ def _fill(
                         (r.hourly or Decimal(0) for r in got.records), Decimal(0)
                     )
                     cap = None if budget is None else budget - spent
-                    if cap is not None and cap < pool.hourly:
+                    if cap is not None and cap < pool.node_hourly:
                         break  # not one more instance fits the budget
                     LaunchPacer.of(provider.region).take(-(-units // request.vcpus))
                     fleet = provider.launch_fleet(ident, env, template_id, request, units, cap)

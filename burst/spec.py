@@ -294,6 +294,57 @@ def input_name(item: str) -> str:
     return item.rstrip("/").rsplit("/", 1)[-1]
 
 
+SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
+PublicIp = Literal["all", "scheduler", "none"]
+
+
+class Network(Strict):
+    """Where the nodes live: the subnets (and so the VPC), which nodes get a public IPv4, and
+    the addresses the scheduler's port is opened to."""
+
+    subnets: list[str] = Field(
+        default_factory=list,
+        description="subnet ids of one VPC; default: the default VPC's subnets",
+    )
+    public_ip: PublicIp = Field(
+        "all", description="all nodes, the scheduler only, or none (private subnets)"
+    )
+    client_cidrs: list[str] = Field(
+        default_factory=list,
+        description="who may reach the scheduler's port; default: BURST_CLIENT_CIDR or "
+        "this machine's public address",
+    )
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnet_ids(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not isinstance(s, str) or not SUBNET_ID.match(s)]
+        if bad:
+            raise ValueError(
+                f"{bad[0]!r} is not a subnet id; accepted: ids such as 'subnet-0abc12de' "
+                "(8 or 17 hex digits)"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError("each subnet once is accepted")
+        return v
+
+    @field_validator("client_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        networks = []
+        for item in v:
+            try:
+                networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an address or network; accepted: CIDRs such as "
+                    "203.0.113.7/32 or 10.0.0.0/16"
+                ) from None
+        return networks
+
+
 Cloud = Literal["sandbox", "aws"]
 SpotPolicy = Literal["spot", "spot-with-fallback", "on-demand"]
 Architecture = Literal["x86_64", "arm64"]
@@ -327,6 +378,7 @@ class JobSpec(Strict):
         default_factory=list, description="local files or folders next to the spec, or s3://"
     )
     software: Software | None = None
+    network: Network = Field(default_factory=Network)
 
     @field_validator("inputs")
     @classmethod
@@ -503,7 +555,7 @@ def _problems(error: ValidationError) -> list[str]:
 def _accepted_fields(loc: tuple) -> list[str]:
     model: type[BaseModel] = JobSpec
     for part in loc[:-1]:
-        model = {"run": RunSpec, "software": Software}.get(str(part), model)
+        model = {"run": RunSpec, "software": Software, "network": Network}.get(str(part), model)
     return sorted(model.model_fields)
 
 

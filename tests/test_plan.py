@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from burst import catalog
 from burst.catalog import (
+    PUBLIC_IPV4_HOURLY,
     REGION_MULTIPLIERS,
     SANDBOX_REGIONS,
     SNAPSHOT,
@@ -497,14 +499,17 @@ def planning_cases(draw):
         "architecture": draw(st.sampled_from(["x86_64", "arm64"])),
         "min_memory_per_core": draw(st.sampled_from([None, 1, 2, 4])),
         "max_hourly": draw(st.sampled_from([None, "0.5", "2", "10"])),
+        "network": {"public_ip": draw(st.sampled_from(["all", "scheduler", "none"]))},
     }
     return JobSpec(**fields), offers
 
 
 def allowed_pools(spec: JobSpec, offers: list[Offer]) -> list[Offer]:
+    """The spec's worker pools at a node's price: a worker's public IPv4 address included."""
     market = "on-demand" if spec.spot == "on-demand" else "spot"
+    ipv4 = PUBLIC_IPV4_HOURLY if spec.network.public_ip == "all" else Decimal(0)
     pools = [
-        o for o in offers
+        replace(o, hourly=o.hourly + ipv4) for o in offers
         if o.market == market and o.architecture == spec.architecture
         and (spec.min_memory_per_core is None or o.memory_per_vcpu >= spec.min_memory_per_core)
     ]  # fmt: skip
@@ -542,7 +547,7 @@ def test_plan_is_optimal_and_respects_the_constraints(case) -> None:
             plan(spec, offers=offers)
         return
     p = plan(spec, offers=offers)
-    expected = expected_plan(spec, pools, scheduler(p).hourly)
+    expected = expected_plan(spec, pools, scheduler(p).node_hourly)
     assert p == plan(spec, offers=offers)  # deterministic
     workers = p.workers
     cost = sum((line.total_hourly for line in workers), Decimal(0))
@@ -610,7 +615,8 @@ def test_fallback_plan_covers_the_missing_cores_on_demand() -> None:
 def test_cost_bound_rounds_up(cores: int, max_runtime: str, grace: str) -> None:
     spec = make_spec(cores=cores, max_runtime=max_runtime, grace=grace)
     p = plan(spec)
-    assert p.hourly == sum(line.hourly * line.count for line in p.lines)
+    assert p.hourly == sum(line.node_hourly * line.count for line in p.lines)
+    assert p.hourly - p.ipv4_hourly == sum(line.hourly * line.count for line in p.lines)
     assert p.cost_bound.as_tuple().exponent == -4
     assert 0 <= Fraction(p.cost_bound) - exact_cost(p, spec) < Fraction(1, 10000)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from burst import preflight
-from burst.cloud.base import VcpuQuota
+from burst.cloud.base import Network, VcpuQuota
 from burst.errors import CloudError
 from burst.plan import Plan, PlanLine
 from tests.conftest import BURST, cluster_ids, leftovers
@@ -52,6 +52,11 @@ class Account:
     def zones(self):
         return ["us-east-1a", "us-east-1b"]
 
+    def network(self, subnets=(), zones=()):
+        if subnets:  # the spec's: one zone alone has one
+            return Network("vpc-0spec", {"us-east-1b": subnets[0]})
+        return Network("vpc-0default", {"us-east-1a": "subnet-0a", "us-east-1b": "subnet-0b"})
+
     def offered(self, kinds, zones):
         return self.pairs if self.pairs is not None else {(k, z) for k in kinds for z in zones}
 
@@ -64,6 +69,7 @@ def test_a_plan_within_every_quota_passes():
     assert [c.name for c in done] == [
         "credentials",
         "zones",
+        "network",
         "instance types",
         "on-demand vCPU quota L-1216C47A",
         "spot vCPU quota L-34B43A08",
@@ -94,6 +100,20 @@ def test_an_unreadable_quota_is_said_not_checked_and_does_not_refuse():
 def test_types_not_offered_in_the_planned_zone_are_refused():
     with pytest.raises(CloudError, match="not offered: c5.xlarge in us-east-1a"):
         preflight.require(Account(offered={("c5.large", "us-east-1a")}), PLAN)
+
+
+def test_the_network_check_names_the_vpc_and_refuses_a_zone_without_a_subnet():
+    done = {c.name: c for c in preflight.require(Account(), PLAN)}
+    assert done["network"].detail == (
+        "default VPC vpc-0default: subnet-0a (us-east-1a), subnet-0b (us-east-1b)"
+    )
+    # The spec's subnets are in us-east-1b alone, and the plan put capacity in us-east-1a.
+    with pytest.raises(CloudError) as refused:
+        preflight.require(Account(), PLAN, subnets=["subnet-0abc1234"])
+    assert "the plan puts capacity in us-east-1a, where no subnet of network.subnets is" in str(
+        refused.value
+    )
+    assert refused.value.exit_code == 3
 
 
 def test_without_credentials_nothing_else_is_asked():

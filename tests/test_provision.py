@@ -219,7 +219,7 @@ def test_every_fleet_is_capped_at_the_budget_left(field):
     capacity_plan = plan(spec0)
     spec = make_spec(**{field: str(capacity_plan.hourly)})  # just fits, scheduler included
     (scheduler,) = [line for line in capacity_plan.lines if line.role == "scheduler"]
-    budget = capacity_plan.hourly - scheduler.hourly
+    budget = capacity_plan.hourly - scheduler.total_hourly  # its public IPv4 included
     cloud = FakeCloud()
     got = acquire(cloud, spec, capacity_plan)
     caps, spent = [], Decimal(0)
@@ -229,7 +229,8 @@ def test_every_fleet_is_capped_at_the_budget_left(field):
     assert cloud.calls == [
         (ln.pool, ln.cores, cap) for ln, cap in zip(capacity_plan.workers, caps, strict=True)
     ]
-    assert caps[0] == Decimal("0.2902") and caps[-1] == capacity_plan.workers[-1].total_hourly
+    # 0.2902 of instances and 0.03 of their six public IPv4 addresses
+    assert caps[0] == Decimal("0.3202") and caps[-1] == capacity_plan.workers[-1].total_hourly
     assert got.cores == 24
 
 
@@ -240,12 +241,12 @@ def test_launching_stops_when_not_one_more_instance_fits_the_budget():
     first, second, third = capacity_plan.workers
     cloud = FakeCloud({first.pool: ICE})
     got = acquire(cloud, spec, capacity_plan)
-    budget = capacity_plan.hourly - capacity_plan.lines[0].hourly  # less the scheduler
+    budget = capacity_plan.hourly - capacity_plan.lines[0].total_hourly  # less the scheduler
     left = budget - second.total_hourly - third.total_hourly  # the failed pool's share
     (top_up,) = replan(spec, 8, {first.pool})  # two instances: the cap lets one through
-    assert (top_up.count, left // top_up.hourly) == (2, 1)
+    assert (top_up.count, left // top_up.node_hourly) == (2, 1)
     (last,) = replan(spec, 4, {first.pool, top_up.pool})
-    assert left - top_up.hourly < last.hourly  # so the last re-plan asks nothing
+    assert left - top_up.node_hourly < last.node_hourly  # so the last re-plan asks nothing
     assert cloud.calls == [
         (first.pool, 8, budget),
         (second.pool, 8, budget),
@@ -386,7 +387,7 @@ def test_a_replacement_leaves_out_the_interrupted_pool_then_falls_back_to_on_dem
 def test_a_top_up_counts_what_already_runs_against_the_budget():
     capacity_plan = plan(make_spec())
     spec = make_spec(max_hourly=str(capacity_plan.hourly))
-    workers = capacity_plan.hourly - capacity_plan.lines[0].hourly  # the scheduler aside
+    workers = capacity_plan.hourly - capacity_plan.lines[0].total_hourly  # the scheduler aside
     assert hourly_budget_left(capacity_plan, spec, workers) == 0
     cloud = FakeCloud()
     got = more(cloud, spec, 8, running=workers, capacity_plan=capacity_plan)

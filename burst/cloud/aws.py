@@ -7,6 +7,7 @@ endpoint URL and the credentials of the session handed in.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
@@ -36,6 +37,8 @@ from burst.cloud.base import (
     Fulfilment,
     InstanceRecord,
     LaunchRequest,
+    Network,
+    NetworkRequest,
     NodeEnvironment,
     PoolError,
     Remnant,
@@ -76,10 +79,12 @@ BOUNDARY_DOCUMENT = Path(__file__).with_name("iam-boundary.json")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
-def client_cidr() -> str:
+def client_cidr(private: bool = False) -> str:
     """The client's public address, to which alone the scheduler port is opened:
     BURST_CLIENT_CIDR when set (a NAT, a VPN, a client inside the VPC), else what
-    checkip.amazonaws.com sees."""
+    checkip.amazonaws.com sees. `private`: the scheduler has no public address (network.
+    public_ip: none), so the client reaches it from inside the VPC or through a VPN, where
+    its public address is not what the VPC sees: then it must be given."""
     given = os.environ.get("BURST_CLIENT_CIDR", "").strip()
     if given:
         try:
@@ -89,6 +94,14 @@ def client_cidr() -> str:
                 f"BURST_CLIENT_CIDR={given!r} is not an address or network",
                 "set it like 203.0.113.7/32 or 10.0.0.0/16, or unset it",
             ) from None
+    if private:
+        raise CloudError(
+            "network.public_ip is none: the client reaches the scheduler at its private "
+            "address (inside the VPC, a VPN or Direct Connect), where this machine's public "
+            "address is not the one the VPC sees",
+            "set network.client_cidrs (or BURST_CLIENT_CIDR) to the client's address as the "
+            "VPC sees it, such as the VPN's range 10.8.0.0/16",
+        )
     try:
         with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
             address = reply.read().decode().strip()
@@ -137,16 +150,20 @@ class AwsProvider:
         self,
         ident: ClusterIdentity,
         zones: list[str],
-        client_cidr: str,
+        client_cidr: str | Sequence[str],
         node_secret: dict[str, dict[str, str]],
         architectures: set[str] = frozenset({"x86_64"}),
         read_objects: list[str] | None = None,
+        network: NetworkRequest | None = None,
     ) -> NodeEnvironment:
-        """The network, role, bucket and secret of a cluster, and its images. Zones without a
-        subnet in the default VPC are left out (capacity there is re-planned elsewhere)."""
-        vpc_id, subnets = self._default_network(zones)
+        """The network, role, bucket and secret of a cluster, and its images. Without subnets,
+        zones without a subnet in the default VPC are left out (capacity there is re-planned
+        elsewhere); with subnets, their zones are the cluster's."""
+        network = network or NetworkRequest()
+        found = self.network(network.subnets, zones)
         self.boundary_arn()  # checked before anything is created
-        group = self._security_group(ident, vpc_id, client_cidr)
+        cidrs = [client_cidr] if isinstance(client_cidr, str) else list(client_cidr)
+        group = self._security_group(ident, found.vpc_id, cidrs)
         profiles = self._node_roles(ident, read_objects or [])
         storage.create_bucket(self.s3, ident, self.region)
         # One parameter per node role (scheduler, worker, driver), each readable by the
@@ -159,30 +176,74 @@ class AwsProvider:
                 Tags=ident.tags("secret"),
             )
         images = {arch: self._image(arch) for arch in sorted(architectures)}
+        # The default VPC with public IPs for all is the subnets' own default (their
+        # MapPublicIpOnLaunch); anything else is said on each node's network interface.
+        explicit = None if network == NetworkRequest() else network
         return NodeEnvironment(
-            vpc_id, subnets, group, profiles["scheduler"], images, profiles["worker"]
+            found.vpc_id,
+            found.subnets,
+            group,
+            profiles["scheduler"],
+            images,
+            profiles["worker"],
+            network=explicit,
         )
 
-    def _default_network(self, zones: list[str]) -> tuple[str, dict[str, str]]:
+    def network(self, subnets: Sequence[str] = (), zones: Sequence[str] = ()) -> Network:
+        """The VPC and a subnet per zone: of the given subnets, which must exist and share one
+        VPC (the first listed in a zone is used), else of the default VPC in `zones`."""
+        if not subnets:
+            return self._default_network(list(zones))
+        try:
+            found = self.ec2.describe_subnets(SubnetIds=list(subnets))["Subnets"]
+        except ClientError as error:
+            if not error_code(error).startswith("InvalidSubnetID"):
+                raise
+            found = []  # one unknown id fails the batch: ask each, to name every one missing
+            for subnet_id in subnets:
+                with contextlib.suppress(ClientError):
+                    found += self.ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+        by_id = {s["SubnetId"]: s for s in found}
+        missing = [s for s in subnets if s not in by_id]
+        if missing:
+            raise CloudError(
+                f"network.subnets: {', '.join(missing)} not found in {self.region}",
+                f"name subnets of {self.region}: `aws ec2 describe-subnets --region "
+                f"{self.region} --query 'Subnets[].[SubnetId,VpcId,AvailabilityZone]'`",
+            )
+        vpcs: dict[str, list[str]] = {}
+        for subnet_id in subnets:
+            vpcs.setdefault(by_id[subnet_id]["VpcId"], []).append(subnet_id)
+        if len(vpcs) > 1:
+            where = "; ".join(f"{vpc}: {', '.join(ids)}" for vpc, ids in sorted(vpcs.items()))
+            raise CloudError(
+                f"network.subnets are in {len(vpcs)} VPCs ({where}); a cluster lives in one",
+                "name subnets of one VPC (its security group admits members of that VPC only)",
+            )
+        by_zone: dict[str, str] = {}
+        for subnet_id in subnets:
+            by_zone.setdefault(by_id[subnet_id]["AvailabilityZone"], subnet_id)
+        return Network(next(iter(vpcs)), by_zone)
+
+    def _default_network(self, zones: list[str]) -> Network:
         vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
             raise CloudError(
                 f"no default VPC in {self.region}",
-                f"`aws ec2 create-default-vpc --region {self.region}`",
+                f"name subnets in the spec (network.subnets: [subnet-...]), or `aws ec2 "
+                f"create-default-vpc --region {self.region}`",
             )
         vpc_id = vpcs[0]["VpcId"]
-        found = self.ec2.describe_subnets(
-            Filters=[
-                {"Name": "vpc-id", "Values": [vpc_id]},
-                {"Name": "availability-zone", "Values": zones},
-            ]
-        )["Subnets"]
+        filters = [{"Name": "vpc-id", "Values": [vpc_id]}]
+        if zones:
+            filters.append({"Name": "availability-zone", "Values": zones})
+        found = self.ec2.describe_subnets(Filters=filters)["Subnets"]
         subnets = {s["AvailabilityZone"]: s["SubnetId"] for s in found}
         if not subnets:
             raise CloudError(f"the default VPC {vpc_id} has no subnet in {zones}")
-        return vpc_id, subnets
+        return Network(vpc_id, subnets)
 
-    def _security_group(self, ident: ClusterIdentity, vpc_id: str, client_cidr: str) -> str:
+    def _security_group(self, ident: ClusterIdentity, vpc_id: str, client_cidrs: list[str]) -> str:
         group_id = self.ec2.create_security_group(
             GroupName=ident.name,
             VpcId=vpc_id,
@@ -200,7 +261,16 @@ class AwsProvider:
                     "IpProtocol": "tcp",
                     "FromPort": client_port,
                     "ToPort": client_port,
-                    "IpRanges": [{"CidrIp": client_cidr, "Description": "burst client"}],
+                    "IpRanges": [
+                        {"CidrIp": cidr, "Description": "burst client"}
+                        for cidr in client_cidrs
+                        if ":" not in cidr
+                    ],
+                    "Ipv6Ranges": [
+                        {"CidrIpv6": cidr, "Description": "burst client"}
+                        for cidr in client_cidrs
+                        if ":" in cidr
+                    ],
                 },
                 {
                     "IpProtocol": "tcp",
@@ -327,6 +397,7 @@ class AwsProvider:
             LaunchTemplateName=f"{ident.name}-worker",
             LaunchTemplateData={
                 **_node_settings(ident, env, "worker", architecture),
+                **_placement(env, "worker"),
                 # Unlike RunInstances, botocore does not encode a template's user data.
                 "UserData": base64.b64encode(user_data.encode()).decode(),
             },
@@ -354,6 +425,11 @@ class AwsProvider:
         if request.market == "spot":
             options["InstanceInterruptionBehavior"] = "terminate"
         if max_hourly is not None:
+            # EC2 holds only the instances' price to MaxTotalPrice; the budget holds their
+            # public IPv4 addresses too. One type per fleet, so scaling by the instance's
+            # share of its price keeps instances plus addresses within `max_hourly`.
+            if request.ipv4_hourly and request.hourly > 0:
+                max_hourly = max_hourly * (request.hourly - request.ipv4_hourly) / request.hourly
             options["MaxTotalPrice"] = str(max_hourly.quantize(HUNDREDTH_CENT, ROUND_FLOOR))
 
         def ask() -> dict:
@@ -440,7 +516,7 @@ class AwsProvider:
                 MinCount=1,
                 MaxCount=1,
                 UserData=user_data,
-                SubnetId=env.subnets[request.zone],
+                **_placement(env, request.role, env.subnets[request.zone]),
             )
         )
         record = _record(reply["Instances"][0], request.vcpus)
@@ -850,12 +926,35 @@ def _node_settings(
             if role == "worker" and env.worker_profile
             else env.instance_profile
         },
-        "SecurityGroupIds": [env.security_group_id],
         "InstanceInitiatedShutdownBehavior": "terminate",  # the dead-man's switch
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": ident.tag_specifications(role, "instance", "volume"),
         **_root_volume(env.disk_gb),
     }
+
+
+def _placement(env: NodeEnvironment, role: str, subnet_id: str | None = None) -> dict[str, Any]:
+    """A node's subnet (RunInstances; a fleet's override gives the workers') and security
+    group, and whether it gets a public IPv4 address. That is said on the primary network
+    interface (DeviceIndex 0), where AssociatePublicIpAddress lives; the subnet and groups then
+    go there too, as EC2 refuses them at both levels:
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html
+    A fleet's SubnetId override applies to the template's interface. Without an explicit
+    network, the subnet's own default (the default VPC's: a public address for every node)."""
+    if env.network is None:
+        return {
+            "SecurityGroupIds": [env.security_group_id],
+            **({"SubnetId": subnet_id} if subnet_id else {}),
+        }
+    interface: dict[str, Any] = {
+        "DeviceIndex": 0,
+        "AssociatePublicIpAddress": env.network.public(role),
+        "Groups": [env.security_group_id],
+        "DeleteOnTermination": True,
+    }
+    if subnet_id:
+        interface["SubnetId"] = subnet_id
+    return {"NetworkInterfaces": [interface]}
 
 
 # Amazon Linux 2023's root device, on x86_64 and arm64 alike:

@@ -66,6 +66,26 @@ class ClusterIdentity:
 
 
 @dataclass(frozen=True)
+class NetworkRequest:
+    """Where a cluster's nodes go: its subnets (none: the default VPC's, one per zone) and
+    which nodes get a public IPv4 address (all, the scheduler only, or none)."""
+
+    subnets: tuple[str, ...] = ()
+    public_ip: str = "all"
+
+    def public(self, role: str) -> bool:
+        return self.public_ip == "all" or (self.public_ip == "scheduler" and role == "scheduler")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network resolved in the cloud: the VPC and a subnet per zone."""
+
+    vpc_id: str
+    subnets: dict[str, str]  # zone -> subnet id
+
+
+@dataclass(frozen=True)
 class NodeEnvironment:
     """Where the nodes of one cluster live: created once, before any instance."""
 
@@ -76,6 +96,9 @@ class NodeEnvironment:
     images: dict[str, str]  # architecture -> machine image id
     worker_profile: str = ""  # the workers' own, with fewer rights than the scheduler's
     disk_gb: int | None = None  # each node's root volume; None: the image's default
+    # Which nodes get a public IPv4 address, set on each node's network interface; None: the
+    # subnet's own default (the default VPC's subnets give every node one).
+    network: NetworkRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +109,9 @@ class LaunchRequest:
     zone: str
     market: str  # "spot" or "on-demand"
     vcpus: int
-    hourly: Decimal
+    hourly: Decimal  # the instance's price, its public IPv4 address included
     role: str = "worker"
+    ipv4_hourly: Decimal = Decimal(0)  # the public IPv4 address's part of `hourly`
 
     @property
     def pool(self) -> tuple[str, str, str]:
@@ -205,12 +229,18 @@ class Provider(Protocol):
         self,
         ident: ClusterIdentity,
         zones: list[str],
-        client_cidr: str,
+        client_cidr: str | Sequence[str],
         node_secret: dict[str, dict[str, str]],
         architectures: set[str] = ...,
         read_objects: list[str] | None = None,
+        network: NetworkRequest | None = None,
     ) -> NodeEnvironment:
-        """Network, node role, bucket, secret and images of a cluster."""
+        """Network, node role, bucket, secret and images of a cluster; the scheduler's port
+        is opened to `client_cidr` (one CIDR or several)."""
+
+    def network(self, subnets: Sequence[str] = (), zones: Sequence[str] = ()) -> Network:
+        """The VPC and a subnet per zone: of the given subnets (which must exist and share
+        one VPC), else of the default VPC in `zones` (all the region's when empty)."""
 
     def launch_template(
         self, ident: ClusterIdentity, env: NodeEnvironment, user_data: str, architecture: str

@@ -20,9 +20,10 @@ class Connection:
     endpoint: str | None = None  # the sandbox's API endpoint
     private_sandbox: sandbox.Sandbox | None = None  # started for this connection alone
 
-    def client_cidr(self) -> str:
-        """The only address the scheduler's port is opened to: this machine's."""
-        return "127.0.0.1/32" if self.endpoint else client_cidr()
+    def client_cidr(self, private: bool = False) -> str:
+        """The only address the scheduler's port is opened to: this machine's (`private`:
+        as the VPC sees it, which must then be given; see aws.client_cidr)."""
+        return "127.0.0.1/32" if self.endpoint else client_cidr(private)
 
     def node_python(self) -> str | None:
         """The Python (`3.12`) the nodes must install: the client's, on a stock image (AWS);
