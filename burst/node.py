@@ -130,6 +130,9 @@ def _worker_retiring(role: str | None, message: dict) -> bool:
 WORKER_EXCEPTIONS = {"set_metadata": _worker_retiring}
 
 
+REFUSED = "refused to a peer with"  # in every refusal's text (burst.tls.refusal reads it)
+
+
 def only_for(roles: frozenset[str], name: str, handler, also=None):
     """`handler`, callable only by a peer whose certificate has one of `roles` (or for which
     `also(role, message)` holds)."""
@@ -139,10 +142,17 @@ def only_for(roles: frozenset[str], name: str, handler, also=None):
     async def guarded(comm, serializers=None, **message):
         role = peer_role(comm)
         if role not in roles and not (also and also(role, message)):
-            raise PermissionError(
-                f"{name}: refused to a peer with a {role or 'missing'} certificate; only "
+            refusal = (
+                f"{name}: {REFUSED} a {role or 'missing'} certificate; only "
                 f"{' or '.join(sorted(roles))} certificates may act as a Dask client here"
             )
+            if name == "register-client":
+                # A Client sends register-client without asking a reply and waits for
+                # stream-start: without one it would wait out its timeout. A stream-start
+                # with an error makes it fail at once with this text.
+                with contextlib.suppress(OSError):
+                    await comm.write([{"op": "stream-start", "error": refusal}])
+            raise PermissionError(refusal)
         if takes_serializers:
             message["serializers"] = serializers
         result = handler(comm, **message) if takes_comm else handler(**message)

@@ -18,6 +18,8 @@ from distributed.core import rpc
 from distributed.security import Security
 
 from burst import node, tls
+from burst.cli import exit_for
+from burst.errors import EXIT_CLOUD, CertificateRefused
 from burst.cloud import sandbox as sandbox_module
 from burst.cloud.aws import AwsProvider, role_names
 from burst.cloud.base import ClusterIdentity
@@ -158,8 +160,13 @@ def test_a_nodes_key_cannot_act_as_the_client(sandbox, cluster):
                             tls_client_key=pair["key"], require_encryption=True)
         assert "register-client: refused to a peer with a" in asyncio.run(
             _register_client(address, security))
-        with pytest.raises((TimeoutError, OSError)):  # Client retries until its timeout
-            Client(address, security=security, timeout=3)
+        # A Client is told at once, not left to time out, and burst's CLI says so (exit 3).
+        with pytest.raises(ImportError, match=f"register-client: refused to a peer with a {role}"
+                           ) as told:
+            Client(address, security=security, timeout=120)
+        exit_ = exit_for(told.value)
+        assert exit_.exit_code == EXIT_CLOUD == CertificateRefused.exit_code
+        assert isinstance(tls.refusal(told.value), CertificateRefused)
 
         async def call(op: str, security=security, **message):
             args = security.get_connection_args("client")
