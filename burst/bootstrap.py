@@ -76,7 +76,8 @@ def render(config: NodeConfig) -> str:
             *(["--scheduler", config.scheduler] if config.scheduler else []),
         ]
     )
-    path = f"/burst/{config.cluster_id}"
+    # Where a failed boot is reported: see burst.node.report_failure.
+    reports = f"s3://{burst.node.failure_bucket(config.cluster_id)}/{burst.node.FAILED_PREFIX}"
     script = f"""#!/bin/bash
 # burst {config.role} node of cluster {config.cluster_id}; deadline {config.deadline.isoformat()}
 set -euo pipefail
@@ -94,8 +95,11 @@ on_error() {{
     local ask=(curl -sf -H "X-aws-ec2-metadata-token: $token")
     id=$("${{ask[@]}}" "$IMDS/meta-data/instance-id" || echo unknown)
     region=$("${{ask[@]}}" "$IMDS/meta-data/placement/region" || :)
-    aws ssm put-parameter ${{region:+--region "$region"}} --name "{path}/failed/$id" \\
-      --type String --overwrite --value "${{message:0:4000}}" >/dev/null 2>&1 || true
+    local who  # the role's aws:userid: the only failed/ prefix it may write (burst.node)
+    who=$(aws sts get-caller-identity ${{region:+--region "$region"}} --query UserId \\
+      --output text 2>/dev/null || echo unknown)
+    printf '%s' "${{message:0:{burst.node.FAILURE_BYTES}}}" |
+      aws s3 cp ${{region:+--region "$region"}} - "{reports}$who/$id" >/dev/null 2>&1 || true
   fi
   shutdown -h now
 }}

@@ -63,6 +63,24 @@ CLIENT_ONLY_HANDLERS = (
 )
 
 
+# Where a node that gave up says why: an object in the cluster's bucket under
+# failed/<its aws:userid>/, the only place in it a worker's role may write besides the tasks'
+# outputs (burst.cloud.aws._node_roles). For an instance's role, aws:userid is
+# "<role id>:<instance id>" (https://docs.aws.amazon.com/IAM/latest/UserGuide/
+# reference_policies_variables.html): a worker can write its own report, no one else's.
+FAILED_PREFIX = "failed/"
+FAILURE_BYTES = 4000  # what a report keeps, and what the client reads of one
+
+
+def failure_bucket(cluster_id: str) -> str:
+    """The cluster's bucket (burst.storage.bucket_name; this module imports nothing of burst)."""
+    return f"burst-{cluster_id}".lower()
+
+
+def failure_key(user_id: str, instance_id: str) -> str:
+    return f"{FAILED_PREFIX}{user_id}/{instance_id}"
+
+
 def _read(request: urllib.request.Request, attempts: int = 5) -> str:
     """A metadata request; a slow or busy service (a loaded machine) is asked again."""
     for attempt in range(attempts):
@@ -203,6 +221,7 @@ class Node:
         # is retried with backoff (and client-side rate limiting), never fatal.
         retries = Config(retries={"mode": "adaptive", "max_attempts": 10})
         self.ssm = boto3.client("ssm", region_name=region, config=retries)
+        self.region = region
         self.path = f"/burst/{args.cluster_id}"
 
     def security(self):
@@ -223,12 +242,17 @@ class Node:
         return max(0.0, self.args.deadline - time.time())
 
     def report_failure(self, message: str) -> None:
-        """Tell the client why this node will never join, instead of letting it time out."""
-        self.ssm.put_parameter(
-            Name=f"{self.path}/failed/{self.instance_id}",
-            Value=message[:4000],
-            Type="String",
-            Overwrite=True,
+        """Tell the client why this node will never join, instead of letting it time out:
+        under this node's own aws:userid in the bucket (see FAILED_PREFIX). STS's
+        GetCallerIdentity needs no permission and names the userid AWS checks the policy's
+        ${aws:userid} against."""
+        import boto3
+
+        user_id = boto3.client("sts", region_name=self.region).get_caller_identity()["UserId"]
+        boto3.client("s3", region_name=self.region).put_object(
+            Bucket=failure_bucket(self.args.cluster_id),
+            Key=failure_key(user_id, self.instance_id),
+            Body=message[:FAILURE_BYTES].encode(),
         )
 
     async def scheduler(self) -> None:

@@ -24,8 +24,12 @@ def _boot(tmp_path, failing_tool: str, extra_env=None):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
-    for name in ("aws", "shutdown", "dnf"):
+    for name in ("shutdown", "dnf"):
         _tool(bin_dir, name, f'echo "{name} $*" >> {calls}')
+    # The AWS CLI: STS names the role's userid; what `s3 cp -` reads is recorded.
+    _tool(bin_dir, "aws", f'echo "aws $*" >> {calls}\n'
+                          f'[ "$1" = sts ] && echo "AROATEST:i-0boot"\n'
+                          f'[ "$1" = s3 ] && echo "body $(cat)" >> {calls}\nexit 0')
     _tool(bin_dir, "curl", "exit 7")  # no metadata service here
     _tool(bin_dir, failing_tool, f'echo "{failing_tool} $*" >> {calls}; exit 3')
     deadline = datetime.now(UTC) + timedelta(minutes=5)
@@ -47,8 +51,11 @@ def _boot(tmp_path, failing_tool: str, extra_env=None):
 def test_a_failed_install_is_published_and_the_node_powers_off(tmp_path):
     _, stderr, calls = _boot(tmp_path, "dnf")
     assert "boot of the worker failed at line" in stderr and "dnf install" in stderr
-    (put,) = [c for c in calls if c.startswith("aws ssm put-parameter")]
-    assert "--name /burst/c-boot/failed/unknown" in put and "dnf install" in put
+    # Under the role's own aws:userid in the cluster's bucket: the one report it may write.
+    (put,) = [c for c in calls if c.startswith("aws s3 cp")]
+    assert put.endswith("- s3://burst-c-boot/failed/AROATEST:i-0boot/unknown")
+    (body,) = [c for c in calls if c.startswith("body ")]
+    assert "boot of the worker failed at line" in body and "dnf install" in body
     assert calls[-1] == "shutdown -h now"
     # Nothing after the failed step ran: no environment was built on the failing node.
     assert not any("venv" in c or c.startswith("python") for c in calls)

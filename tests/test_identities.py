@@ -96,9 +96,19 @@ def test_scheduler_and_workers_have_separate_roles(sandbox):
         def may(policy: dict, request: Request) -> bool:  # the role's policy AND the boundary
             return allows(policy, request) and allows(boundary, request)
 
+        # A worker's failure report: its own, under its aws:userid (<role id>:<instance id>
+        # for an instance's role), and no other worker's; not in SSM any more.
+        worker_a, worker_b = {"aws:userid": "AROAWORKER:i-0aaa"}, {"aws:userid": "AROAWORKER:i-0bbb"}
+        own_report = f"{bucket}/failed/AROAWORKER:i-0aaa/i-0aaa"
+        assert may(worker, Request("s3:PutObject", own_report, worker_a))
+        for request in [Request("s3:PutObject", own_report, worker_b),
+                        Request("s3:PutObject", f"{bucket}/failed/AROAWORKER:i-0aaab/x", worker_a),
+                        Request("s3:PutObject", f"{bucket}/failed/AROAWORKER:i-0aaa", worker_a),
+                        Request("s3:PutObject", own_report),  # no userid: matches nothing
+                        Request("ssm:PutParameter", parameter("failed/i-0aaa"), worker_a)]:
+            assert not may(worker, request), request
         for request in [Request("ssm:GetParameter", parameter("tls-worker")),
                         Request("ssm:GetParameter", parameter("scheduler")),
-                        Request("ssm:PutParameter", parameter("failed/i-0abc")),
                         Request("s3:GetObject", f"{bucket}/jobs/j/code.tar.gz"),
                         Request("s3:PutObject", f"{bucket}/jobs/j/outputs/3/out.csv")]:
             assert may(worker, request), request
