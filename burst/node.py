@@ -69,6 +69,8 @@ CLIENT_ONLY_HANDLERS = (
 # "<role id>:<instance id>" (https://docs.aws.amazon.com/IAM/latest/UserGuide/
 # reference_policies_variables.html): a worker can write its own report, no one else's.
 FAILED_PREFIX = "failed/"
+# How the agent tells its worker process the task user (burst.taskrun.TASK_USER_VARIABLE).
+TASK_USER_VARIABLE = "BURST_NODE_TASK_USER"
 FAILURE_BYTES = 4000  # what a report keeps, and what the client reads of one
 
 
@@ -319,6 +321,11 @@ class Node:
         the worker to the instance's memory and restarts a worker process that died."""
         from distributed import Nanny
 
+        if self.args.task_user:  # the worker process inherits it (burst.taskrun.task_user)
+            import pwd
+
+            pwd.getpwnam(self.args.task_user)  # a missing user fails the node, reported
+            os.environ[TASK_USER_VARIABLE] = self.args.task_user
         address = self.args.scheduler or await self._scheduler_address()
         nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
         # "auto" is the machine's memory; sandbox instances share one host, so the sandbox
@@ -409,6 +416,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--death-timeout", type=float, default=120.0)
     parser.add_argument("--versions", type=json.loads, default={})
     parser.add_argument("--scheduler", default="", help="tls://ip:port, else read from SSM")
+    parser.add_argument(
+        "--task-user",
+        default="",
+        help="run command tasks as this unprivileged user (the boot script makes it on EC2)",
+    )
     return parser.parse_args(argv)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -289,3 +290,110 @@ def test_a_command_task_on_the_sandbox_finds_no_credentials(sandbox, tmp_path, m
     [found] = result.folder.glob("outputs/*/seen.json")  # the one task's output folder
     seen = json.loads(found.read_text())
     assert seen == {"aws": ["AWS_EC2_METADATA_DISABLED"], "credentials": None}
+
+
+STEAL = """
+id -u > "$BURST_OUTPUT/uid"
+echo "$HOME" > "$BURST_OUTPUT/home"
+cat "$1" > "$BURST_OUTPUT/stolen" 2> "$BURST_OUTPUT/refused" || true
+cat /proc/$PPID/environ > "$BURST_OUTPUT/environ" 2> "$BURST_OUTPUT/environ-refused" || true
+cat "$2" > "$BURST_OUTPUT/control"
+cat "$BURST_INPUT/data.txt" > "$BURST_OUTPUT/input"
+ln -s "$1" "$BURST_OUTPUT/link"
+"""
+
+
+def test_a_command_task_runs_as_the_task_user_and_cannot_read_the_workers_key(
+        sandbox, tmp_path, monkeypatch):
+    """Issue 12: with a task user (the agent's --task-user; on EC2 the boot script makes
+    one), a command task runs as that user, through the real CommandTask on a real Dask
+    worker and S3 (the sandbox's): it cannot read a 0600 key of the worker's user, which a
+    readable file beside it shows is the mode at work, nor the worker's environment; it still
+    reads the job's files (shipped owner-only) and inputs, and its outputs are collected, a
+    link to the key among them left out."""
+    import os
+    import pwd
+    import shutil
+    import tarfile
+    import tempfile
+    import uuid
+
+    from distributed import LocalCluster
+
+    from burst import taskrun
+
+    if os.geteuid() != 0:
+        pytest.skip("running a task as another user needs root (the node agent is root on EC2)")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no 'nobody' user to run the task as")
+    # A temporary folder others may pass through, as /tmp is on a node (pytest's is 0700).
+    shared = Path(tempfile.mkdtemp(prefix="burst-taskuser-"))
+    shared.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    try:
+        agent = shared / "agent"
+        agent.mkdir(mode=0o755)
+        key, control = agent / "worker.key", agent / "public.txt"
+        key.write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
+        key.chmod(0o600)
+        control.write_text("anyone may read this\n")
+        control.chmod(0o644)
+
+        script = tmp_path / "steal.sh"
+        script.write_text(STEAL)
+        script.chmod(0o700)  # owner-only, as a user's own files may be
+        with tarfile.open(tmp_path / "code.tar.gz", "w:gz") as tar:
+            tar.add(script, arcname="steal.sh")
+        s3 = client(sandbox, "s3")
+        bucket = f"burst-taskuser-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=bucket)
+        s3.upload_file(str(tmp_path / "code.tar.gz"), bucket, "jobs/j/code.tar.gz")
+        s3.put_object(Bucket=bucket, Key="jobs/j/inputs/data.txt", Body=b"input rows\n")
+        config = {"bucket": bucket, "region": "us-east-1", "prefix": "jobs/j", "job_id": "j",
+                  "argv": ["sh", "steal.sh", str(key), str(control)], "timeout": 60,
+                  "code": "jobs/j/code.tar.gz",
+                  "inputs": [{"name": "data.txt", "kind": "file", "bucket": bucket,
+                              "key": "jobs/j/inputs/data.txt"}]}
+        keys = sandbox.credentials
+        monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["aws_access_key_id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
+        monkeypatch.setenv(taskrun.TASK_USER_VARIABLE, "nobody")
+
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as c:
+            done = c.submit(taskrun.CommandTask(config), (0, {}), pure=False).result()
+        record = done["value"]
+        assert record["exit_code"] == 0, record
+        assert sorted(record["outputs"]) == ["control", "environ", "environ-refused", "home",
+                                             "input", "refused", "stolen", "uid"]
+
+        def output(name: str) -> str:
+            body = s3.get_object(Bucket=bucket, Key=f"jobs/j/outputs/0/{name}")["Body"]
+            return body.read().decode()
+
+        assert output("uid").strip() == str(nobody.pw_uid)
+        assert output("stolen") == "" and "Permission denied" in output("refused")
+        assert output("environ") == "" and "Permission denied" in output("environ-refused")
+        assert output("control") == "anyone may read this\n"  # the mode refused, not the path
+        assert output("input") == "input rows\n"
+        assert output("home").strip().endswith("/work")  # its own folder, not the worker's
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_the_task_folder_is_not_taken_from_someone_else(tmp_path):
+    """The tasks' folder is in a shared /tmp: one made in advance by another user, or a link,
+    is refused rather than used."""
+    import os
+
+    from burst.taskrun import _private_folder
+
+    made = _private_folder(tmp_path / "mine")
+    assert made.stat().st_mode & 0o777 == 0o711 and made.stat().st_uid == os.getuid()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="not this worker's own folder"):
+        _private_folder(tmp_path / "link")
