@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -20,11 +20,11 @@ from distributed.security import Security
 
 from burst import node, tls
 from burst.cli import exit_for
-from burst.errors import EXIT_CLOUD, CertificateRefused
 from burst.cloud import sandbox as sandbox_module
 from burst.cloud.aws import AwsProvider, role_names
 from burst.cloud.base import ClusterIdentity
 from burst.cluster import BurstCluster
+from burst.errors import EXIT_CLOUD, CertificateRefused
 from tests.conftest import client
 from tests.test_iam_policy import BOUNDARY, Request, allows, load
 
@@ -99,7 +99,8 @@ def test_scheduler_and_workers_have_separate_roles(sandbox):
 
         # A worker's failure report: its own, under its aws:userid (<role id>:<instance id>
         # for an instance's role), and no other worker's; not in SSM any more.
-        worker_a, worker_b = {"aws:userid": "AROAWORKER:i-0aaa"}, {"aws:userid": "AROAWORKER:i-0bbb"}
+        worker_a = {"aws:userid": "AROAWORKER:i-0aaa"}
+        worker_b = {"aws:userid": "AROAWORKER:i-0bbb"}
         own_report = f"{bucket}/failed/AROAWORKER:i-0aaa/i-0aaa"
         assert may(worker, Request("s3:PutObject", own_report, worker_a))
         for request in [Request("s3:PutObject", own_report, worker_b),
