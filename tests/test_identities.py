@@ -398,3 +398,35 @@ def test_the_task_folder_is_not_taken_from_someone_else(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(RuntimeError, match="not this worker's own folder"):
         _private_folder(tmp_path / "link")
+
+
+def test_a_nodes_failure_report_is_under_its_own_userid_and_the_client_reads_it(
+        sandbox, monkeypatch):
+    """The agent's report (burst.node.report_failure) lands at failed/<its aws:userid>/<its
+    instance id> in the cluster's bucket, the one key its role may write there; the provider
+    reads it back for the client, cut at 4,000 bytes."""
+    import types
+
+    keys = sandbox.credentials
+    monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
+    ident = ClusterIdentity("idreport0001", "job-idreport", datetime.now(UTC) + timedelta(hours=1))
+    s3 = client(sandbox, "s3")
+    provider = AwsProvider(sandbox_module.session(), "us-east-1", sandbox.endpoint)
+    assert provider.node_failures(ident) == []  # no bucket yet: nothing reported
+    from burst import storage
+
+    assert node.failure_bucket(ident.cluster_id) == storage.bucket_name(ident)
+    s3.create_bucket(Bucket=node.failure_bucket(ident.cluster_id))
+    agent = node.Node.__new__(node.Node)
+    agent.args = types.SimpleNamespace(cluster_id=ident.cluster_id)
+    agent.region, agent.instance_id = "us-east-1", "i-0report"
+    agent.report_failure("worker i-0report: RuntimeError: " + "x" * 5000)
+    user_id = client(sandbox, "sts").get_caller_identity()["UserId"]
+    listed = s3.list_objects_v2(Bucket=f"burst-{ident.cluster_id}")["Contents"]
+    assert [o["Key"] for o in listed] == [f"failed/{user_id}/i-0report"]
+    [message] = provider.node_failures(ident)
+    assert message.startswith("worker i-0report: RuntimeError: xxx") and len(message) == 4000
+    s3.delete_object(Bucket=f"burst-{ident.cluster_id}", Key=listed[0]["Key"])
+    s3.delete_bucket(Bucket=f"burst-{ident.cluster_id}")
