@@ -44,6 +44,36 @@ class NodeConfig:
     scheduler: str = ""  # a worker's scheduler (tls://ip:port) when known at launch
 
 
+TASK_USER = "burst-task"
+# On EC2 itself (the sandbox sets its endpoint and interpreter, and runs every instance as one
+# local user: never a user or a firewall rule on its host), command tasks run as an
+# unprivileged user that may not reach the metadata service, and so not the role's keys: an
+# owner-match rule, as AWS's "Limit access to the Instance Metadata Service"
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instance-metadata-limiting-access.html)
+# does with iptables, here in nftables, the firewall Amazon Linux 2023 uses (installed if
+# missing). It cannot read the agent's key files either (mode 0600, root's). A failure here
+# fails the boot (the ERR trap): tasks never fall back to root.
+TASK_USER_BLOCK = f"""# -- task user
+TASK_USER=()
+if [ -z "${{AWS_ENDPOINT_URL:-}}${{BURST_NODE_PYTHON:-}}" ]; then
+  id -u {TASK_USER} >/dev/null 2>&1 || useradd --system --no-create-home \\
+    --home-dir /nonexistent --shell /sbin/nologin {TASK_USER}
+  command -v nft >/dev/null 2>&1 || dnf install -y -q nftables >/dev/null
+  nft -f - <<'NFT'
+table inet burst_imds {{
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    meta skuid "{TASK_USER}" ip daddr 169.254.169.254 reject
+    meta skuid "{TASK_USER}" ip6 daddr fd00:ec2::254 reject
+  }}
+}}
+NFT
+  TASK_USER=(--task-user {TASK_USER})
+fi
+# -- end task user
+"""
+
+
 def _agent_payload() -> str:
     source = Path(burst.node.__file__).read_bytes()
     return base64.b64encode(gzip.compress(source, mtime=0)).decode()
@@ -76,7 +106,8 @@ def render(config: NodeConfig) -> str:
             *(["--scheduler", config.scheduler] if config.scheduler else []),
         ]
     )
-    path = f"/burst/{config.cluster_id}"
+    # Where a failed boot is reported: see burst.node.report_failure.
+    reports = f"s3://{burst.node.failure_bucket(config.cluster_id)}/{burst.node.FAILED_PREFIX}"
     script = f"""#!/bin/bash
 # burst {config.role} node of cluster {config.cluster_id}; deadline {config.deadline.isoformat()}
 set -euo pipefail
@@ -94,8 +125,11 @@ on_error() {{
     local ask=(curl -sf -H "X-aws-ec2-metadata-token: $token")
     id=$("${{ask[@]}}" "$IMDS/meta-data/instance-id" || echo unknown)
     region=$("${{ask[@]}}" "$IMDS/meta-data/placement/region" || :)
-    aws ssm put-parameter ${{region:+--region "$region"}} --name "{path}/failed/$id" \\
-      --type String --overwrite --value "${{message:0:4000}}" >/dev/null 2>&1 || true
+    local who  # the role's aws:userid: the only failed/ prefix it may write (burst.node)
+    who=$(aws sts get-caller-identity ${{region:+--region "$region"}} --query UserId \\
+      --output text 2>/dev/null || echo unknown)
+    printf '%s' "${{message:0:{burst.node.FAILURE_BYTES}}}" |
+      aws s3 cp ${{region:+--region "$region"}} - "{reports}$who/$id" >/dev/null 2>&1 || true
   fi
   shutdown -h now
 }}
@@ -116,9 +150,9 @@ else
   PY="$NODE_DIR/venv/bin/python"
 fi
 echo '{_agent_payload()}' | base64 -d | gunzip > "$NODE_DIR/burst_node.py"
-trap - ERR  # from here the agent reports its own failures
+{TASK_USER_BLOCK}trap - ERR  # from here the agent reports its own failures
 status=0
-"$PY" "$NODE_DIR/burst_node.py" {agent_args} || status=$?
+"$PY" "$NODE_DIR/burst_node.py" {agent_args} "${{TASK_USER[@]}}" || status=$?
 echo "burst node agent exited with $status; powering off"
 shutdown -h now
 """

@@ -189,6 +189,10 @@ def exit_for(
     a burst error gives its cause, its fix and its code; anything else is a bug, exit 1."""
     if isinstance(error, KeyboardInterrupt):
         return fail(EXIT_INTERRUPTED, "interrupted; the cluster was torn down")
+    if not isinstance(error, BurstError):
+        from burst.tls import refusal  # here: it imports distributed
+
+        error = refusal(error) or error  # a refused certificate: distributed's ImportError
     if isinstance(error, SpecError):
         for problem in error.problems:
             say_error(problem)

@@ -57,6 +57,11 @@ class CloudError(BurstError, RuntimeError):
         self.code = code
 
 
+class CertificateRefused(CloudError):
+    """The cluster's scheduler refused to let this certificate act as a Dask client (only the
+    client's and the detached driver's may: burst.node.CLIENT_ONLY_HANDLERS)."""
+
+
 class BudgetError(BurstError):
     """The plan, or what is running, is over the spec's max_cost or max_hourly."""
 

@@ -63,6 +63,26 @@ CLIENT_ONLY_HANDLERS = (
 )
 
 
+# Where a node that gave up says why: an object in the cluster's bucket under
+# failed/<its aws:userid>/, the only place in it a worker's role may write besides the tasks'
+# outputs (burst.cloud.aws._node_roles). For an instance's role, aws:userid is
+# "<role id>:<instance id>" (https://docs.aws.amazon.com/IAM/latest/UserGuide/
+# reference_policies_variables.html): a worker can write its own report, no one else's.
+FAILED_PREFIX = "failed/"
+# How the agent tells its worker process the task user (burst.taskrun.TASK_USER_VARIABLE).
+TASK_USER_VARIABLE = "BURST_NODE_TASK_USER"
+FAILURE_BYTES = 4000  # what a report keeps, and what the client reads of one
+
+
+def failure_bucket(cluster_id: str) -> str:
+    """The cluster's bucket (burst.storage.bucket_name; this module imports nothing of burst)."""
+    return f"burst-{cluster_id}".lower()
+
+
+def failure_key(user_id: str, instance_id: str) -> str:
+    return f"{FAILED_PREFIX}{user_id}/{instance_id}"
+
+
 def _read(request: urllib.request.Request, attempts: int = 5) -> str:
     """A metadata request; a slow or busy service (a loaded machine) is asked again."""
     for attempt in range(attempts):
@@ -130,6 +150,9 @@ def _worker_retiring(role: str | None, message: dict) -> bool:
 WORKER_EXCEPTIONS = {"set_metadata": _worker_retiring}
 
 
+REFUSED = "refused to a peer with"  # in every refusal's text (burst.tls.refusal reads it)
+
+
 def only_for(roles: frozenset[str], name: str, handler, also=None):
     """`handler`, callable only by a peer whose certificate has one of `roles` (or for which
     `also(role, message)` holds)."""
@@ -139,10 +162,17 @@ def only_for(roles: frozenset[str], name: str, handler, also=None):
     async def guarded(comm, serializers=None, **message):
         role = peer_role(comm)
         if role not in roles and not (also and also(role, message)):
-            raise PermissionError(
-                f"{name}: refused to a peer with a {role or 'missing'} certificate; only "
+            refusal = (
+                f"{name}: {REFUSED} a {role or 'missing'} certificate; only "
                 f"{' or '.join(sorted(roles))} certificates may act as a Dask client here"
             )
+            if name == "register-client":
+                # A Client sends register-client without asking a reply and waits for
+                # stream-start: without one it would wait out its timeout. A stream-start
+                # with an error makes it fail at once with this text.
+                with contextlib.suppress(OSError):
+                    await comm.write([{"op": "stream-start", "error": refusal}])
+            raise PermissionError(refusal)
         if takes_serializers:
             message["serializers"] = serializers
         result = handler(comm, **message) if takes_comm else handler(**message)
@@ -193,6 +223,7 @@ class Node:
         # is retried with backoff (and client-side rate limiting), never fatal.
         retries = Config(retries={"mode": "adaptive", "max_attempts": 10})
         self.ssm = boto3.client("ssm", region_name=region, config=retries)
+        self.region = region
         self.path = f"/burst/{args.cluster_id}"
 
     def security(self):
@@ -213,12 +244,17 @@ class Node:
         return max(0.0, self.args.deadline - time.time())
 
     def report_failure(self, message: str) -> None:
-        """Tell the client why this node will never join, instead of letting it time out."""
-        self.ssm.put_parameter(
-            Name=f"{self.path}/failed/{self.instance_id}",
-            Value=message[:4000],
-            Type="String",
-            Overwrite=True,
+        """Tell the client why this node will never join, instead of letting it time out:
+        under this node's own aws:userid in the bucket (see FAILED_PREFIX). STS's
+        GetCallerIdentity needs no permission and names the userid AWS checks the policy's
+        ${aws:userid} against."""
+        import boto3
+
+        user_id = boto3.client("sts", region_name=self.region).get_caller_identity()["UserId"]
+        boto3.client("s3", region_name=self.region).put_object(
+            Bucket=failure_bucket(self.args.cluster_id),
+            Key=failure_key(user_id, self.instance_id),
+            Body=message[:FAILURE_BYTES].encode(),
         )
 
     async def scheduler(self) -> None:
@@ -285,6 +321,11 @@ class Node:
         the worker to the instance's memory and restarts a worker process that died."""
         from distributed import Nanny
 
+        if self.args.task_user:  # the worker process inherits it (burst.taskrun.task_user)
+            import pwd
+
+            pwd.getpwnam(self.args.task_user)  # a missing user fails the node, reported
+            os.environ[TASK_USER_VARIABLE] = self.args.task_user
         address = self.args.scheduler or await self._scheduler_address()
         nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
         # "auto" is the machine's memory; sandbox instances share one host, so the sandbox
@@ -375,6 +416,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--death-timeout", type=float, default=120.0)
     parser.add_argument("--versions", type=json.loads, default={})
     parser.add_argument("--scheduler", default="", help="tls://ip:port, else read from SSM")
+    parser.add_argument(
+        "--task-user",
+        default="",
+        help="run command tasks as this unprivileged user (the boot script makes it on EC2)",
+    )
     return parser.parse_args(argv)
 
 

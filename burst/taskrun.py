@@ -204,7 +204,6 @@ class FunctionTask:
             **_tails(buffers),
         }
 
-
     def failure_text(self, error: BaseException, where: BaseException | None = None) -> str:
         return failure_text(error, where=where, sources=self.sources)
 
@@ -269,13 +268,20 @@ def _extract(archive: Path, folder: Path) -> None:
             tar.extractall(folder)
 
 
-def _read_only(root: Path) -> None:
-    """Best effort (root ignores it): tasks must not change what other tasks read."""
+def _read_only(root: Path, shared: bool = False) -> None:
+    """Best effort (root ignores it): tasks must not change what other tasks read. `shared`:
+    readable by every user (the task user's, whatever modes the job's files had)."""
     for path in sorted(root.rglob("*"), reverse=True) + [root]:
         if path.is_symlink():
             continue
         mode = path.stat().st_mode
-        path.chmod(mode & ~0o222 if path.is_file() else 0o555)
+        if path.is_file():
+            mode &= ~0o222
+            if shared:  # readable by all, and executable by all if its owner could run it
+                mode |= 0o444 | (0o111 if mode & 0o100 else 0)
+            path.chmod(mode)
+        else:
+            path.chmod(0o555)
 
 
 def _fingerprint(root: Path) -> dict[str, list[int]]:
@@ -292,6 +298,38 @@ def _writable(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
             path.chmod(path.stat().st_mode | 0o700)
+
+
+# The unprivileged user command tasks run as, when the node agent was given one (--task-user:
+# on EC2 the boot script creates it and firewalls it off the metadata service). The agent
+# passes it to its worker process in this variable, which a task never inherits (BURST_NODE_).
+TASK_USER_VARIABLE = "BURST_NODE_TASK_USER"
+
+
+def task_user() -> tuple[str, int, int] | None:
+    """(name, uid, gid) of the task user this worker was given, or None (tasks run as the
+    worker's own user: the sandbox, where every instance is one local user)."""
+    import pwd
+
+    name = os.environ.get(TASK_USER_VARIABLE)
+    if not name:
+        return None
+    entry = pwd.getpwnam(name)  # a missing user is an error: never fall back to the worker's
+    if entry.pw_uid == os.getuid():
+        raise RuntimeError(f"the task user {name!r} is the worker's own user")
+    return name, entry.pw_uid, entry.pw_gid
+
+
+def _private_folder(path: Path) -> Path:
+    """A folder only this process's user writes (others may pass through, not list it). In a
+    shared /tmp it must not be somebody else's (or a link) made in advance."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o711)
+    found = path.lstat()
+    if not path.is_dir() or path.is_symlink() or found.st_uid != os.getuid():
+        raise RuntimeError(f"{path} is not this worker's own folder")
+    path.chmod(0o711)
+    return path
 
 
 # What a command task never inherits from its worker: the node's AWS settings (credentials,
@@ -351,8 +389,9 @@ class CommandTask:
                         archive.unlink()
                     else:  # one object: a local file uploaded by the client, or an s3:// input
                         s3.download_file(item["bucket"], item["key"], str(target))
-            _read_only(cache / "code")
-            _read_only(cache / "inputs")
+            shared = task_user() is not None
+            _read_only(cache / "code", shared)
+            _read_only(cache / "inputs", shared)
             done.write_text(json.dumps(_fingerprint(cache)))
         return cache
 
@@ -385,11 +424,16 @@ class CommandTask:
 
         index, row = item
         worker = get_worker()
-        base = Path(worker.local_directory) / "burst"
+        user = task_user()
+        local = Path(worker.local_directory)
+        if user is None:
+            base = local / "burst"
+        else:  # beside, not in, Dask's folder (spilled data), which stays the worker's alone
+            base = _private_folder(Path(tempfile.gettempdir()) / f"burst-tasks-{local.name}")
         cache, fingerprint = self.fetched(base)
         scratch = Path(tempfile.mkdtemp(prefix=f"task-{index}-", dir=base))
         try:
-            return self._run(index, row, cache, fingerprint, scratch, worker.name)
+            return self._run(index, row, cache, fingerprint, scratch, worker.name, user)
         finally:
             _writable(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
@@ -402,10 +446,20 @@ class CommandTask:
         fingerprint: dict[str, list[int]],
         scratch: Path,
         worker: str,
+        user: tuple[str, int, int] | None = None,
     ) -> dict[str, Any]:
         work, output = scratch / "work", scratch / "output"
         work.mkdir()
         output.mkdir()
+        as_user: dict[str, Any] = {}
+        if user is not None:
+            # The task user owns its two folders; the scratch folder, with the captured
+            # output, stays the worker's (the task may pass through it, not replace files).
+            name, uid, gid = user
+            scratch.chmod(0o711)
+            for folder in (work, output):
+                os.chown(folder, uid, gid)
+            as_user = {"user": uid, "group": gid, "extra_groups": []}
         code = cache / "code"
         if code.exists():
             for entry in code.iterdir():
@@ -422,6 +476,8 @@ class CommandTask:
             # `python` is the node's Python, with the job's software
             "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
         }
+        if user is not None:  # not the worker's home or temporary folder
+            env.update(HOME=str(work), TMPDIR=str(work), USER=user[0], LOGNAME=user[0])
         timeout = self.config.get("timeout")
         cause, code_ = None, None
         started = time.monotonic()
@@ -435,6 +491,7 @@ class CommandTask:
                     stdout=out,
                     stderr=err,
                     start_new_session=True,  # so a timeout kills its children too
+                    **as_user,
                 )
             except OSError as error:
                 cause = f"could not start {argv[0]!r}: {error.strerror or error}"
@@ -469,13 +526,19 @@ class CommandTask:
             # A builtin exception travels to the client without burst on either side; its
             # second argument carries the details for the manifest.
             raise RuntimeError(cause, {**record, "cause": cause, "worker": worker})
-        record["outputs"], record["sha256"] = self._upload(output, index)
+        record["outputs"], record["sha256"] = self._upload(output, index, user)
         return {"value": record, "seconds": seconds, "worker": worker}
 
-    def _upload(self, output: Path, index: int) -> tuple[list[str], dict[str, str]]:
+    def _upload(
+        self, output: Path, index: int, user: tuple[str, int, int] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
         """Each file under `output` to outputs/<index>/ in the bucket: the names, and each
         file's SHA-256, by which the client tells that what it downloads is what this task
-        wrote (the bucket is shared by every task of the job)."""
+        wrote (the bucket is shared by every task of the job).
+
+        Each file is opened without following a link, and with a task user only a file that
+        user owns is sent: a process the task left behind may swap a file or a folder for a
+        link to the worker's key between the listing and the upload, or hard-link it."""
         # Not through symlinks: a task must not copy the node's own files into the results.
         files = sorted(
             p
@@ -492,9 +555,16 @@ class CommandTask:
         for path in files:
             name = path.relative_to(output).as_posix()
             key = f"{self.config['prefix']}/outputs/{index}/{name}"
-            with open(path, "rb") as stream:
+            try:
+                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # swapped for a link, or gone, since the listing
+                continue
+            with os.fdopen(descriptor, "rb") as stream:
+                if user is not None and os.fstat(descriptor).st_uid != user[1]:
+                    continue  # not the task's own file
                 digests[name] = hashlib.file_digest(stream, "sha256").hexdigest()
-            s3.upload_file(str(path), self.config["bucket"], key)
+                stream.seek(0)
+                s3.upload_fileobj(stream, self.config["bucket"], key)
             names.append(name)
         return names, digests
 

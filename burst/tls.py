@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from distributed.security import Security
 
+from burst.errors import CertificateRefused
+from burst.node import REFUSED
+
 NODE_ROLES = ("scheduler", "worker", "driver")  # whose pairs go to the cluster's secret store
 ROLES = (*NODE_ROLES, "client")
 _USAGES = {
@@ -142,3 +145,21 @@ def issue(cluster_id: str, lifetime: dt.timedelta) -> Credentials:
         cert = _certificate(_name(role, cluster_id), key, ca_name, ca_key, lifetime, _USAGES[role])
         pairs[role] = Pair(cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))
     return Credentials(ca.public_bytes(serialization.Encoding.PEM).decode(), pairs)
+
+
+def refusal(error: BaseException) -> CertificateRefused | None:
+    """The scheduler's refusal of a certificate (burst.node.only_for), as burst's error, when
+    `error` or what caused it is one: distributed's Client raises the scheduler's text as an
+    ImportError (what it does with any error in the scheduler's stream-start reply)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ImportError | PermissionError) and REFUSED in str(error):
+            return CertificateRefused(
+                f"the scheduler refused this connection: {error}",
+                "connect with the cluster's own client certificate: Client(cluster), or "
+                "Security from cluster.security",
+                code="CertificateRefused",
+            )
+        error = error.__cause__ or error.__context__
+    return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -109,13 +110,45 @@ def _conditions_hold(conditions: dict, context: dict) -> bool:
     return True
 
 
+# A policy variable, ${key}, in a Resource; ${*}, ${?} and ${$} are those characters, literal.
+VARIABLE = re.compile(r"\$\{([^}]+)\}")
+LITERALS = {"*": "*", "?": "?", "$": "$"}
+
+
+def _resource_like(pattern: str, value: str, context: dict) -> bool:
+    """A Resource with policy variables (https://docs.aws.amazon.com/IAM/latest/UserGuide/
+    reference_policies_variables.html): each ${key} is replaced by the request's value of
+    that key, taken literally (a * in it is no wildcard); a key the request lacks makes the
+    resource match nothing (the documentation says so for a variable without a value and no
+    default)."""
+    lowered = {k.lower(): v for k, v in context.items()}
+    regex, end = [], 0
+    for found in VARIABLE.finditer(pattern):
+        regex.append(_wildcards(pattern[end:found.start()]))
+        key = found.group(1)
+        if key in LITERALS:
+            regex.append(re.escape(LITERALS[key]))
+        elif isinstance(lowered.get(key.lower()), str):
+            regex.append(re.escape(lowered[key.lower()]))
+        else:
+            return False
+        end = found.end()
+    regex.append(_wildcards(pattern[end:]))
+    return re.fullmatch("".join(regex), value, flags=re.DOTALL) is not None
+
+
+def _wildcards(text: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
+
+
 def _statement_matches(statement: dict, request: Request) -> bool:
     if "NotAction" in statement or "NotResource" in statement:
         raise NotImplementedError("the evaluator does not know NotAction/NotResource")
     action = request.action.lower()
     if not any(_like(a.lower(), action) for a in _listed(statement["Action"])):
         return False
-    if not any(_like(r, request.resource) for r in _listed(statement["Resource"])):
+    if not any(_resource_like(r, request.resource, request.context)
+               for r in _listed(statement["Resource"])):
         return False
     return _conditions_hold(statement.get("Condition", {}), request.context)
 
@@ -601,6 +634,19 @@ def test_the_evaluator_reads_the_conditions():
     assert allows(policy, Request("ec2:StopInstances", "arn:y", OURS))
     assert not allows(policy, Request("ec2:StopInstances", "arn:y"))
     assert not allows(policy, Request("ec2:TerminateInstances", "arn:x/1", OURS))
+    # Policy variables: replaced by the request's value, literally; absent, nothing matches.
+    own = {"Statement": [{"Effect": "Allow", "Action": "s3:PutObject",
+                          "Resource": "arn:aws:s3:::b/failed/${aws:userid}/*"}]}
+    assert allows(own, Request("s3:PutObject", "arn:aws:s3:::b/failed/R:i-1/x",
+                               {"aws:userid": "R:i-1"}))
+    assert not allows(own, Request("s3:PutObject", "arn:aws:s3:::b/failed/R:i-2/x",
+                                   {"aws:userid": "R:i-1"}))
+    assert not allows(own, Request("s3:PutObject", "arn:aws:s3:::b/failed/R:i-1/x"))
+    assert not allows(own, Request("s3:PutObject", "arn:aws:s3:::b/failed/R:i-12/x",
+                                   {"aws:userid": "R:i-1*"}))  # a * in the value is literal
+    assert allows({"Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                  "Resource": "arn:aws:s3:::b/${*}"}]},
+                  Request("s3:GetObject", "arn:aws:s3:::b/*"))
     with pytest.raises(NotImplementedError):
         allows({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*",
                                "Condition": {"NumericLessThan": {"k": "1"}}}]},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -18,10 +19,12 @@ from distributed.core import rpc
 from distributed.security import Security
 
 from burst import node, tls
+from burst.cli import exit_for
 from burst.cloud import sandbox as sandbox_module
 from burst.cloud.aws import AwsProvider, role_names
 from burst.cloud.base import ClusterIdentity
 from burst.cluster import BurstCluster
+from burst.errors import EXIT_CLOUD, CertificateRefused
 from tests.conftest import client
 from tests.test_iam_policy import BOUNDARY, Request, allows, load
 
@@ -94,9 +97,20 @@ def test_scheduler_and_workers_have_separate_roles(sandbox):
         def may(policy: dict, request: Request) -> bool:  # the role's policy AND the boundary
             return allows(policy, request) and allows(boundary, request)
 
+        # A worker's failure report: its own, under its aws:userid (<role id>:<instance id>
+        # for an instance's role), and no other worker's; not in SSM any more.
+        worker_a = {"aws:userid": "AROAWORKER:i-0aaa"}
+        worker_b = {"aws:userid": "AROAWORKER:i-0bbb"}
+        own_report = f"{bucket}/failed/AROAWORKER:i-0aaa/i-0aaa"
+        assert may(worker, Request("s3:PutObject", own_report, worker_a))
+        for request in [Request("s3:PutObject", own_report, worker_b),
+                        Request("s3:PutObject", f"{bucket}/failed/AROAWORKER:i-0aaab/x", worker_a),
+                        Request("s3:PutObject", f"{bucket}/failed/AROAWORKER:i-0aaa", worker_a),
+                        Request("s3:PutObject", own_report),  # no userid: matches nothing
+                        Request("ssm:PutParameter", parameter("failed/i-0aaa"), worker_a)]:
+            assert not may(worker, request), request
         for request in [Request("ssm:GetParameter", parameter("tls-worker")),
                         Request("ssm:GetParameter", parameter("scheduler")),
-                        Request("ssm:PutParameter", parameter("failed/i-0abc")),
                         Request("s3:GetObject", f"{bucket}/jobs/j/code.tar.gz"),
                         Request("s3:PutObject", f"{bucket}/jobs/j/outputs/3/out.csv")]:
             assert may(worker, request), request
@@ -158,8 +172,13 @@ def test_a_nodes_key_cannot_act_as_the_client(sandbox, cluster):
                             tls_client_key=pair["key"], require_encryption=True)
         assert "register-client: refused to a peer with a" in asyncio.run(
             _register_client(address, security))
-        with pytest.raises((TimeoutError, OSError)):  # Client retries until its timeout
-            Client(address, security=security, timeout=3)
+        # A Client is told at once, not left to time out, and burst's CLI says so (exit 3).
+        with pytest.raises(ImportError, match=f"register-client: refused to a peer with a {role}"
+                           ) as told:
+            Client(address, security=security, timeout=120)
+        exit_ = exit_for(told.value)
+        assert exit_.exit_code == EXIT_CLOUD == CertificateRefused.exit_code
+        assert isinstance(tls.refusal(told.value), CertificateRefused)
 
         async def call(op: str, security=security, **message):
             args = security.get_connection_args("client")
@@ -272,3 +291,142 @@ def test_a_command_task_on_the_sandbox_finds_no_credentials(sandbox, tmp_path, m
     [found] = result.folder.glob("outputs/*/seen.json")  # the one task's output folder
     seen = json.loads(found.read_text())
     assert seen == {"aws": ["AWS_EC2_METADATA_DISABLED"], "credentials": None}
+
+
+STEAL = """
+id -u > "$BURST_OUTPUT/uid"
+echo "$HOME" > "$BURST_OUTPUT/home"
+cat "$1" > "$BURST_OUTPUT/stolen" 2> "$BURST_OUTPUT/refused" || true
+cat /proc/$PPID/environ > "$BURST_OUTPUT/environ" 2> "$BURST_OUTPUT/environ-refused" || true
+cat "$2" > "$BURST_OUTPUT/control"
+cat "$BURST_INPUT/data.txt" > "$BURST_OUTPUT/input"
+ln -s "$1" "$BURST_OUTPUT/link"
+"""
+
+
+def test_a_command_task_runs_as_the_task_user_and_cannot_read_the_workers_key(
+        sandbox, tmp_path, monkeypatch):
+    """Issue 12: with a task user (the agent's --task-user; on EC2 the boot script makes
+    one), a command task runs as that user, through the real CommandTask on a real Dask
+    worker and S3 (the sandbox's): it cannot read a 0600 key of the worker's user, which a
+    readable file beside it shows is the mode at work, nor the worker's environment; it still
+    reads the job's files (shipped owner-only) and inputs, and its outputs are collected, a
+    link to the key among them left out."""
+    import os
+    import pwd
+    import shutil
+    import tarfile
+    import tempfile
+    import uuid
+
+    from distributed import LocalCluster
+
+    from burst import taskrun
+
+    if os.geteuid() != 0:
+        pytest.skip("running a task as another user needs root (the node agent is root on EC2)")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no 'nobody' user to run the task as")
+    # A temporary folder others may pass through, as /tmp is on a node (pytest's is 0700).
+    shared = Path(tempfile.mkdtemp(prefix="burst-taskuser-"))
+    shared.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    try:
+        agent = shared / "agent"
+        agent.mkdir(mode=0o755)
+        key, control = agent / "worker.key", agent / "public.txt"
+        key.write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
+        key.chmod(0o600)
+        control.write_text("anyone may read this\n")
+        control.chmod(0o644)
+
+        script = tmp_path / "steal.sh"
+        script.write_text(STEAL)
+        script.chmod(0o700)  # owner-only, as a user's own files may be
+        with tarfile.open(tmp_path / "code.tar.gz", "w:gz") as tar:
+            tar.add(script, arcname="steal.sh")
+        s3 = client(sandbox, "s3")
+        bucket = f"burst-taskuser-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=bucket)
+        s3.upload_file(str(tmp_path / "code.tar.gz"), bucket, "jobs/j/code.tar.gz")
+        s3.put_object(Bucket=bucket, Key="jobs/j/inputs/data.txt", Body=b"input rows\n")
+        config = {"bucket": bucket, "region": "us-east-1", "prefix": "jobs/j", "job_id": "j",
+                  "argv": ["sh", "steal.sh", str(key), str(control)], "timeout": 60,
+                  "code": "jobs/j/code.tar.gz",
+                  "inputs": [{"name": "data.txt", "kind": "file", "bucket": bucket,
+                              "key": "jobs/j/inputs/data.txt"}]}
+        keys = sandbox.credentials
+        monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["aws_access_key_id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
+        monkeypatch.setenv(taskrun.TASK_USER_VARIABLE, "nobody")
+
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as c:
+            done = c.submit(taskrun.CommandTask(config), (0, {}), pure=False).result()
+        record = done["value"]
+        assert record["exit_code"] == 0, record
+        assert sorted(record["outputs"]) == ["control", "environ", "environ-refused", "home",
+                                             "input", "refused", "stolen", "uid"]
+
+        def output(name: str) -> str:
+            body = s3.get_object(Bucket=bucket, Key=f"jobs/j/outputs/0/{name}")["Body"]
+            return body.read().decode()
+
+        assert output("uid").strip() == str(nobody.pw_uid)
+        assert output("stolen") == "" and "Permission denied" in output("refused")
+        assert output("environ") == "" and "Permission denied" in output("environ-refused")
+        assert output("control") == "anyone may read this\n"  # the mode refused, not the path
+        assert output("input") == "input rows\n"
+        assert output("home").strip().endswith("/work")  # its own folder, not the worker's
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_the_task_folder_is_not_taken_from_someone_else(tmp_path):
+    """The tasks' folder is in a shared /tmp: one made in advance by another user, or a link,
+    is refused rather than used."""
+    import os
+
+    from burst.taskrun import _private_folder
+
+    made = _private_folder(tmp_path / "mine")
+    assert made.stat().st_mode & 0o777 == 0o711 and made.stat().st_uid == os.getuid()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="not this worker's own folder"):
+        _private_folder(tmp_path / "link")
+
+
+def test_a_nodes_failure_report_is_under_its_own_userid_and_the_client_reads_it(
+        sandbox, monkeypatch):
+    """The agent's report (burst.node.report_failure) lands at failed/<its aws:userid>/<its
+    instance id> in the cluster's bucket, the one key its role may write there; the provider
+    reads it back for the client, cut at 4,000 bytes."""
+    import types
+
+    keys = sandbox.credentials
+    monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
+    ident = ClusterIdentity("idreport0001", "job-idreport", datetime.now(UTC) + timedelta(hours=1))
+    s3 = client(sandbox, "s3")
+    provider = AwsProvider(sandbox_module.session(), "us-east-1", sandbox.endpoint)
+    assert provider.node_failures(ident) == []  # no bucket yet: nothing reported
+    from burst import storage
+
+    assert node.failure_bucket(ident.cluster_id) == storage.bucket_name(ident)
+    s3.create_bucket(Bucket=node.failure_bucket(ident.cluster_id))
+    agent = node.Node.__new__(node.Node)
+    agent.args = types.SimpleNamespace(cluster_id=ident.cluster_id)
+    agent.region, agent.instance_id = "us-east-1", "i-0report"
+    agent.report_failure("worker i-0report: RuntimeError: " + "x" * 5000)
+    user_id = client(sandbox, "sts").get_caller_identity()["UserId"]
+    listed = s3.list_objects_v2(Bucket=f"burst-{ident.cluster_id}")["Contents"]
+    assert [o["Key"] for o in listed] == [f"failed/{user_id}/i-0report"]
+    [message] = provider.node_failures(ident)
+    assert message.startswith("worker i-0report: RuntimeError: xxx") and len(message) == 4000
+    s3.delete_object(Bucket=f"burst-{ident.cluster_id}", Key=listed[0]["Key"])
+    s3.delete_bucket(Bucket=f"burst-{ident.cluster_id}")

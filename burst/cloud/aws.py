@@ -49,6 +49,7 @@ from burst.cloud.base import (
 )
 from burst.cloud.botoerrors import error_code, wrap_public_methods
 from burst.money import HUNDREDTH_CENT
+from burst.node import FAILED_PREFIX, FAILURE_BYTES
 
 # Throttling and transient faults are retried by botocore itself, with client-side rate limiting.
 RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
@@ -305,12 +306,13 @@ class AwsProvider:
         """Two roles per cluster, each under the permissions boundary, and their instance
         profiles: the scheduler's and the workers'. Both read the s3:// inputs of the job.
 
-        - scheduler: reads its own TLS pair and the detached driver's; publishes its address
-          and its failure; uses the whole bucket (the driver streams results there);
+        - scheduler: reads its own TLS pair and the detached driver's; publishes its address;
+          uses the whole bucket (its failure report included) (the driver streams results there);
           terminates only instances tagged with this cluster's id (the driver ends its
           cluster).
-        - worker: reads its TLS pair and the scheduler's address; writes failure reports;
-          reads the bucket and writes only under the jobs' outputs/. It cannot read the
+        - worker: reads its TLS pair and the scheduler's address; reads the bucket and
+          writes only under the jobs' outputs/ and its own failure report (failed/ under its
+          own ${aws:userid}: burst.node.report_failure). It cannot read the
           scheduler's or the driver's key, nor overwrite /scheduler or /tls-*.
         """
         arn = f"arn:aws:ssm:{self.region}:*:parameter{ident.parameter_path}"
@@ -324,7 +326,7 @@ class AwsProvider:
 
         scheduler = [
             parameters(["ssm:GetParameter"], "tls-scheduler", "tls-driver"),
-            parameters(["ssm:PutParameter"], "scheduler", "failed/*"),
+            parameters(["ssm:PutParameter"], "scheduler"),
             {
                 "Effect": "Allow",
                 "Action": "ec2:TerminateInstances",
@@ -335,9 +337,6 @@ class AwsProvider:
         ]
         worker = [
             parameters(["ssm:GetParameter"], "tls-worker", "scheduler"),
-            # Any worker's report, not only its own: SSM names cannot hold the instance's
-            # ${aws:userid} (it has a colon), so this is as narrow as a parameter goes.
-            parameters(["ssm:PutParameter"], "failed/*"),
             *_worker_bucket_statements(ident, read_objects),
         ]
         profiles = {}
@@ -605,8 +604,22 @@ class AwsProvider:
         return json.loads(value["Parameter"]["Value"])
 
     def node_failures(self, ident: ClusterIdentity) -> list[str]:
-        """Messages of nodes that gave up before joining (see burst.node.report_failure)."""
-        return [p["Value"] for p in self._parameters_under(f"{ident.parameter_path}/failed")]
+        """Messages of nodes that gave up before joining (see burst.node.report_failure): the
+        objects under failed/ in the cluster's bucket, each read up to its first 4,000 bytes."""
+        bucket = storage.bucket_name(ident)
+        try:
+            listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=FAILED_PREFIX, MaxKeys=100)
+        except ClientError as error:
+            if error_code(error) == "NoSuchBucket":  # not made yet, or already gone
+                return []
+            raise
+        found = []
+        for item in listed.get("Contents", []):
+            body = self.s3.get_object(
+                Bucket=bucket, Key=item["Key"], Range=f"bytes=0-{FAILURE_BYTES - 1}"
+            )["Body"].read()
+            found.append(body.decode("utf-8", errors="replace"))
+        return found
 
     # -------------------------------------------------------------- teardown
 
@@ -905,6 +918,15 @@ def _worker_bucket_statements(ident: ClusterIdentity, read_objects: list[str]) -
             "Effect": "Allow",
             "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
             "Resource": objects.replace("/*", "/jobs/*/outputs/*"),
+        },
+        {
+            # Its own failure report only: for an instance's role, aws:userid is
+            # "<role id>:<instance id>", one per instance (IAM policy variables:
+            # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html;
+            # they need the policy's Version 2012-10-17).
+            "Effect": "Allow",
+            "Action": ["s3:PutObject"],
+            "Resource": objects.replace("/*", f"/{FAILED_PREFIX}${{aws:userid}}/*"),
         },
     ]
 
