@@ -42,6 +42,10 @@ class NodeConfig:
     no_client_timeout: float = 120.0  # seconds without a client: the scheduler stops
     pip: tuple[str, ...] = ()  # the job's software.pip, installed with the exact Dask stack
     scheduler: str = ""  # a worker's scheduler (tls://ip:port) when known at launch
+    # The wheelhouses in the cluster's bucket, as (uname -m, s3://bucket/wheelhouse/<hash>/),
+    # and what to install from them (burst.wheelhouse): a stock image's environment.
+    wheelhouses: tuple[tuple[str, str], ...] = ()
+    requirements: tuple[str, ...] = ()
 
 
 TASK_USER = "burst-task"
@@ -82,8 +86,10 @@ def _agent_payload() -> str:
 def render(config: NodeConfig) -> str:
     versions = client_versions()
     python = f"python{versions['python']}"
-    pins = [f"{name}=={versions[name]}" for name in ("dask", "distributed", "cloudpickle")]
-    install = " ".join(shlex.quote(p) for p in [*config.pip, *pins, "boto3", "bokeh"])
+    install = " ".join(shlex.quote(p) for p in config.requirements)
+    wheelhouses = "".join(
+        f"    {machine}) WHEELS={shlex.quote(uri)} ;;\n" for machine, uri in config.wheelhouses
+    )
     agent_args = " ".join(
         shlex.quote(a)
         for a in [
@@ -140,13 +146,22 @@ PY="${{BURST_NODE_PYTHON:-}}"
 if [ -n "$PY" ]; then
   NODE_DIR=$(mktemp -d)  # the sandbox: every node shares one host
 else
-  # A stock Amazon Linux image: build the client's environment, exact Dask versions, on disk
-  # (/tmp is memory on Amazon Linux 2023).
-  NODE_DIR=/opt/burst
+  # A stock Amazon Linux image: the client's Python, and a venv on disk (/tmp is memory on
+  # Amazon Linux 2023) from the wheelhouse the client built and put in the cluster's bucket
+  # (burst.wheelhouse): no package index is ever asked. BURST_NODE_ROOT: the sandbox's
+  # instances share one host, each has its own folder.
+  NODE_DIR="${{BURST_NODE_ROOT:-/opt/burst}}"
   mkdir -p "$NODE_DIR"
   dnf install -y -q {python} {python}-pip >/dev/null
+  token=$(curl -sf -X PUT "$IMDS/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60")
+  region=$(curl -sf -H "X-aws-ec2-metadata-token: $token" "$IMDS/meta-data/placement/region")
+  case "$(uname -m)" in
+{wheelhouses}    *) echo "no wheelhouse for $(uname -m)" >&2; false ;;
+  esac
+  aws s3 cp --recursive --only-show-errors --region "$region" "$WHEELS" "$NODE_DIR/wheels"
   {python} -m venv "$NODE_DIR/venv"
-  "$NODE_DIR/venv/bin/pip" install -q {install}
+  "$NODE_DIR/venv/bin/pip" install -q --disable-pip-version-check --no-index \\
+    --find-links "$NODE_DIR/wheels" {install}
   PY="$NODE_DIR/venv/bin/python"
 fi
 echo '{_agent_payload()}' | base64 -d | gunzip > "$NODE_DIR/burst_node.py"

@@ -900,11 +900,16 @@ def sandbox_up(
         list[str] | None,
         typer.Option(help="A request bucket SIZE/REFILL, e.g. ssm.read=40/40; off: none."),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="The instances' image: client (its interpreter) or stock (AL2023's)."),
+    ] = None,
 ) -> None:
     """Start a long-lived sandbox cloud that `burst run` will use, with AWS's limits."""
     from burst.cloud import limits, sandbox
 
     settings = [
+        (sandbox.IMAGE_ENV, [image] if image else None, sandbox.image_from),
         ("BURST_SANDBOX_QUOTAS", quota, limits.quotas_from),
         ("BURST_SANDBOX_LIMITS", limit, limits.buckets_from),
     ]
@@ -916,7 +921,7 @@ def sandbox_up(
                 raise fail(EXIT_BAD_INPUT, str(error)) from None
             os.environ[name] = ",".join(values)  # the sandbox's process inherits them
     running = sandbox.running_sandbox()
-    if running and (quota or limit):
+    if running and (quota or limit or image):
         raise fail(EXIT_BAD_INPUT, "the sandbox is already up", "burst sandbox down first")
     state = running or sandbox.start_detached()
     out.print(f"sandbox running at {state['endpoint']} (pid {state['pid']})", highlight=False)

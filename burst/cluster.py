@@ -25,7 +25,7 @@ from distributed.core import Status, rpc
 from distributed.deploy import Adaptive, Cluster
 from tornado.ioloop import PeriodicCallback
 
-from burst import bootstrap, events, preflight, tls
+from burst import bootstrap, events, preflight, tls, wheelhouse
 from burst.catalog import SNAPSHOT, architecture_of, default_zones, offers_for
 from burst.cloud.base import (
     CloudError,
@@ -234,6 +234,10 @@ class BurstCluster(Cluster):
         self._retry_at = 0.0
         self._refused: str | None = None
         self._scheduler_gone = False
+        # How the nodes' environment is provided (the manifest's node_environment).
+        self.node_environment: dict[str, Any] = {}
+        self._wheelhouses: list[tuple[str, str]] = []  # (uname -m, s3:// prefix)
+        self._requirements: tuple[str, ...] = ()
         self.interruptions: list[dict[str, Any]] = []
         self.replacements: list[dict[str, Any]] = []
         self.scaling: list[dict[str, Any]] = []
@@ -800,6 +804,17 @@ class BurstCluster(Cluster):
         preflight.require(
             provider, self.capacity_plan, self._connection.node_python(), network.subnets
         )
+        architectures = {self.spec.architecture} | {
+            architecture_of(line.instance_type) for line in self.capacity_plan.lines
+        }
+        # A stock image's environment, resolved here, before anything is created: a
+        # requirement without a wheel for the instances is refused now, not at every boot.
+        python = self._connection.node_python()
+        houses = (
+            [wheelhouse.build(self._pip(), python, arch) for arch in sorted(architectures)]
+            if python
+            else []
+        )
         credentials = tls.issue(self.cluster_id, self.spec.max_runtime + self.spec.grace)
         self.security = credentials.client_security()
         # Every zone the planner may use, so that re-plans after capacity errors have subnets.
@@ -810,12 +825,12 @@ class BurstCluster(Cluster):
             self.spec.network.client_cidrs
             or self._connection.client_cidr(private=network.public_ip == "none"),
             credentials.node_bundle(),
-            architectures={self.spec.architecture}
-            | {architecture_of(line.instance_type) for line in self.capacity_plan.lines},
+            architectures=architectures,
             read_objects=[i for i in self.spec.inputs if i.startswith("s3://")],
             network=network,
         )
         env = dataclasses.replace(env, disk_gb=self.spec.disk_gb)
+        self._upload_wheelhouses(houses)
         # The scheduler's port is known before it starts (on the sandbox's one host, a free
         # one), and its address once it is launched: the workers get it in their user data
         # rather than polling SSM, whose reads are 40 per second for the whole account.
@@ -847,6 +862,26 @@ class BurstCluster(Cluster):
         if got.cores < self.spec.cores:  # at least min_cores, or acquire_workers raised
             self._emit(events.CapacityShort(got.cores, self.spec.cores))
         self.timings["provision"] = time.monotonic() - started
+
+    def _pip(self) -> tuple[str, ...]:
+        return tuple(self.spec.software.pip) if self.spec.software else ()
+
+    def _upload_wheelhouses(self, houses: list[wheelhouse.Wheelhouse]) -> None:
+        """Into the cluster's bucket (which the nodes' roles read), before any node boots."""
+        if not houses:
+            self.node_environment = {"provided": "client-interpreter"}
+            return
+        bucket = self.provider.bucket(self.identity)
+        for house in houses:
+            prefix = f"wheelhouse/{house.sha256}/"
+            for name in house.wheels:
+                bucket.upload(house.folder / name, prefix + name)
+            self._wheelhouses.append((house.machine, f"s3://{bucket.name}/{prefix}"))
+        self._requirements = houses[0].requirements
+        self.node_environment = {
+            **houses[0].record(),
+            **({"by_machine": {h.machine: h.record() for h in houses}} if len(houses) > 1 else {}),
+        }
 
     def _zones(self) -> list[str]:
         if self._subnet_zones:
@@ -889,7 +924,9 @@ class BurstCluster(Cluster):
                 port=port,
                 scheduler=scheduler,
                 dashboard_port=self.provider.dashboard_port,
-                pip=tuple(self.spec.software.pip) if self.spec.software else (),
+                pip=self._pip(),
+                wheelhouses=tuple(self._wheelhouses),
+                requirements=self._requirements,
                 idle_timeout=self.spec.idle_timeout.total_seconds(),
                 no_client_timeout=self.spec.no_client_timeout.total_seconds(),
             )

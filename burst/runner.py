@@ -465,6 +465,7 @@ def _manifest(
         "wall_seconds": round((ended_at - started_at).total_seconds(), 3),
         "spec": job.spec.model_dump(mode="json"),
         "versions": {**client_versions(), "burst": version("burst")},
+        "node_environment": cluster.node_environment,  # the client's interpreter or wheels
     }
     if len(outcomes) < len(job.tasks):  # stopped early, at the deadline or interrupted
         manifest["tasks"]["not_run"] = len(job.tasks) - len(outcomes)

@@ -47,6 +47,7 @@ LAYERS = {
     "burst.storage": 3,
     "burst.transfer": 3,
     "burst.bootstrap": 3,
+    "burst.wheelhouse": 3,
     # Acquiring capacity through a provider.
     "burst.provision": 4,
     "burst.preflight": 4,

@@ -19,6 +19,7 @@ class Connection:
     provider: Provider
     endpoint: str | None = None  # the sandbox's API endpoint
     private_sandbox: sandbox.Sandbox | None = None  # started for this connection alone
+    image: str = "stock"  # the nodes' image: stock (AWS's), or the sandbox's "client" image
 
     def client_cidr(self, private: bool = False) -> str:
         """The only address the scheduler's port is opened to: this machine's (`private`:
@@ -26,9 +27,10 @@ class Connection:
         return "127.0.0.1/32" if self.endpoint else client_cidr(private)
 
     def node_python(self) -> str | None:
-        """The Python (`3.12`) the nodes must install: the client's, on a stock image (AWS);
-        None on the sandbox, whose nodes run the client's own interpreter."""
-        return None if self.endpoint else client_python()
+        """The Python (`3.12`) the nodes must install: the client's, on a stock image (AWS, or
+        the sandbox's stock image); None on the sandbox's default image, whose nodes run the
+        client's own interpreter."""
+        return client_python() if self.image == "stock" else None
 
     def close(self) -> None:
         """Stop the private sandbox, if this connection started one (and its instances)."""
@@ -61,4 +63,5 @@ def open_provider(cloud: str, region: str, *, start_sandbox: bool = True) -> Con
         dashboard_port=0,
         shared_host="127.0.0.1",
     )
-    return Connection(provider, state["endpoint"], private)
+    image = state.get("image", "client")  # a sandbox from before images were chosen: client
+    return Connection(provider, state["endpoint"], private, image)

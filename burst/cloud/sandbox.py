@@ -52,6 +52,82 @@ SANDBOX_REGION = "us-east-1"
 POLL_SECONDS = 0.25
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
 FAKE_SHUTDOWN = "#!/bin/sh\nkill -TERM 0\n"
+# Which image the instances boot: "client" (the client's interpreter and packages baked in:
+# fast) or "stock" (what Amazon Linux 2023 has: a bare python3.X, dnf, the AWS CLI; nodes
+# then build their environment from the wheelhouse, as on EC2). BURST_SANDBOX_IMAGE.
+IMAGES = ("client", "stock")
+IMAGE_ENV = "BURST_SANDBOX_IMAGE"
+
+
+def image_from(value: str | None) -> str:
+    image = (value or "client").strip()
+    if image not in IMAGES:
+        raise ValueError(f"{IMAGE_ENV}: {value!r} is not an image; accepted: {', '.join(IMAGES)}")
+    return image
+
+
+# The stock image's dnf: its Python packages are there when the image has that interpreter
+# (python3.X in the image's bin), and a missing one fails as dnf does.
+STOCK_DNF = """#!/bin/sh
+# burst sandbox: the stock image's dnf (install of pythonX.Y[-pip] only)
+here=$(dirname "$0")
+[ "$1" = install ] || { echo "Error: the sandbox's dnf only installs" >&2; exit 1; }
+shift
+for package in "$@"; do
+  case "$package" in
+    -*) continue ;;
+    python3.*-pip) python=${package%-pip} ;;
+    python3.*) python=$package ;;
+    *) echo "Error: Unable to find a match: $package" >&2; exit 1 ;;
+  esac
+  [ -x "$here/$python" ] || { echo "Error: Unable to find a match: $package" >&2; exit 1; }
+done
+"""
+
+# The stock image's AWS CLI, for what the boot script asks of it: `s3 cp` (a prefix down with
+# --recursive, stdin or a file up), `sts get-caller-identity --query UserId --output text`
+# and `ssm put-parameter`; boto3 under the client's interpreter, with the instance's
+# credentials from its metadata service and AWS_ENDPOINT_URL from the hypervisor.
+STOCK_AWS = """
+import argparse, os, sys
+from pathlib import Path
+import boto3
+service, command, *rest = sys.argv[1:] + ["", ""]
+parser = argparse.ArgumentParser(prog=f"aws {service} {command}")
+for flag in ("--region", "--query", "--output", "--name", "--value", "--type"):
+    parser.add_argument(flag)
+for flag in ("--recursive", "--only-show-errors", "--quiet", "--overwrite"):
+    parser.add_argument(flag, action="store_true")
+parser.add_argument("paths", nargs="*")
+args = parser.parse_args([r for r in rest if r])
+region = args.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+client = boto3.Session(region_name=region).client(service or "sts")
+if (service, command) == ("sts", "get-caller-identity"):
+    who = client.get_caller_identity()
+    print(who["UserId"] if args.query == "UserId" else who)
+elif (service, command) == ("ssm", "put-parameter"):
+    client.put_parameter(
+        Name=args.name, Value=args.value, Type=args.type or "String", Overwrite=args.overwrite
+    )
+elif (service, command) == ("s3", "cp") and len(args.paths) == 2:
+    source, target = args.paths
+    if args.recursive and source.startswith("s3://"):
+        bucket, _, prefix = source[5:].partition("/")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                path = Path(target, item["Key"][len(prefix):].lstrip("/"))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, item["Key"], str(path))
+    elif target.startswith("s3://"):
+        bucket, _, key = target[5:].partition("/")
+        body = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    else:
+        sys.exit(f"aws s3 cp: the sandbox's AWS CLI does not copy {source} to {target}")
+else:
+    sys.exit(f"aws: the sandbox's AWS CLI does not do {service} {command}")
+"""
 
 
 def state_file() -> Path:
@@ -437,8 +513,10 @@ class Hypervisor:
         folder: Path,
         credentials: dict[str, str] | None = None,
         instance_keys: dict[str, str] | None = None,
+        image: str = "client",
     ):
         self.endpoint = endpoint
+        self.image = image_from(image)
         self.folder = folder
         self.instance_keys = instance_keys or {
             **UNGUARDED_CREDENTIALS,
@@ -467,6 +545,21 @@ class Hypervisor:
         (bin_dir / "shutdown").write_text(FAKE_SHUTDOWN)
         (bin_dir / "shutdown").chmod(0o755)
         self.bin_dir = bin_dir
+        if self.image == "stock":
+            self._stock_image()
+
+    def _stock_image(self) -> None:
+        """What Amazon Linux 2023 gives: the client's Python minor as python3.X (the bare
+        base interpreter, none of the client's packages), dnf and the AWS CLI."""
+        python = self.bin_dir / "python{}.{}".format(*sys.version_info[:2])
+        python.unlink(missing_ok=True)
+        python.symlink_to(getattr(sys, "_base_executable", sys.executable))
+        for name, text in (
+            ("dnf", STOCK_DNF),
+            ("aws", f"#!{sys.executable}\n# burst sandbox: the image's AWS CLI\n{STOCK_AWS}"),
+        ):
+            (self.bin_dir / name).write_text(text)
+            (self.bin_dir / name).chmod(0o755)
 
     def start(self) -> None:
         self._thread.start()
@@ -598,6 +691,26 @@ class Hypervisor:
             for k, v in os.environ.items()
             if not k.startswith(("AWS_", "BURST_", "DASK_", "PYTHONPATH"))
         }
+        if self.image == "stock":  # a stock image: no pip configuration, no client packages
+            env = {k: v for k, v in env.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+            env.update(
+                {
+                    "PATH": f"{self.bin_dir}:{env.get('PATH', '')}",
+                    "PIP_CONFIG_FILE": os.devnull,
+                    "BURST_NODE_ROOT": str(instance.folder / "opt-burst"),  # its /opt/burst
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.serve_metadata(),
+                    "AWS_ENDPOINT_URL": self.endpoint,
+                    "AWS_CONFIG_FILE": os.devnull,
+                    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                    "HOME": str(instance.folder),
+                    "TMPDIR": str(instance.folder),
+                    "BURST_NODE_VCPUS": str(instance.vcpus),
+                    "BURST_NODE_MEMORY": str(self._memory.get(instance.instance_type, 0)),
+                }
+            )
+            if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):
+                env["BURST_SPOT_POLL_SECONDS"] = poll
+            return env
         env.update(
             {
                 "PATH": f"{self.bin_dir}:{Path(sys.executable).parent}:{env.get('PATH', '')}",
@@ -644,8 +757,9 @@ class Hypervisor:
 class Sandbox:
     """moto's server plus the hypervisor, in this process."""
 
-    def __init__(self, folder: Path | None = None):
+    def __init__(self, folder: Path | None = None, image: str | None = None):
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.image = image_from(image if image is not None else os.environ.get(IMAGE_ENV))
         self._owns_folder = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="burst-sandbox-"))
         # The owner's keys, and the instances' role keys (served by their metadata service).
@@ -663,7 +777,7 @@ class Sandbox:
         _power_cut_on_terminate()
         self._prepare_account()
         self.hypervisor = Hypervisor(
-            self.endpoint, self.folder, self.credentials, self.instance_keys
+            self.endpoint, self.folder, self.credentials, self.instance_keys, self.image
         )
         self.hypervisor.start()
         return self
@@ -697,6 +811,7 @@ class Sandbox:
             "pid": os.getpid(),
             "folder": str(self.folder),
             "credentials": self.credentials,
+            "image": self.image,
         }
 
     def publish(self) -> None:
