@@ -166,6 +166,7 @@ else
 fi
 echo '{_agent_payload()}' | base64 -d | gunzip > "$NODE_DIR/burst_node.py"
 {TASK_USER_BLOCK}trap - ERR  # from here the agent reports its own failures
+echo "node python: $PY"  # in the console output: which environment the agent runs in
 status=0
 "$PY" "$NODE_DIR/burst_node.py" {agent_args} "${{TASK_USER[@]}}" || status=$?
 echo "burst node agent exited with $status; powering off"

@@ -135,3 +135,21 @@ def test_the_agent_and_the_task_runner_agree_on_the_task_users_variable():
     assert node.TASK_USER_VARIABLE == taskrun.TASK_USER_VARIABLE
     assert node.parse_args(["--role", "worker", "--cluster-id", "c", "--deadline", "1",
                             "--task-user", "burst-task"]).task_user == "burst-task"
+
+
+def test_a_stock_node_installs_the_wheelhouse_from_the_bucket_and_never_an_index():
+    """Issue 10: the environment comes from the client's wheelhouse in the cluster's bucket,
+    on disk under /opt; pip is told --no-index, so no node talks to PyPI."""
+    houses = (("x86_64", "s3://burst-c/wheelhouse/ab12/"), ("aarch64", "s3://burst-c/wheelhouse/cd34/"))
+    config = bootstrap.NodeConfig("worker", "c", datetime.now(UTC) + timedelta(minutes=5),
+                                  wheelhouses=houses,
+                                  requirements=("numpy>=2", "dask==1.0", "boto3", "bokeh"))
+    script = bootstrap.render(config)
+    assert len(script.encode()) <= bootstrap.USER_DATA_LIMIT
+    assert "    x86_64) WHEELS=s3://burst-c/wheelhouse/ab12/ ;;" in script
+    assert "    aarch64) WHEELS=s3://burst-c/wheelhouse/cd34/ ;;" in script
+    assert 'aws s3 cp --recursive --only-show-errors --region "$region" "$WHEELS"' in script
+    assert 'NODE_DIR="${BURST_NODE_ROOT:-/opt/burst}"' in script
+    installs = [line for line in script.splitlines() if "pip\" install" in line]
+    assert installs and all("--no-index" in line for line in installs)
+    assert "'numpy>=2' dask==1.0 boto3 bokeh" in script
