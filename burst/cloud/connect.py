@@ -19,7 +19,7 @@ class Connection:
     provider: Provider
     endpoint: str | None = None  # the sandbox's API endpoint
     private_sandbox: sandbox.Sandbox | None = None  # started for this connection alone
-    image: str = "stock"  # the nodes' image: stock (AWS's), or the sandbox's "client" image
+    image: str = "client"  # the sandbox's image: client (its interpreter) or stock (AL2023's)
 
     def client_cidr(self, private: bool = False) -> str:
         """The only address the scheduler's port is opened to: this machine's (`private`:
@@ -30,7 +30,7 @@ class Connection:
         """The Python (`3.12`) the nodes must install: the client's, on a stock image (AWS, or
         the sandbox's stock image); None on the sandbox's default image, whose nodes run the
         client's own interpreter."""
-        return client_python() if self.image == "stock" else None
+        return client_python() if not self.endpoint or self.image == "stock" else None
 
     def close(self) -> None:
         """Stop the private sandbox, if this connection started one (and its instances)."""
