@@ -101,3 +101,20 @@ def test_a_missing_source_folder_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv(wheelhouse.SOURCE_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(SpecError, match="BURST_WHEEL_SOURCE"):
         wheelhouse.build([], client_python(), "x86_64")
+
+
+def test_a_worker_may_fetch_the_wheelhouse_from_its_bucket():
+    """`aws s3 cp --recursive` lists the prefix and gets each wheel: the worker's role and the
+    node boundary allow both (the scheduler's role reads and writes the whole bucket)."""
+    from datetime import UTC, datetime, timedelta
+
+    from burst.cloud.aws import _worker_bucket_statements
+    from burst.cloud.base import ClusterIdentity
+    from tests.test_iam_policy import BOUNDARY, Request, allows, load
+
+    ident = ClusterIdentity("abc123abc123", "job", datetime.now(UTC) + timedelta(hours=1))
+    worker = {"Version": "2012-10-17", "Statement": _worker_bucket_statements(ident, [])}
+    bucket = "arn:aws:s3:::burst-abc123abc123"
+    wheel = f"{bucket}/wheelhouse/{'0' * 64}/dask-1-py3-none-any.whl"
+    for request in (Request("s3:ListBucket", bucket), Request("s3:GetObject", wheel)):
+        assert allows(worker, request) and allows(load(BOUNDARY), request), request
