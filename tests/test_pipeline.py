@@ -57,6 +57,8 @@ def test_pi_runs_end_to_end_with_json_manifest(sandbox, tmp_path):
     assert all(Decimal(i["cost"]) > 0 for i in manifest["instances"])
     stages = {"plan", "connect", "provision", "bootstrap", "run", "collect", "teardown"}
     assert set(manifest["timings"]) == stages
+    # The default sandbox image: the nodes ran the client's own interpreter, no wheelhouse.
+    assert manifest["node_environment"] == {"provided": "client-interpreter"}
     assert all(i["end_time"] for i in manifest["instances"])
     folder = tmp_path / "results" / manifest["job_id"]
     lines = (folder / "results.jsonl").read_text().splitlines()
