@@ -281,6 +281,9 @@ async def _stream(client: Any, futures: list, seconds: float | None, feed: Any) 
                 first = await finishing.__anext__()
             except StopAsyncIteration:
                 break
+            except TimeoutError:  # as_completed's timeout (asyncio's is this one since 3.11)
+                feed.put(DEADLINE)
+                return
             batch = [first, *finishing.next_batch(block=False)]
             finished = {f.key: f for f in batch if f.status == "finished"}
             values = await client.gather(finished, errors="skip", asynchronous=True)
@@ -295,8 +298,6 @@ async def _stream(client: Any, futures: list, seconds: float | None, feed: Any) 
                     future.release()  # on the loop: no wake-up per task
             feed.put(done)
         feed.put(None)
-    except TimeoutError:  # asyncio's and distributed's TimeoutError are this one (3.11)
-        feed.put(DEADLINE)
     except asyncio.CancelledError:
         raise
     except BaseException as error:  # run_tasks' thread raises it
