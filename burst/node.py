@@ -449,11 +449,19 @@ def main(argv: list[str] | None = None) -> int:
     # service and SSM (check_versions imports again, raising what failed).
     importing = threading.Thread(target=_import_dask, daemon=True)
     importing.start()
+    started = time.monotonic()
     node = Node(args)
     try:
         node.tls_pair()
+        fetched = time.monotonic() - started
         importing.join()
         check_versions(args.versions)
+        # On the console: where a slow boot's seconds went.
+        print(
+            f"agent: metadata and TLS pair {fetched:.2f}s, "
+            f"Dask imported {time.monotonic() - started:.2f}s after start",
+            flush=True,
+        )
         asyncio.run(node.scheduler() if args.role == "scheduler" else node.worker())
     except Exception as error:
         message = f"{args.role} {node.instance_id}: {type(error).__name__}: {error}"
