@@ -286,7 +286,9 @@ async def _stream(client: Any, futures: list, seconds: float | None, feed: Any) 
                 return
             batch = [first, *finishing.next_batch(block=False)]
             finished = {f.key: f for f in batch if f.status == "finished"}
-            values = await client.gather(finished, errors="skip", asynchronous=True)
+            values = {}
+            if finished:  # (a batch of failures alone asks the cluster nothing)
+                values = await client.gather(finished, errors="skip", asynchronous=True)
             done = []
             for future in batch:
                 status = future.status
