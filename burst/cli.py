@@ -38,7 +38,6 @@ from burst.errors import (
     CloudError,
     SpecError,
 )
-from burst.job import load_job
 from burst.spec import JobSpec, assignments, format_duration, load_spec
 
 # The exit codes are the CLI's contract with workflow tools.
@@ -385,6 +384,8 @@ def run(
     from burst.plan import plan_within_budget
 
     try:
+        from burst.job import load_job  # here: it imports distributed
+
         job = load_job(spec, assignments(set_fields))
         # Plan (pure) before anything else: a plan over budget is refused before any cloud
         # call, any launch and any results folder.
@@ -561,6 +562,8 @@ def submit(
     from burst.plan import plan_within_budget
 
     try:
+        from burst.job import load_job  # here: it imports distributed
+
         job = load_job(spec, assignments(set_fields))
         plan_within_budget(job.spec)
         reach_cloud(job.spec)

@@ -52,7 +52,11 @@ from burst.provision import (
 from burst.spec import JobSpec, format_duration, parse_spec
 from burst.storage import Bucket
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # the cloud, while the cluster starts: node failures, instances gone
+# The scheduler's published address: one SSM GetParameter, 5 a second of the account's 40
+# (https://docs.aws.amazon.com/general/latest/gr/ssm.html; enforced by burst.cloud.limits).
+ADDRESS_POLL_SECONDS = 0.2
+JOIN_POLL_SECONDS = 0.05  # scheduler_info: in this process, no call
 # The scheduler's no_client_timeout counts this cluster object as a client while it beats
 # (burst.node reads the same metadata key: the nodes have no burst to import it from).
 HEARTBEAT_KEY = "burst-heartbeat"
@@ -745,8 +749,17 @@ class BurstCluster(Cluster):
         await self._cloud(self._provision)
         give_up = time.monotonic() + self.boot_timeout
         started = time.monotonic()
-        while (address := await self._cloud(self._scheduler_address, give_up)) is None:
-            await asyncio.sleep(POLL_SECONDS)
+        checked = float("-inf")
+        while True:
+            # The nodes' health (a failure report, an instance gone: several API calls) is
+            # checked every POLL_SECONDS; the address alone (one SSM read) more often, so
+            # that the cluster is not found up to a whole interval late.
+            if time.monotonic() - checked >= POLL_SECONDS:
+                await self._cloud(self._check_nodes, give_up, "the scheduler to start")
+                checked = time.monotonic()
+            if address := await self._cloud(self.provider.scheduler_address, self.identity):
+                break
+            await asyncio.sleep(ADDRESS_POLL_SECONDS)
         self._emit(events.SchedulerUp(address["public"], address.get("dashboard")))
         self.scheduler_comm = rpc(
             address["public"], connection_args=self.security.get_connection_args("client")
@@ -757,9 +770,13 @@ class BurstCluster(Cluster):
         )
         await self._heartbeat()
         await super()._start()
-        joined = -1
+        joined, checked = -1, float("-inf")
         while True:
-            alive = await self._cloud(self._check_nodes, give_up, "the workers to join")
+            # Joins come over the scheduler's stream into scheduler_info, a local look; the
+            # cloud (which workers are still alive) is asked every POLL_SECONDS.
+            if time.monotonic() - checked >= POLL_SECONDS:
+                alive = await self._cloud(self._check_nodes, give_up, "the workers to join")
+                checked = time.monotonic()
             expected = len(alive)
             count = len(self.scheduler_info["workers"])
             if count != joined:
@@ -767,7 +784,7 @@ class BurstCluster(Cluster):
                 joined = count
             if count >= expected:
                 break
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(JOIN_POLL_SECONDS)
         self.timings["bootstrap"] = time.monotonic() - started
         # A worker that ended while booting, with no failure of its own published (that
         # would have failed the start), is a loss like a spot interruption: the job starts
@@ -931,10 +948,6 @@ class BurstCluster(Cluster):
                 no_client_timeout=self.spec.no_client_timeout.total_seconds(),
             )
         )
-
-    def _scheduler_address(self, give_up: float) -> dict | None:
-        self._check_nodes(give_up, "the scheduler to start")
-        return self.provider.scheduler_address(self.identity)
 
     def _check_nodes(self, give_up: float, waiting_for: str) -> list[InstanceRecord]:
         alive = check_nodes(

@@ -8,6 +8,7 @@ burst.taskrun: so this module imports nothing from burst and keeps no unpicklabl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -199,9 +200,9 @@ def run_tasks(
     failed fast, `attempts_on` (run on the scheduler) gives each recorded outcome its number
     of attempts (after `record` saw it: the caller rewrites). `folders` names each command
     task's outputs folder (burst.results.output_folders), kept in its outcome."""
+    import queue
+
     from dask.utils import apply
-    from distributed import TimeoutError as DaskTimeoutError
-    from distributed import as_completed
 
     code = ship(client, task, retries)
     futures = client.map(
@@ -225,39 +226,84 @@ def run_tasks(
             client.cancel([f for f in futures if not f.done()])
 
         threading.Thread(target=cancel_when_stopping, daemon=True).start()
+    feed: queue.Queue = queue.Queue()
+    streaming = asyncio.run_coroutine_threadsafe(
+        _stream(client, futures, seconds_left, feed), client.loop.asyncio_loop
+    )
     try:
-        # What finished since the last look comes as one batch, its values as one gather: a
-        # round trip per batch, not per task (as with_results=True would fetch them).
-        for batch in as_completed(futures, timeout=seconds_left).batches():
-            finished = {f.key: f for f in batch if f.status == "finished"}
-            values = client.gather(finished, errors="skip")  # cancelled meanwhile: skipped
-            for future in batch:
+        while (batch := feed.get()) is not None:
+            if batch is DEADLINE:
+                client.cancel([f for f in futures if not f.done()])
+                return DEADLINE
+            if isinstance(batch, BaseException):
+                raise batch
+            for future, status, value in batch:
                 number, item = inputs[future.key]
-                if future.status == "finished" and future.key in values:
+                if status == "finished":
                     folder = (folders or {}).get(number)
-                    outcome = done_outcome(number, item, values[future.key], command, folder)
-                elif future.status == "error":
+                    outcome = done_outcome(number, item, value, command, folder)
+                elif status == "error":
                     outcome = failure_outcome(number, item, future, command)
+                    future.release()
                 elif stopping is not None and stopping.is_set():
                     return CANCELLED
                 else:  # cancelled or lost: the cluster, not the task
-                    raise ClusterLost(
-                        f"lost task {number} ({future.status}): the cluster went away"
-                    )
+                    raise ClusterLost(f"lost task {number} ({status}): the cluster went away")
                 outcomes[number] = outcome
                 record(outcome)
-                future.release()
                 if len(outcomes) == fail_fast < len(futures):
                     alike = {failure_signature(o, command) for o in outcomes.values()}
                     if len(alike) == 1 and outcome.status == "failed":
                         client.cancel([f for f in futures if not f.done()])
                         return _with_attempts(client, attempts_on, inputs, outcomes, FAILED_FAST)
-    except DaskTimeoutError:
-        client.cancel([f for f in futures if not f.done()])
-        return DEADLINE
     finally:
         over.set()
+        streaming.cancel()
     return _with_attempts(client, attempts_on, inputs, outcomes, FINISHED)
+
+
+async def _stream(client: Any, futures: list, seconds: float | None, feed: Any) -> None:
+    """On the client's event loop: each batch of futures that finished since the last look,
+    as [(future, status, value)], into `feed` for run_tasks' thread; then None, or DEADLINE
+    when `seconds` ran out first. Done here, not from run_tasks' thread, because every call
+    into the loop from another thread wakes it through a pipe (a write per call): waiting on,
+    gathering and releasing each task from there costs more than a tiny task (issue 11). A
+    finished task's value is gathered with its batch, then released: its memory on the
+    cluster is freed as it is recorded. A failed task is released by run_tasks once its error
+    is read."""
+    from distributed import as_completed
+
+    try:
+        # The deadline is the whole run's, as as_completed's timeout counts from here.
+        finishing = as_completed(futures, loop=client.loop, timeout=seconds)
+        while True:
+            try:
+                first = await finishing.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:  # as_completed's timeout (asyncio's is this one since 3.11)
+                feed.put(DEADLINE)
+                return
+            batch = [first, *finishing.next_batch(block=False)]
+            finished = {f.key: f for f in batch if f.status == "finished"}
+            values = {}
+            if finished:  # (a batch of failures alone asks the cluster nothing)
+                values = await client.gather(finished, errors="skip", asynchronous=True)
+            done = []
+            for future in batch:
+                status = future.status
+                if status == "finished" and future.key not in values:
+                    status = "cancelled"  # cancelled while it was gathered
+                done.append((future, status, values.get(future.key)))
+            for future, status, _ in done:
+                if status == "finished":
+                    future.release()  # on the loop: no wake-up per task
+            feed.put(done)
+        feed.put(None)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:  # run_tasks' thread raises it
+        feed.put(error)
 
 
 def _with_attempts(

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -225,6 +226,7 @@ class Node:
         self.ssm = boto3.client("ssm", region_name=region, config=retries)
         self.region = region
         self.path = f"/burst/{args.cluster_id}"
+        self._tls: dict | None = None
 
     def security(self):
         """This node's own TLS identity: the pair of its role (scheduler or worker), which its
@@ -232,13 +234,20 @@ class Node:
         from distributed.security import Security
 
         role = self.args.role
-        secret = self.ssm.get_parameter(Name=f"{self.path}/tls-{role}", WithDecryption=True)
-        tls = json.loads(secret["Parameter"]["Value"])
+        tls = self.tls_pair()
         return Security(
             tls_ca_file=tls["ca"],
             require_encryption=True,
             **{f"tls_{role}_cert": tls["cert"], f"tls_{role}_key": tls["key"]},
         )
+
+    def tls_pair(self) -> dict:
+        """This node's TLS pair from SSM, read once."""
+        if self._tls is None:
+            name = f"{self.path}/tls-{self.args.role}"
+            secret = self.ssm.get_parameter(Name=name, WithDecryption=True)
+            self._tls = json.loads(secret["Parameter"]["Value"])
+        return self._tls
 
     def seconds_left(self) -> float:
         return max(0.0, self.args.deadline - time.time())
@@ -424,15 +433,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _import_dask() -> None:
+    with contextlib.suppress(Exception):
+        import cloudpickle  # noqa: F401
+        import distributed  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # botocore reads the role's credentials from the metadata service with a 1 s timeout and
     # one attempt by default: too little for a busy instance.
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
+    # Dask's import, about a second of CPU, runs while this thread waits on the metadata
+    # service and SSM (check_versions imports again, raising what failed).
+    importing = threading.Thread(target=_import_dask, daemon=True)
+    importing.start()
+    started = time.monotonic()
     node = Node(args)
     try:
+        node.tls_pair()
+        fetched = time.monotonic() - started
+        importing.join()
         check_versions(args.versions)
+        # On the console: where a slow boot's seconds went.
+        print(
+            f"agent: metadata and TLS pair {fetched:.2f}s, "
+            f"Dask imported {time.monotonic() - started:.2f}s after start",
+            flush=True,
+        )
         asyncio.run(node.scheduler() if args.role == "scheduler" else node.worker())
     except Exception as error:
         message = f"{args.role} {node.instance_id}: {type(error).__name__}: {error}"

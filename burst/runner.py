@@ -128,23 +128,27 @@ def job_modules(folder: Path) -> list[Any]:
     environment = _real_directory(sys.prefix)
     found = []
     for module in list(sys.modules.values()):
-        path = _real_path(getattr(module, "__file__", None) or "/")
-        if path.is_relative_to(folder) and not path.is_relative_to(environment):
+        file = getattr(module, "__file__", None) or "/"
+        if os.path.islink(file):
+            path = Path(file).resolve()
+            inside = path.is_relative_to(folder) and not path.is_relative_to(environment)
+        else:  # decided once per directory: thousands of modules share a few hundred
+            inside = _in_job(os.path.dirname(os.path.abspath(file)), folder, environment)
+        if inside:
             found.append(module)
     return found
 
 
-def _real_path(file: str) -> Path:
-    """Path(file).resolve(), with each directory resolved once: thousands of modules share a
-    few hundred directories, and resolving them all took most of a second per job."""
-    if os.path.islink(file):
-        return Path(file).resolve()
-    absolute = os.path.abspath(file)
-    return _real_directory(os.path.dirname(absolute)) / os.path.basename(absolute)
+@functools.lru_cache(maxsize=4096)
+def _in_job(directory: str, folder: Path, environment: Path) -> bool:
+    path = _real_directory(directory)
+    return path.is_relative_to(folder) and not path.is_relative_to(environment)
 
 
 @functools.lru_cache(maxsize=4096)
 def _real_directory(directory: str) -> Path:
+    """Path(directory).resolve(), once per directory: resolving every module's path took
+    most of a second per job."""
     return Path(directory).resolve()
 
 

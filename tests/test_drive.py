@@ -228,3 +228,39 @@ def test_a_command_s_failures_are_alike_by_exit_code_and_last_stderr_line():
     assert same != drive.failure_signature(failed(1, "no such file: x"), command=True)
     message = drive.fail_fast_message([failed(2, "usage\nno such file: x")] * 5, 3, 8)
     assert "(exit code 2: no such file: x)" in message and "3 of 8 tasks not run" in message
+
+
+def _sleep_for(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_deadline_ends_the_run_with_what_finished_recorded_and_released(dask_client):
+    """Tasks stream from the client's event loop: those done before stop_at are recorded (and
+    their values released on the cluster as they are), the rest cancelled, DEADLINE returned."""
+    import time
+
+    recorded: list[TaskOutcome] = []
+    ended = drive.run_tasks(
+        dask_client,
+        taskrun.FunctionTask(_sleep_for, None, False),
+        list(enumerate([0, 0, 0, 6, 6])),
+        command=False,
+        retries=0,
+        record=recorded.append,
+        stop_at=time.time() + 3,
+    )
+    assert ended == drive.DEADLINE
+    assert sorted(o.task for o in recorded) == [0, 1, 2]
+    assert all(o.status == "done" and o.result == 0 for o in recorded)
+
+    def keys(dask_scheduler=None):
+        return [k for k in dask_scheduler.tasks if str(k).startswith("task-")]
+
+    for _ in range(50):  # released and cancelled through the scheduler, a moment later
+        if not dask_client.run_on_scheduler(keys):
+            break
+        time.sleep(0.1)
+    assert dask_client.run_on_scheduler(keys) == []
