@@ -40,7 +40,6 @@ class NodeConfig:
     dashboard_port: int = 8787
     idle_timeout: float = 1800.0  # seconds without a task: the scheduler stops
     no_client_timeout: float = 120.0  # seconds without a client: the scheduler stops
-    pip: tuple[str, ...] = ()  # the job's software.pip, installed with the exact Dask stack
     scheduler: str = ""  # a worker's scheduler (tls://ip:port) when known at launch
     # The wheelhouses in the cluster's bucket, as (uname -m, s3://bucket/wheelhouse/<hash>/),
     # and what to install from them (burst.wheelhouse): a stock image's environment.

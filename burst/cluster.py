@@ -827,8 +827,9 @@ class BurstCluster(Cluster):
         # A stock image's environment, resolved here, before anything is created: a
         # requirement without a wheel for the instances is refused now, not at every boot.
         python = self._connection.node_python()
+        pip = tuple(self.spec.software.pip) if self.spec.software else ()
         houses = (
-            [wheelhouse.build(self._pip(), python, arch) for arch in sorted(architectures)]
+            [wheelhouse.build(pip, python, arch) for arch in sorted(architectures)]
             if python
             else []
         )
@@ -879,9 +880,6 @@ class BurstCluster(Cluster):
         if got.cores < self.spec.cores:  # at least min_cores, or acquire_workers raised
             self._emit(events.CapacityShort(got.cores, self.spec.cores))
         self.timings["provision"] = time.monotonic() - started
-
-    def _pip(self) -> tuple[str, ...]:
-        return tuple(self.spec.software.pip) if self.spec.software else ()
 
     def _upload_wheelhouses(self, houses: list[wheelhouse.Wheelhouse]) -> None:
         """Into the cluster's bucket (which the nodes' roles read), before any node boots."""
@@ -941,7 +939,6 @@ class BurstCluster(Cluster):
                 port=port,
                 scheduler=scheduler,
                 dashboard_port=self.provider.dashboard_port,
-                pip=self._pip(),
                 wheelhouses=tuple(self._wheelhouses),
                 requirements=self._requirements,
                 idle_timeout=self.spec.idle_timeout.total_seconds(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
@@ -230,8 +231,12 @@ def check_nodes(
     instead of waiting for nothing. Returns the workers still to be expected."""
     failures = provider.node_failures(ident)
     if failures:
+        # The same cause on many nodes is said once, with how many; the scheduler's first.
+        counted = Counter(failures)
+        said = sorted(counted, key=lambda message: "of the scheduler" not in message)
         raise CloudError(
-            "nodes failed to start: " + "; ".join(failures),
+            "nodes failed to start: "
+            + "; ".join(m + (f" ({counted[m]} nodes)" if counted[m] > 1 else "") for m in said),
             "the node's message above says why; fix the spec or its software and run again",
         )
     gone = {r.instance_id for r in provider.instances(ident, ["shutting-down", "terminated"])}

@@ -246,7 +246,7 @@ def test_the_dashboard_listens_on_loopback_only(tmp_path):
                                   "--dashboard-port", "0", "--no-client-timeout", "60"])
     agent.address, agent.instance_id, agent.path = "127.0.0.2", "i-0dash", "/burst/dash"
     agent.metadata = SimpleNamespace(get=lambda path: "127.0.0.2")
-    agent.ssm = Parameters()
+    agent.ssm, agent._tls = Parameters(), None
     asyncio.run(agent.scheduler())
     dashboard_hosts, listener = set(bound[:-1]), bound[-1]
     assert dashboard_hosts == {"127.0.0.1"}

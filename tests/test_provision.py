@@ -325,6 +325,15 @@ def test_check_nodes_raises_naming_a_failed_node():
         check_nodes(cloud, IDENT, launched(cloud), 16)
 
 
+def test_check_nodes_says_one_cause_once_with_its_count_the_schedulers_first():
+    cloud = FakeCloud()
+    worker, scheduler = "boot of the worker failed: dnf", "boot of the scheduler failed: dnf"
+    cloud.failures = [worker, worker, scheduler, worker]
+    with pytest.raises(CloudError) as raised:
+        check_nodes(cloud, IDENT, launched(cloud), 16)
+    assert raised.value.args[0] == f"nodes failed to start: {scheduler}; {worker} (3 nodes)"
+
+
 def test_check_nodes_raises_when_the_scheduler_is_gone():
     cloud = FakeCloud()
     nodes = launched(cloud)
