@@ -336,6 +336,8 @@ class Node:
             pwd.getpwnam(self.args.task_user)  # a missing user fails the node, reported
             os.environ[TASK_USER_VARIABLE] = self.args.task_user
         address = self.args.scheduler or await self._scheduler_address()
+        security = self.security()
+        await self._until_listening(address, security)
         nthreads = int(os.environ.get("BURST_NODE_VCPUS") or os.cpu_count() or 1)
         # "auto" is the machine's memory; sandbox instances share one host, so the sandbox
         # declares each instance type's memory, as it declares its vCPUs.
@@ -346,7 +348,7 @@ class Node:
             name=self.instance_id,
             host=self.address,
             protocol="tls",
-            security=self.security(),
+            security=security,
             dashboard=False,
             death_timeout=self.args.death_timeout,
             memory_limit=memory,
@@ -387,6 +389,25 @@ class Node:
                 await asyncio.sleep(wait)
                 wait = min(3.0, wait * 1.5)
         raise RuntimeError("the deadline passed before the scheduler published its address")
+
+    async def _until_listening(self, address: str, security) -> None:
+        """Returns when the scheduler answers a connection (or after --death-timeout, leaving
+        the Nanny to fail as it does). The Nanny's own first contact retries with uncapped
+        exponential backoff (distributed.comm.core.connect: up to 0.01 s x 2^n), so a worker
+        up before its scheduler would wait up to twice the scheduler's boot; here a try every
+        0.25 s at most."""
+        from distributed.comm import connect
+
+        give_up = time.monotonic() + self.args.death_timeout
+        while time.monotonic() < give_up:
+            try:
+                comm = await connect(
+                    address, timeout=0.25, **security.get_connection_args("worker")
+                )
+            except OSError:  # refused, or not yet there (a TimeoutError is one)
+                continue
+            await comm.close()
+            return
 
     async def _spot_notice(self) -> str:
         """Returns only when the two-minute interruption notice, or a rebalance

@@ -3,6 +3,7 @@ looks and the node powers off, instead of leaving a billed instance that never j
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
 
-from burst import bootstrap
+from burst import bootstrap, node
 
 
 def _tool(folder, name: str, body: str) -> None:
@@ -153,3 +154,52 @@ def test_a_stock_node_installs_the_wheelhouse_from_the_bucket_and_never_an_index
     installs = [line for line in script.splitlines() if "pip\" install" in line]
     assert installs and all("--no-index" in line for line in installs)
     assert "'numpy>=2' dask==1.0 boto3 bokeh" in script
+
+
+def _agent(role: str, pair: dict, *extra: str) -> node.Node:
+    agent = node.Node.__new__(node.Node)  # no metadata service or SSM: the pair is given
+    agent.args = node.parse_args(["--role", role, "--cluster-id", "wait00000001",
+                                  "--deadline", "1", *extra])
+    agent._tls = pair
+    return agent
+
+
+def test_a_worker_up_before_its_scheduler_waits_for_it_then_its_nanny_joins_at_once():
+    """The Nanny's own first contact backs off exponentially without a cap; the agent waits
+    for the scheduler to answer first (real TLS, the worker's own certificate)."""
+    import socket
+
+    from distributed import Nanny, Scheduler
+
+    from burst import tls
+
+    bundle = tls.issue("wait00000001", timedelta(minutes=5)).node_bundle()
+    worker = _agent("worker", bundle["worker"], "--death-timeout", "60")
+    scheduler = _agent("scheduler", bundle["scheduler"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tls://127.0.0.1:{port}"
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(worker._until_listening(address, worker.security()))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # nothing listens yet: still waiting, no error
+        async with Scheduler(host="127.0.0.1", port=port, protocol="tls", dashboard=False,
+                             security=scheduler.security()) as running:
+            await asyncio.wait_for(waiting, 30)
+            assert not running.workers  # the probe is no worker
+            async with Nanny(address, nthreads=1, security=worker.security(),
+                             protocol="tls", host="127.0.0.1"):
+                assert len(running.workers) == 1
+
+    asyncio.run(main())
+
+
+def test_a_worker_whose_scheduler_never_answers_leaves_it_to_the_nanny_after_death_timeout():
+    from burst import tls
+
+    bundle = tls.issue("wait00000002", timedelta(minutes=5)).node_bundle()
+    worker = _agent("worker", bundle["worker"], "--death-timeout", "0.6")
+    closed = "tls://127.0.0.1:9"  # discard: nothing listens there
+    assert asyncio.run(worker._until_listening(closed, worker.security())) is None
