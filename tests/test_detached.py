@@ -139,14 +139,16 @@ def test_the_job_index_records_and_refuses_unknown_columns(tmp_path, monkeypatch
 @pytest.mark.sandbox
 def test_a_sandbox_started_for_detached_jobs_stops_itself_when_idle(tmp_path, monkeypatch):
     monkeypatch.setenv("BURST_HOME", str(tmp_path))
-    started = sandbox_module.start_detached(idle_stop=2)  # returns once it answered
+    # 8 s idle: long enough for start_detached to see it answer on a loaded machine (with 2 s it
+    # could stop between two of its polls, and the test waited for a sandbox already gone)
+    started = sandbox_module.start_detached(idle_stop=8)  # returns once it answered
     assert started["endpoint"].startswith("http://127.0.0.1:")
     give_up = time.monotonic() + 60
     while sandbox_module.state_file().exists() and time.monotonic() < give_up:
         time.sleep(0.5)
     assert not sandbox_module.state_file().exists()
     assert sandbox_module.running_sandbox() is None
-    assert "no instance for 2s: the sandbox stops" in (tmp_path / "sandbox.log").read_text()
+    assert "no instance for 8s: the sandbox stops" in (tmp_path / "sandbox.log").read_text()
 
 
 def test_a_detached_job_whose_tasks_all_fail_alike_stops_early(sandbox, tmp_path):
