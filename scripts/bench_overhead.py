@@ -95,19 +95,23 @@ def run_local_once(
 ) -> tuple[dict[str, float], Any]:
     """Start a LocalCluster, map pi.sample over the tasks, reduce, close; time each part."""
     import cloudpickle
+    import dask
     import pi  # from jobs/, put on sys.path by main()
     from distributed import Client, LocalCluster
+
+    from burst.cloud.sandbox import sandbox_node_config
 
     # Ship the job module by value, as burst does: the workers need no copy of it.
     cloudpickle.register_pickle_by_value(pi)
     log(f"local cluster run {index}/{repeat} ({workers} workers x {threads} threads)")
     started = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        dashboard_address=":0",
-    )
+    with dask.config.set(sandbox_node_config()):  # the Dask settings the sandbox's nodes run
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+        )
     client = Client(cluster)
     client.wait_for_workers(workers)
     start = time.perf_counter() - started

@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-run", action="store_true", help="no `burst run` figure")
     args = parser.parse_args(argv)
 
+    import dask
     from distributed import Client, LocalCluster
 
     import burst
-    from burst.cloud.sandbox import Sandbox
+    from burst.cloud.sandbox import Sandbox, sandbox_node_config
 
     load_before = os.getloadavg()
     out: dict[str, Any] = {
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers, threads = shape(cluster)
                 out["burst"] = measure(client, args)
             log(f"burst: {out['burst']}; LocalCluster: {workers} workers x {threads} threads")
-            with LocalCluster(
+            with dask.config.set(sandbox_node_config()), LocalCluster(
                 n_workers=workers, threads_per_worker=threads, dashboard_address=None
             ) as local, Client(local) as client:
                 out["local"] = measure(client, args)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from burst.cloud import sandbox as sandbox_module
 from tests.conftest import client
 
 
@@ -21,13 +22,15 @@ def wait_for(predicate, seconds: float = 20, step: float = 0.2):
     raise AssertionError(f"condition not met in {seconds}s")
 
 
-def launch(cloud, user_data: str, instance_type: str = "c5.xlarge") -> str:
+def launch(cloud, user_data: str, instance_type: str = "c5.xlarge", role: str = "") -> str:
     ec2 = client(cloud, "ec2")
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "burst:role", "Value": role}]}]
     image = client(cloud, "ssm").get_parameter(
         Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
     )["Parameter"]["Value"]
     reply = ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1,
-                              UserData=user_data, InstanceInitiatedShutdownBehavior="terminate")
+                              UserData=user_data, InstanceInitiatedShutdownBehavior="terminate",
+                              TagSpecifications=tags if role else [])
     return reply["Instances"][0]["InstanceId"]
 
 
@@ -112,6 +115,31 @@ def test_spot_interruption_notice_is_served_then_instance_terminated(sandbox, tm
     action = json.loads(instance.metadata("meta-data/spot/instance-action"))
     assert action["action"] == "terminate"
     wait_for(lambda: state(sandbox, instance_id) == "terminated")
+
+
+def test_the_host_boots_a_few_instances_at_once_the_scheduler_first(sandbox, tmp_path,
+                                                                     monkeypatch):
+    """An instance holds a boot slot until its console shows its Dask server up; the others
+    wait, running but not booted, and a waiting scheduler boots before waiting workers."""
+    hypervisor = sandbox.hypervisor
+    monkeypatch.setattr(sandbox_module, "BOOT_SLOTS", hypervisor._booting() + 1)
+    go, up = tmp_path / "go", "Scheduler at: tls://127.0.0.1:1"
+    first = launch(sandbox, f"#!/bin/bash\nuntil [ -e {go} ]; do sleep 0.1; done\n"
+                            f"echo '{up}'\nsleep 300\n")
+    wait_for(lambda: first in hypervisor.instances)
+    worker = launch(sandbox, f"#!/bin/bash\necho '{up}'\nsleep 300\n", role="worker")
+    scheduler = launch(sandbox, "#!/bin/bash\nsleep 300\n", role="scheduler")
+    time.sleep(8 * sandbox_module.POLL_SECONDS)
+    assert worker not in hypervisor.instances and scheduler not in hypervisor.instances
+    assert state(sandbox, worker) == "running"  # running to EC2, still booting on the host
+    go.touch()  # the first one's server is up: its slot goes to the scheduler
+    wait_for(lambda: scheduler in hypervisor.instances)
+    time.sleep(8 * sandbox_module.POLL_SECONDS)
+    assert worker not in hypervisor.instances  # the scheduler never says it is up
+    client(sandbox, "ec2").terminate_instances(InstanceIds=[first, scheduler])
+    wait_for(lambda: worker in hypervisor.instances)  # a terminated one frees its slot
+    client(sandbox, "ec2").terminate_instances(InstanceIds=[worker])
+    wait_for(lambda: not {first, worker, scheduler} & set(hypervisor.instances))
 
 
 # ---------------------------------------------------------------- single-user by construction

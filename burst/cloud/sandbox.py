@@ -43,6 +43,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
+from burst.cloud.base import TAG_ROLE
 from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits
 from burst.home import burst_home, ensure_home, write_private
 
@@ -50,6 +51,42 @@ from burst.home import burst_home, ensure_home, write_private
 UNGUARDED_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SANDBOX_REGION = "us-east-1"
 POLL_SECONDS = 0.25
+# This host boots at most this many instances at once; the rest wait, "running" but not yet
+# up, as an EC2 instance is for its first tens of seconds. On EC2 every instance boots on its
+# own CPUs; here they share the host's, and a hundred Python processes importing Dask at once
+# on two cores starve each other past the timeouts (the metadata service's among them), a
+# failure AWS would not produce. An instance holds its slot until its console shows its Dask
+# server up, its boot script exits, or BOOT_SLOT_SECONDS pass.
+BOOT_SLOTS = int(os.environ.get("BURST_SANDBOX_BOOT_SLOTS") or max(4, 4 * (os.cpu_count() or 1)))
+BOOT_SLOT_SECONDS = 60.0
+BOOTED_MARKERS = (b"Start worker at", b"Scheduler at:")
+# Each idle Dask worker polls: its event-loop tick every 20 ms, its memory every 100 ms, the
+# system every 500 ms, and profiles itself every 10 ms; about 3% of a core per node, paid on
+# EC2 by each instance's own CPUs, here by the host's, which a hundred idle nodes saturate.
+# The sandbox's nodes poll less and do not profile (the dashboard's Profile page stays empty);
+# the benchmarks give their LocalClusters the same settings, so comparisons stay fair.
+NODE_DASK_ENV = {
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+    "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "1s",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+}
+
+
+def sandbox_node_config() -> dict[str, object]:
+    """NODE_DASK_ENV as `dask.config.set` takes it, for a LocalCluster compared with nodes."""
+    from dask.config import collect_env
+
+    def dotted(tree: dict, prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(dotted(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    return dotted(collect_env(NODE_DASK_ENV))  # parsed as Dask parses its environment
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
 FAKE_SHUTDOWN = "#!/bin/sh\nkill -TERM 0\n"
 # Which image the instances boot: "client" (the client's interpreter and packages baked in:
@@ -351,7 +388,8 @@ class _Metadata(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(data)  # a caller that timed out has hung up: nothing to tell it
 
     def _stranger(self) -> bool:
         uid = _peer_uid(self.client_address[:2], self.server.server_address[:2])
@@ -391,6 +429,9 @@ class SandboxInstance:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     process: subprocess.Popen | None = None
     server: ThreadingHTTPServer | None = None
+    booted_at: float = 0.0  # monotonic time its boot script started
+    up: bool = False  # its Dask server is up: it no longer holds a boot slot
+    lock: threading.Lock = field(default_factory=threading.Lock)
     instance_action: dict | None = None
 
     def metadata(self, path: str) -> str | None:
@@ -432,13 +473,15 @@ class SandboxInstance:
         return f"http://127.0.0.1:{self.server.server_address[1]}/"
 
     def kill(self) -> None:
+        """Idempotent, and safe from two threads at once (the hypervisor's loop and stop())."""
         _POWERED.pop(self.instance_id, None)
+        with self.lock:
+            server, self.server = self.server, None
         if self.process and self.process.poll() is None:
             _kill_group(self.process)
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        if server:
+            server.shutdown()
+            server.server_close()
 
 
 def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
@@ -502,6 +545,18 @@ def _fleet_deletion_as_ec2() -> None:
             terminate(self)
 
     Fleet.terminate_instances = terminate_live
+
+
+def _tag(described: dict, key: str) -> str | None:
+    return next((t["Value"] for t in described.get("Tags", []) if t["Key"] == key), None)
+
+
+def _console_says(console: Path, markers: tuple[bytes, ...]) -> bool:
+    try:
+        text = console.read_bytes()
+    except OSError:
+        return False
+    return any(marker in text for marker in markers)
 
 
 class Hypervisor:
@@ -604,15 +659,30 @@ class Hypervisor:
                     for described in reservation["Instances"]:
                         if described["State"]["Name"] in ("pending", "running"):
                             live[described["InstanceId"]] = described
-        for instance_id, described in live.items():
-            if instance_id not in self.instances:
-                self._boot(described)
+        waiting = [d for i, d in live.items() if i not in self.instances]
+        # The scheduler first: its workers wait for it, holding their slots.
+        waiting.sort(key=lambda d: _tag(d, TAG_ROLE) != "scheduler")
+        for described in waiting[: max(0, BOOT_SLOTS - self._booting())]:
+            self._boot(described)
         for instance_id, instance in list(self.instances.items()):
             if instance_id not in live:
                 instance.kill()  # terminated or stopped through the API
                 del self.instances[instance_id]
             elif instance.process and instance.process.poll() is not None:
                 self._power_off(instance)
+
+    def _booting(self) -> int:
+        """How many instances hold a boot slot now."""
+        now = time.monotonic()
+        for instance in self.instances.values():
+            if not instance.up and (
+                now - instance.booted_at > BOOT_SLOT_SECONDS
+                or instance.process is None
+                or instance.process.poll() is not None
+                or _console_says(instance.folder / "console.log", BOOTED_MARKERS)
+            ):
+                instance.up = True
+        return sum(not instance.up for instance in self.instances.values())
 
     def _boot(self, described: dict) -> None:
         instance_id = described["InstanceId"]
@@ -661,6 +731,7 @@ class Hypervisor:
             except BaseException:
                 instance.kill()  # stops its metadata server; the next poll boots it again
                 raise
+            instance.booted_at = time.monotonic()
             # Registered only once booted, so a failed boot is retried rather than forgotten.
             self.instances[instance_id] = instance
             _POWERED[instance_id] = instance.process.pid
@@ -691,44 +762,30 @@ class Hypervisor:
             for k, v in os.environ.items()
             if not k.startswith(("AWS_", "BURST_", "DASK_", "PYTHONPATH"))
         }
-        if self.image == "stock":  # a stock image: no pip configuration, no client packages
-            env = {k: v for k, v in env.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
-            env.update(
-                {
-                    "PATH": f"{self.bin_dir}:{env.get('PATH', '')}",
-                    "PIP_CONFIG_FILE": os.devnull,
-                    "BURST_NODE_ROOT": str(instance.folder / "opt-burst"),  # its /opt/burst
-                    "AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.serve_metadata(),
-                    "AWS_ENDPOINT_URL": self.endpoint,
-                    "AWS_CONFIG_FILE": os.devnull,
-                    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                    "HOME": str(instance.folder),
-                    "TMPDIR": str(instance.folder),
-                    "BURST_NODE_VCPUS": str(instance.vcpus),
-                    "BURST_NODE_MEMORY": str(self._memory.get(instance.instance_type, 0)),
-                }
-            )
-            if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):
-                env["BURST_SPOT_POLL_SECONDS"] = poll
-            return env
         env.update(
             {
-                "PATH": f"{self.bin_dir}:{Path(sys.executable).parent}:{env.get('PATH', '')}",
                 "HOME": str(instance.folder),
                 "TMPDIR": str(instance.folder),
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.serve_metadata(),
                 "AWS_ENDPOINT_URL": self.endpoint,  # the sandbox's "network" routes AWS to moto
                 "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                # The sandbox image comes with the client's Python and packages baked in, and
-                # the host's cores are shared, so the instance's vCPUs are declared, not counted.
-                "BURST_NODE_PYTHON": sys.executable,
+                # The host's cores are shared, so the instance's vCPUs are declared, not counted.
                 "BURST_NODE_VCPUS": str(instance.vcpus),
                 "BURST_NODE_MEMORY": str(self._memory.get(instance.instance_type, 0)),
+                **NODE_DASK_ENV,
             }
         )
         if poll := os.environ.get("BURST_SPOT_POLL_SECONDS"):  # spot drills: see node.py
             env["BURST_SPOT_POLL_SECONDS"] = poll
+        if self.image == "stock":  # a stock image: no pip configuration, no client packages
+            env = {k: v for k, v in env.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+            env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+            env["PIP_CONFIG_FILE"] = os.devnull
+            env["BURST_NODE_ROOT"] = str(instance.folder / "opt-burst")  # its /opt/burst
+        else:  # the sandbox image: the client's Python and packages baked in
+            env["PATH"] = f"{self.bin_dir}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
+            env["BURST_NODE_PYTHON"] = sys.executable
         return env
 
     def _power_off(self, instance: SandboxInstance) -> None:
