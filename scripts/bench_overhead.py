@@ -131,6 +131,37 @@ def run_local_once(
     return times, result
 
 
+# The same computation as a user's own script would run it: a fresh interpreter that imports
+# Dask, starts a LocalCluster, maps, reduces and exits (like `burst run`, a process of its own).
+LOCAL_SCRIPT = """
+import sys
+import cloudpickle, dask
+sys.path.insert(0, sys.argv[1])
+import pi
+from distributed import Client, LocalCluster
+from burst.cloud.sandbox import sandbox_node_config
+cloudpickle.register_pickle_by_value(pi)
+with dask.config.set(sandbox_node_config()):
+    with LocalCluster(n_workers=int(sys.argv[2]), threads_per_worker=int(sys.argv[3]),
+                      processes=True, dashboard_address=":0") as cluster, Client(cluster) as c:
+        c.wait_for_workers(int(sys.argv[2]))
+        print(pi.estimate(c.gather(c.map(pi.sample, range(int(sys.argv[4])), pure=False))))
+"""
+
+
+def run_local_process_once(index: int, repeat: int, workers: int, threads: int) -> float:
+    log(f"local cluster in a fresh process {index}/{repeat}")
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", LOCAL_SCRIPT, str(JOBS), str(workers), str(threads), str(TASKS)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - started
+    log(f"local cluster in a fresh process {index}: {wall:.2f}s")
+    return wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
@@ -170,6 +201,9 @@ def main() -> None:
         if result != manifests[0]["result"]:
             log(f"local result {result} differs from burst's {manifests[0]['result']}")
 
+    fresh = [run_local_process_once(i, args.repeat, workers, threads)
+             for i in range(1, args.repeat + 1)]  # fmt: skip
+
     burst_median = statistics.median(burst_walls)
     local_median = statistics.median(local["wall"])
     report = {
@@ -190,7 +224,13 @@ def main() -> None:
             "compute": median(local["compute"]),
             "close": median(local["close"]),
         },
+        # In this process, after the first run: Dask already imported, the workers not.
         "ratio_median": round(burst_median / local_median, 2),
+        "local_cluster_fresh_process": {
+            "wall_seconds": [round(w, 3) for w in fresh],
+            "median": median(fresh),
+        },
+        "ratio_median_fresh_process": round(burst_median / statistics.median(fresh), 2),
         "workers": workers,
         "threads_per_worker": threads,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
