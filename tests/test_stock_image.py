@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -123,7 +124,9 @@ def test_a_python_the_image_lacks_fails_the_boot_fast_with_dnfs_cause(stock):
         python.symlink_to(target)
     assert failed.returncode == 3, failed.stderr[-2000:]
     text = " ".join(failed.stderr.split())
-    assert "nodes failed to start: boot of the scheduler failed" in text  # said first
+    # Whichever node's failure the client sees first (the scheduler's is said first when both
+    # are in: tests/test_provision.py); on a loaded machine a worker's may be alone at first.
+    assert re.search(r"nodes failed to start: boot of the (scheduler|worker) failed", text), text
     assert f"dnf install -y -q {python.name} {python.name}-pip" in text
     manifest = json.loads(failed.stdout) if failed.stdout.strip() else None
     cluster = manifest["cluster_id"] if manifest else None
