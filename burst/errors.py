@@ -42,6 +42,13 @@ class SpecError(BurstError, ValueError):
         super().__init__("; ".join(problems), "correct the fields above and run again")
 
 
+class SettingError(BurstError):
+    """A bad setting outside the spec, such as a BURST_SANDBOX_* variable: refused before any
+    work, naming the variable, the value and what is accepted."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class PlanError(SpecError):
     """Constraints that no offer meets: found before any cloud call."""
 

@@ -178,3 +178,27 @@ def test_sandbox_status_counts_what_the_api_lists(sandbox):
     assert f"  {len(listed)} in all, over the regions" in done.stdout
     terminated = sum(i["State"]["Name"] == "terminated" for i in listed)
     assert f"  {terminated} terminated: ended instances" in done.stdout
+
+
+@pytest.mark.parametrize("setting, said", [
+    ("BURST_SANDBOX_BOOT_SLOTS=0",
+     "BURST_SANDBOX_BOOT_SLOTS: '0' is not accepted; accepted: a whole number >= 1"),
+    ("BURST_SANDBOX_QUOTAS=lots", "BURST_SANDBOX_QUOTAS: 'lots' is not NAME=VALUE"),
+    ("BURST_SANDBOX_IMAGE=golden",
+     "BURST_SANDBOX_IMAGE: 'golden' is not an image; accepted: client, stock"),
+])  # fmt: skip
+def test_a_bad_sandbox_setting_is_refused_before_a_sandbox_starts(tmp_path, monkeypatch, setting,
+                                                                  said):
+    monkeypatch.setenv("BURST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(*setting.split("=", 1))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pi.py").write_text((REPO / "jobs" / "pi.py").read_text())
+    spec = {"name": "pi", "cores": 4, "max_runtime": "10m",
+            "run": {"function": "pi:sample", "tasks": {"range": 4}}}
+    (tmp_path / "pi.yaml").write_text(yaml.safe_dump(spec))
+    for command in (["run", "pi.yaml"], ["sandbox", "up"]):
+        done = CliRunner().invoke(app, command)
+        assert done.exit_code == 2, done.output
+        assert f"error: {said}" in done.stderr and "a bug" not in done.output
+        assert "fix: correct or unset that variable" in done.stderr
+        assert not (tmp_path / "home" / "sandbox.json").exists()  # no sandbox was started

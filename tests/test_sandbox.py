@@ -122,7 +122,7 @@ def test_the_host_boots_a_few_instances_at_once_the_scheduler_first(sandbox, tmp
     """An instance holds a boot slot until its console shows its Dask server up; the others
     wait, running but not booted, and a waiting scheduler boots before waiting workers."""
     hypervisor = sandbox.hypervisor
-    monkeypatch.setattr(sandbox_module, "BOOT_SLOTS", hypervisor._booting() + 1)
+    monkeypatch.setattr(hypervisor, "boot_slots", hypervisor._booting() + 1)
     go, up = tmp_path / "go", "Scheduler at: tls://127.0.0.1:1"
     first = launch(sandbox, f"#!/bin/bash\nuntil [ -e {go} ]; do sleep 0.1; done\n"
                             f"echo '{up}'\nsleep 300\n")

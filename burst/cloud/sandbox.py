@@ -44,7 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from burst.catalog import SANDBOX_REGIONS
 from burst.cloud.base import TAG_ROLE
-from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits
+from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits, buckets_from, quotas_from
 from burst.home import burst_home, ensure_home, write_private
 
 # What a bare moto server (no guard) takes: the provisioning benchmark's in-process moto.
@@ -57,7 +57,8 @@ POLL_SECONDS = 0.25
 # on two cores starve each other past the timeouts (the metadata service's among them), a
 # failure AWS would not produce. An instance holds its slot until its console shows its Dask
 # server up, its boot script exits, or BOOT_SLOT_SECONDS pass.
-BOOT_SLOTS = int(os.environ.get("BURST_SANDBOX_BOOT_SLOTS") or max(4, 4 * (os.cpu_count() or 1)))
+BOOT_SLOTS_ENV = "BURST_SANDBOX_BOOT_SLOTS"
+BOOT_SLOTS = max(4, 4 * (os.cpu_count() or 1))
 BOOT_SLOT_SECONDS = 60.0
 BOOTED_MARKERS = (b"Start worker at", b"Scheduler at:")
 # Each idle Dask worker polls: its event-loop tick every 20 ms, its memory every 100 ms, the
@@ -87,6 +88,8 @@ def sandbox_node_config() -> dict[str, object]:
         return out
 
     return dotted(collect_env(NODE_DASK_ENV))  # parsed as Dask parses its environment
+
+
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
 FAKE_SHUTDOWN = "#!/bin/sh\nkill -TERM 0\n"
 # Which image the instances boot: "client" (the client's interpreter and packages baked in:
@@ -101,6 +104,25 @@ def image_from(value: str | None) -> str:
     if image not in IMAGES:
         raise ValueError(f"{IMAGE_ENV}: {value!r} is not an image; accepted: {', '.join(IMAGES)}")
     return image
+
+
+def boot_slots_from(value: str | None) -> int:
+    if not (value or "").strip():
+        return BOOT_SLOTS
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(
+            f"{BOOT_SLOTS_ENV}: {value!r} is not accepted; accepted: a whole number >= 1"
+        )
+    return int(value)
+
+
+def check_settings() -> None:
+    """The sandbox's settings from the environment, refused (ValueError, naming the variable,
+    the value and what is accepted) before a sandbox starts with them."""
+    image_from(os.environ.get(IMAGE_ENV))
+    boot_slots_from(os.environ.get(BOOT_SLOTS_ENV))
+    quotas_from(os.environ.get("BURST_SANDBOX_QUOTAS", ""))
+    buckets_from(os.environ.get("BURST_SANDBOX_LIMITS", ""))
 
 
 # The stock image's dnf: its Python packages are there when the image has that interpreter
@@ -572,6 +594,7 @@ class Hypervisor:
     ):
         self.endpoint = endpoint
         self.image = image_from(image)
+        self.boot_slots = boot_slots_from(os.environ.get(BOOT_SLOTS_ENV))
         self.folder = folder
         self.instance_keys = instance_keys or {
             **UNGUARDED_CREDENTIALS,
@@ -662,7 +685,7 @@ class Hypervisor:
         waiting = [d for i, d in live.items() if i not in self.instances]
         # The scheduler first: its workers wait for it, holding their slots.
         waiting.sort(key=lambda d: _tag(d, TAG_ROLE) != "scheduler")
-        for described in waiting[: max(0, BOOT_SLOTS - self._booting())]:
+        for described in waiting[: max(0, self.boot_slots - self._booting())]:
             self._boot(described)
         for instance_id, instance in list(self.instances.items()):
             if instance_id not in live:
