@@ -216,6 +216,26 @@ def test_subnets_must_exist_and_share_one_vpc():
             _delete_vpc(ec2, other, [c])
 
 
+def test_of_two_subnets_in_a_zone_the_one_with_more_free_addresses_is_used():
+    with moto_in_process():
+        session = boto3.Session(
+            region_name="us-west-2", aws_access_key_id="testing", aws_secret_access_key="x"
+        )
+        ec2 = session.client("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.73.0.0/16")["Vpc"]["VpcId"]
+        small, big, other = (
+            ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]
+            ["SubnetId"]
+            for cidr, zone in (("10.73.1.0/28", "us-west-2a"), ("10.73.2.0/24", "us-west-2a"),
+                               ("10.73.3.0/28", "us-west-2b"))
+        )  # fmt: skip
+        try:
+            found = AwsProvider(session, "us-west-2").network([small, big, other])
+            assert found.subnets == {"us-west-2a": big, "us-west-2b": other}  # 251 free, not 11
+        finally:
+            _delete_vpc(ec2, vpc, [small, big, other])
+
+
 # ------------------------------------------------------------------ for real, on the sandbox
 
 

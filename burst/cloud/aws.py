@@ -192,7 +192,8 @@ class AwsProvider:
 
     def network(self, subnets: Sequence[str] = (), zones: Sequence[str] = ()) -> Network:
         """The VPC and a subnet per zone: of the given subnets, which must exist and share one
-        VPC (the first listed in a zone is used), else of the default VPC in `zones`."""
+        VPC (in a zone, the one with the most free addresses: every node takes one), else of
+        the default VPC in `zones`."""
         if not subnets:
             return self._default_network(list(zones))
         try:
@@ -221,10 +222,12 @@ class AwsProvider:
                 f"network.subnets are in {len(vpcs)} VPCs ({where}); a cluster lives in one",
                 "name subnets of one VPC (its security group admits members of that VPC only)",
             )
-        by_zone: dict[str, str] = {}
+        by_zone: dict[str, dict] = {}
         for subnet_id in subnets:
-            by_zone.setdefault(by_id[subnet_id]["AvailabilityZone"], subnet_id)
-        return Network(next(iter(vpcs)), by_zone)
+            subnet, zone = by_id[subnet_id], by_id[subnet_id]["AvailabilityZone"]
+            if zone not in by_zone or _free(subnet) > _free(by_zone[zone]):  # ties: listed first
+                by_zone[zone] = subnet
+        return Network(next(iter(vpcs)), {z: s["SubnetId"] for z, s in by_zone.items()})
 
     def _default_network(self, zones: list[str]) -> Network:
         vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -953,6 +956,10 @@ def _node_settings(
         "TagSpecifications": ident.tag_specifications(role, "instance", "volume"),
         **_root_volume(env.disk_gb),
     }
+
+
+def _free(subnet: dict) -> int:
+    return int(subnet.get("AvailableIpAddressCount", 0))
 
 
 def _placement(env: NodeEnvironment, role: str, subnet_id: str | None = None) -> dict[str, Any]:
