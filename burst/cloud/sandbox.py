@@ -527,6 +527,16 @@ def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
 _POWERED: dict[str, int] = {}
 _CUT: set[str] = set()  # instances moto terminated or stopped: never booted after that
 _POWER_LOCK = threading.Lock()
+# The hypervisors of this process, woken when moto creates, stops or terminates an instance:
+# EC2 boots an instance when it is launched, not at its next poll. Without a change they look
+# at EC2's state only every FULL_RECONCILE_SECONDS (a describe per region costs the host CPU).
+_WATCHERS: set[threading.Event] = set()
+FULL_RECONCILE_SECONDS = 2.0
+
+
+def _changed() -> None:
+    for event in list(_WATCHERS):
+        event.set()
 
 
 def _power_cut_on_terminate() -> None:
@@ -543,12 +553,23 @@ def _power_cut_on_terminate() -> None:
                 if group is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(group, signal.SIGKILL)
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                _changed()
+
+        return wrapper
+
+    def launching(init):
+        def wrapper(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            _changed()  # the response is still being written: the next poll describes it
 
         return wrapper
 
     Instance.terminate = cutting(Instance.terminate)
     Instance.stop = cutting(Instance.stop)
+    Instance.__init__ = launching(Instance.__init__)
     Instance._burst_power_cut = True
     _fleet_deletion_as_ec2()
 
@@ -616,6 +637,8 @@ class Hypervisor:
         self._fleets_seen: set[str] = set()
         self._template_data: dict[str, dict] = {}  # instance id -> its launch template's data
         self._stop = threading.Event()
+        self._change = threading.Event()  # set by moto's launches and terminations
+        self._waiting = False  # instances wait for a boot slot
         self._thread = threading.Thread(target=self._loop, name="sandbox-hypervisor", daemon=True)
         self.errors: list[str] = []
         bin_dir = folder / "image-bin"
@@ -640,10 +663,13 @@ class Hypervisor:
             (self.bin_dir / name).chmod(0o755)
 
     def start(self) -> None:
+        _WATCHERS.add(self._change)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._change.set()
+        _WATCHERS.discard(self._change)
         self._thread.join(10)
         for instance in list(self.instances.values()):
             instance.kill()
@@ -668,11 +694,34 @@ class Hypervisor:
         return self.clients[instance.zone[:-1]]
 
     def _loop(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
+        last_full = last_change = 0.0
+        while not self._stop.is_set():
+            self._change.wait(POLL_SECONDS)
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            if self._change.is_set():
+                self._change.clear()
+                last_change = now
+            full = (
+                now - last_change < 1.0  # moto may still be adding what woke us: look again
+                or self._waiting
+                or now - last_full > FULL_RECONCILE_SECONDS
+            )
             try:
-                self._reconcile()
+                if full:
+                    last_full = time.monotonic()
+                    self._reconcile()
+                else:
+                    self._reap()
             except Exception as error:  # moto restarting or shutting down: try again
                 self.errors.append(repr(error))
+
+    def _reap(self) -> None:
+        """Power off the instances whose boot script exited: a local look, no API call."""
+        for instance in list(self.instances.values()):
+            if instance.process and instance.process.poll() is not None:
+                self._power_off(instance)
 
     def _reconcile(self) -> None:
         live = {}
@@ -685,7 +734,9 @@ class Hypervisor:
         waiting = [d for i, d in live.items() if i not in self.instances]
         # The scheduler first: its workers wait for it, holding their slots.
         waiting.sort(key=lambda d: _tag(d, TAG_ROLE) != "scheduler")
-        for described in waiting[: max(0, self.boot_slots - self._booting())]:
+        free = max(0, self.boot_slots - self._booting())
+        self._waiting = len(waiting) > free  # look again at every poll until all booted
+        for described in waiting[:free]:
             self._boot(described)
         for instance_id, instance in list(self.instances.items()):
             if instance_id not in live:
