@@ -925,8 +925,8 @@ def sandbox_up(
             os.environ[name] = ",".join(values)  # the sandbox's process inherits them
     try:  # and those set in the environment
         sandbox.check_settings()
-    except ValueError as error:
-        raise fail(EXIT_BAD_INPUT, str(error), "correct or unset that variable") from None
+    except BurstError as error:
+        raise exit_for(error) from None
     running = sandbox.running_sandbox()
     if running and (quota or limit or image):
         raise fail(EXIT_BAD_INPUT, "the sandbox is already up", "burst sandbox down first")

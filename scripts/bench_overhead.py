@@ -99,13 +99,13 @@ def run_local_once(
     import pi  # from jobs/, put on sys.path by main()
     from distributed import Client, LocalCluster
 
-    from burst.cloud.sandbox import sandbox_node_config
+    from burst.cloud.sandbox import NODE_DASK_CONFIG
 
     # Ship the job module by value, as burst does: the workers need no copy of it.
     cloudpickle.register_pickle_by_value(pi)
     log(f"local cluster run {index}/{repeat} ({workers} workers x {threads} threads)")
     started = time.perf_counter()
-    with dask.config.set(sandbox_node_config()):  # the Dask settings the sandbox's nodes run
+    with dask.config.set(NODE_DASK_CONFIG):  # the Dask settings the sandbox's nodes run
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=threads,
@@ -131,29 +131,13 @@ def run_local_once(
     return times, result
 
 
-# The same computation as a user's own script would run it: a fresh interpreter that imports
-# Dask, starts a LocalCluster, maps, reduces and exits (like `burst run`, a process of its own).
-LOCAL_SCRIPT = """
-import sys
-import cloudpickle, dask
-sys.path.insert(0, sys.argv[1])
-import pi
-from distributed import Client, LocalCluster
-from burst.cloud.sandbox import sandbox_node_config
-cloudpickle.register_pickle_by_value(pi)
-with dask.config.set(sandbox_node_config()):
-    with LocalCluster(n_workers=int(sys.argv[2]), threads_per_worker=int(sys.argv[3]),
-                      processes=True, dashboard_address=":0") as cluster, Client(cluster) as c:
-        c.wait_for_workers(int(sys.argv[2]))
-        print(pi.estimate(c.gather(c.map(pi.sample, range(int(sys.argv[4])), pure=False))))
-"""
-
-
 def run_local_process_once(index: int, repeat: int, workers: int, threads: int) -> float:
+    """run_local_once as a user's own script runs it: in a fresh interpreter that imports Dask,
+    starts the LocalCluster, maps, reduces and exits (a process of its own, like `burst run`)."""
     log(f"local cluster in a fresh process {index}/{repeat}")
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", LOCAL_SCRIPT, str(JOBS), str(workers), str(threads), str(TASKS)],
+        [sys.executable, __file__, "--local-child", str(workers), str(threads)],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -167,10 +151,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON (the default anyway)")
     parser.add_argument("--warm", action="store_true", help="runs share a sandbox already up")
+    parser.add_argument("--local-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     sys.path.insert(0, str(JOBS))
+    if args.local_child:  # run_local_process_once's fresh interpreter
+        run_local_once(1, 1, *args.local_child)
+        return
 
     burst_walls: list[float] = []
     manifests: list[dict[str, Any]] = []

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed import Client, LocalCluster
 
     import burst
-    from burst.cloud.sandbox import Sandbox, sandbox_node_config
+    from burst.cloud.sandbox import NODE_DASK_CONFIG, Sandbox
 
     load_before = os.getloadavg()
     out: dict[str, Any] = {
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers, threads = shape(cluster)
                 out["burst"] = measure(client, args)
             log(f"burst: {out['burst']}; LocalCluster: {workers} workers x {threads} threads")
-            with dask.config.set(sandbox_node_config()), LocalCluster(
+            with dask.config.set(NODE_DASK_CONFIG), LocalCluster(
                 n_workers=workers, threads_per_worker=threads, dashboard_address=None
             ) as local, Client(local) as client:
                 out["local"] = measure(client, args)

@@ -63,6 +63,7 @@ json.dump({{
     "instance_type": get("meta-data/instance-type", token),
     "vcpus": os.environ["BURST_NODE_VCPUS"],
     "pgid_is_own": os.getpgid(0) == os.getsid(0),
+    "dask_profile": os.environ.get("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"),
     "secret": ssm.get_parameter(Name="/sandbox-test/value",
                                 WithDecryption=True)["Parameter"]["Value"],
 }}, open("{out}", "w"))
@@ -76,6 +77,7 @@ sleep 60
     assert seen["instance_id"] == instance_id
     assert seen["instance_type"] == "c5.xlarge" and seen["vcpus"] == "4"
     assert seen["pgid_is_own"]  # the instance is its own process group
+    assert seen["dask_profile"] == "False"  # the host's idle housekeeping is slowed (NODE_DASK_ENV)
     assert seen["secret"] == "hello"  # credentials came from the instance role via IMDS
     client(sandbox, "ec2").terminate_instances(InstanceIds=[instance_id])
     wait_for(lambda: instance_id not in sandbox.hypervisor.instances)

@@ -45,6 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from burst.catalog import SANDBOX_REGIONS
 from burst.cloud.base import TAG_ROLE
 from burst.cloud.limits import HYPERVISOR_AGENT, AwsLimits, buckets_from, quotas_from
+from burst.errors import SettingError
 from burst.home import burst_home, ensure_home, write_private
 
 # What a bare moto server (no guard) takes: the provisioning benchmark's in-process moto.
@@ -65,29 +66,18 @@ BOOTED_MARKERS = (b"Start worker at", b"Scheduler at:")
 # system every 500 ms, and profiles itself every 10 ms; about 3% of a core per node, paid on
 # EC2 by each instance's own CPUs, here by the host's, which a hundred idle nodes saturate.
 # The sandbox's nodes poll less and do not profile (the dashboard's Profile page stays empty);
-# the benchmarks give their LocalClusters the same settings, so comparisons stay fair.
-NODE_DASK_ENV = {
-    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
-    "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "1s",
-    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
-    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+# the benchmarks give their LocalClusters NODE_DASK_CONFIG, so comparisons stay fair.
+NODE_DASK_CONFIG = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.profile.enabled": False,
 }
-
-
-def sandbox_node_config() -> dict[str, object]:
-    """NODE_DASK_ENV as `dask.config.set` takes it, for a LocalCluster compared with nodes."""
-    from dask.config import collect_env
-
-    def dotted(tree: dict, prefix: str = "") -> dict[str, object]:
-        out: dict[str, object] = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                out.update(dotted(value, f"{prefix}{key}."))
-            else:
-                out[prefix + key] = value
-        return out
-
-    return dotted(collect_env(NODE_DASK_ENV))  # parsed as Dask parses its environment
+# As the nodes get it: Dask reads DASK_A__B_C as a.b-c, its values parsed as Python literals.
+NODE_DASK_ENV = {
+    "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+    for key, value in NODE_DASK_CONFIG.items()
+}
 
 
 # The sandbox "machine image": its shutdown powers the instance off by ending its process group.
@@ -117,12 +107,15 @@ def boot_slots_from(value: str | None) -> int:
 
 
 def check_settings() -> None:
-    """The sandbox's settings from the environment, refused (ValueError, naming the variable,
-    the value and what is accepted) before a sandbox starts with them."""
-    image_from(os.environ.get(IMAGE_ENV))
-    boot_slots_from(os.environ.get(BOOT_SLOTS_ENV))
-    quotas_from(os.environ.get("BURST_SANDBOX_QUOTAS", ""))
-    buckets_from(os.environ.get("BURST_SANDBOX_LIMITS", ""))
+    """The sandbox's settings from the environment, refused (SettingError, naming the
+    variable, the value and what is accepted) before a sandbox starts with them."""
+    try:
+        image_from(os.environ.get(IMAGE_ENV))
+        boot_slots_from(os.environ.get(BOOT_SLOTS_ENV))
+        quotas_from(os.environ.get("BURST_SANDBOX_QUOTAS", ""))
+        buckets_from(os.environ.get("BURST_SANDBOX_LIMITS", ""))
+    except ValueError as error:
+        raise SettingError(str(error), "correct or unset that variable") from None
 
 
 # The stock image's dnf: its Python packages are there when the image has that interpreter
@@ -718,9 +711,13 @@ class Hypervisor:
                 self.errors.append(repr(error))
 
     def _reap(self) -> None:
-        """Power off the instances whose boot script exited: a local look, no API call."""
+        """Power off the instances whose boot script exited by itself: a local look, no API
+        call. One that moto terminated or stopped (its processes killed, so exited too) is
+        already off: powering it off again races moto's own termination."""
         for instance in list(self.instances.values()):
-            if instance.process and instance.process.poll() is not None:
+            with _POWER_LOCK:
+                cut = instance.instance_id in _CUT
+            if not cut and instance.process and instance.process.poll() is not None:
                 self._power_off(instance)
 
     def _reconcile(self) -> None:
@@ -742,8 +739,7 @@ class Hypervisor:
             if instance_id not in live:
                 instance.kill()  # terminated or stopped through the API
                 del self.instances[instance_id]
-            elif instance.process and instance.process.poll() is not None:
-                self._power_off(instance)
+        self._reap()
 
     def _booting(self) -> int:
         """How many instances hold a boot slot now."""
