@@ -722,12 +722,14 @@ class Hypervisor:
 
     def _reconcile(self) -> None:
         live = {}
+        # Terminated instances stay in moto's answers for the sandbox's whole life (on EC2,
+        # about an hour): filtered out by the API, not parsed to be dropped.
+        running = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
         for ec2 in self.clients.values():
-            for page in ec2.get_paginator("describe_instances").paginate():
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=running):
                 for reservation in page["Reservations"]:
                     for described in reservation["Instances"]:
-                        if described["State"]["Name"] in ("pending", "running"):
-                            live[described["InstanceId"]] = described
+                        live[described["InstanceId"]] = described
         waiting = [d for i, d in live.items() if i not in self.instances]
         # The scheduler first: its workers wait for it, holding their slots.
         waiting.sort(key=lambda d: _tag(d, TAG_ROLE) != "scheduler")
