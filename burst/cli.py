@@ -673,13 +673,14 @@ def wait(
 ) -> None:
     """Wait for a job to end, collect it, exit with its code.
 
-    Downloads the results into results/<job-id>/, deletes what is left of the cluster and
-    verifies that nothing is."""
+    While it runs, replaces the workers it lost (spot interruptions) with this machine's
+    keys. Then downloads the results into results/<job-id>/, deletes what is left of the
+    cluster and verifies that nothing is."""
     from burst.detached import wait as wait_for
 
     job = _locate(job_id, cloud, region)
     try:
-        manifest = wait_for(job, timeout)
+        manifest = wait_for(job, timeout, on_log=lambda line: err.print(Text(line)))
     except BurstError as error:
         raise exit_for(error) from None
     if manifest is None:

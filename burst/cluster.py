@@ -333,6 +333,16 @@ class BurstCluster(Cluster):
         """The cluster's S3 bucket (job code, inputs, task outputs), deleted at teardown."""
         return self.provider.bucket(self.identity)
 
+    @property
+    def launch_setup(self) -> dict[str, Any]:
+        """What more workers are launched with (the nodes' network, roles and images, and the
+        workers' launch template), as plain data: a detached job keeps it for `burst wait`
+        to replace lost workers."""
+        return {
+            "environment": self._env.to_dict() if self._env else None,
+            "template_id": self._template_id,
+        }
+
     def scale(self, n: int | None = None, *, cores: int | None = None) -> Any:
         """Scale to `n` workers (of `cores_per_worker` vCPUs) or to `cores` worker cores.
 

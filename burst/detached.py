@@ -20,14 +20,17 @@ import cloudpickle
 from distributed import Client
 
 from burst import drive, events, state, taskrun, transfer
-from burst.cloud.base import ClusterIdentity, InstanceRecord, Provider
+from burst.catalog import offers_for
+from burst.cloud.base import ClusterIdentity, InstanceRecord, NodeEnvironment, Provider
 from burst.cloud.connect import Connection, open_provider
-from burst.cluster import BurstCluster, new_job_id
+from burst.cluster import MIN_LAUNCH_SECONDS, BurstCluster, new_job_id
 from burst.cost import cost_report, instance_cost
 from burst.errors import CloudError, SpecError
 from burst.events import EventHandler
 from burst.gc import survey
 from burst.job import Job
+from burst.plan import Plan
+from burst.provision import top_up
 from burst.results import (
     MANIFEST,
     RESULTS,
@@ -40,11 +43,14 @@ from burst.results import (
     write_lines,
 )
 from burst.runner import fail_fast_after, index_job, ship_by_value, task_of
+from burst.spec import JobSpec
 from burst.storage import Bucket
 from burst.sweep import prefix
 
 LIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
+ENDED = ["shutting-down", "terminated", "stopping", "stopped"]
 START_SECONDS = 120  # for the driver to report that it runs
+REPLACE_SECONDS = 30.0  # how often `wait` looks for lost workers to replace
 
 
 def submit(job: Job, on_event: EventHandler | None = None) -> dict[str, Any]:
@@ -127,6 +133,11 @@ def _cluster_record(cluster: BurstCluster, job: Job) -> dict:
         "timings": {k: round(v, 3) for k, v in cluster.timings.items()},
         "deadline": cluster.deadline.isoformat(),
         "submitted_at": datetime.now(UTC).isoformat(),
+        # What `wait` keeps the job at, and launches replacements with (see replace_lost).
+        "target_cores": cluster.cores,
+        "launch": cluster.launch_setup,
+        "interruptions": [],
+        "replacements": [],
     }
 
 
@@ -239,30 +250,25 @@ def _records(cluster: dict, status: dict) -> tuple[datetime, list[InstanceRecord
     running, until now), and that moment."""
     ended = status.get("ended_at")
     now = datetime.fromtimestamp(ended, UTC) if ended else datetime.now(UTC)
-    records = []
-    for data in cluster["instances"]:
-        records.append(
-            InstanceRecord(
-                **{
-                    **data,
-                    "launch_time": datetime.fromisoformat(data["launch_time"]),
-                    "end_time": datetime.fromisoformat(data["end_time"])
-                    if data.get("end_time")
-                    else now,
-                    "hourly": Decimal(data["hourly"]) if data.get("hourly") else None,
-                }
-            )
-        )
+    records = [InstanceRecord.from_dict(data) for data in cluster["instances"]]
+    for record in records:
+        record.end_time = min(record.end_time or now, now)
     return now, records
 
 
 def wait(
-    job: Located, timeout: float | None = None, on_status: Callable[[dict], None] = lambda s: None
+    job: Located,
+    timeout: float | None = None,
+    on_status: Callable[[dict], None] = lambda s: None,
+    on_log: Callable[[str], None] = lambda line: None,
+    replace_every: float = REPLACE_SECONDS,
 ) -> dict | None:
-    """Block until the job ends, then collect it; None when `timeout` came first."""
+    """Block until the job ends, then collect it; None when `timeout` came first. Meanwhile,
+    every `replace_every` seconds, lost workers are replaced (replace_lost)."""
     give_up = None if timeout is None else time.monotonic() + timeout
     if (done := collected(job)) is not None:
         return done
+    replaced_at = time.monotonic()
     while True:
         status = job.status()
         on_status(status)
@@ -270,7 +276,117 @@ def wait(
             return collect(job, status)
         if give_up is not None and time.monotonic() > give_up:
             return None
-        time.sleep(2)
+        if time.monotonic() - replaced_at >= replace_every:
+            for line in replace_lost(job, status):
+                on_log(line)
+            replaced_at = time.monotonic()
+        time.sleep(min(2, replace_every))
+
+
+# ------------------------------------------------------------- lost workers, replaced
+
+
+def replace_lost(job: Located, status: dict) -> list[str]:
+    """Replace the workers a running detached job lost (spot interruptions, instances gone),
+    keeping the cores launched at submit as a BurstCluster keeps its own: the lost cores are
+    planned again without the lost pools, spot first then on-demand under
+    spot-with-fallback, within the hourly budget, never in max_runtime's last minute
+    (burst.provision.top_up). `burst wait` does it, with this machine's keys: the driver on
+    the scheduler holds no right to launch instances. Each loss and replacement is kept in
+    the job's cluster.json, for the manifest. Returns what it did, as log lines.
+
+    A worker counts as lost once EC2 says it ended: a new instance missing from an
+    eventually consistent answer is never mistaken for one.
+    """
+    cluster = job.read_json("cluster.json")
+    launch = (cluster or {}).get("launch") or {}
+    if status.get("state") != "running" or not launch.get("environment"):
+        return []  # ended, or submitted by a burst that kept no launch setup
+    ended = {r.instance_id for r in job.provider.instances(job.identity, ENDED)}
+    records = [InstanceRecord.from_dict(data) for data in cluster["instances"]]
+    if any(r.role == "scheduler" and r.instance_id in ended for r in records):
+        return []  # the driver ended the cluster, or the scheduler is gone: nothing to join
+    now = datetime.now(UTC)
+    said, lost = [], {i["instance_id"] for i in cluster["interruptions"]}
+    for record in records:
+        if record.role == "worker" and record.instance_id in ended - lost:
+            record.end_time = now  # seen up to replace_every late: billed a little more
+            cluster["interruptions"].append(_interruption(record, now))
+            said.append(f"worker {record.instance_id} ({record.instance_type}) ended")
+    live = [r for r in records if r.role == "worker" and r.end_time is None]
+    missing = cluster["target_cores"] - sum(r.vcpus for r in live)
+    spec = JobSpec.model_validate(cluster["spec"])
+    seconds_left = (datetime.fromisoformat(cluster["deadline"]) - spec.grace - now).total_seconds()
+    if missing > 0 and seconds_left < MIN_LAUNCH_SECONDS:
+        said.append(f"not replacing {missing} cores: max_runtime ends in {seconds_left:.0f}s")
+    elif missing > 0:
+        got = top_up(
+            job.provider,
+            job.identity,
+            NodeEnvironment.from_dict(launch["environment"]),
+            launch["template_id"],
+            Plan.from_dict(cluster["plan"]),
+            spec,
+            missing,
+            sum((r.hourly or Decimal(0) for r in live), Decimal(0)),
+            offers_for(spec),
+            {(i["instance_type"], i["zone"], i["market"]) for i in cluster["interruptions"]},
+        )
+        records += got.records
+        cluster["fleets"] += got.fleet_ids
+        cluster["capacity_errors"] += [str(e) for e in got.errors]
+        if got.records:
+            cluster["replacements"].append(_replacement(cluster, got, now))
+        said.append(f"replaced {missing} lost worker cores with {got.cores}")
+    if said:
+        cluster["instances"] = [r.to_dict() for r in records]
+        job.bucket.put(f"{job.base}/cluster.json", dumps(cluster, indent=2))
+    return said
+
+
+def _elasticity(cluster: dict, records: list[InstanceRecord], now: datetime) -> dict:
+    costs = {r.instance_id: instance_cost(r, now) or Decimal(0) for r in records}
+    replacements = [
+        {**r, "cost": str(sum((costs.get(i, Decimal(0)) for i in r["instances"]), Decimal(0)))}
+        for r in cluster["replacements"]
+    ]
+    return {
+        "target_cores": cluster["target_cores"],
+        "scaling": [],  # a detached job is not scaled
+        "interruptions": cluster["interruptions"],
+        "replacements": replacements,
+        "replacement_cost": str(sum((Decimal(r["cost"]) for r in replacements), Decimal(0))),
+    }
+
+
+def _interruption(record: InstanceRecord, now: datetime) -> dict:
+    return {
+        "instance_id": record.instance_id,
+        "reason": "ended (seen by burst wait)",
+        "time": now.isoformat(timespec="seconds"),
+        "instance_type": record.instance_type,
+        "zone": record.zone,
+        "market": record.market,
+        "vcpus": record.vcpus,
+        "replaced_by": None,
+    }
+
+
+def _replacement(cluster: dict, got: Any, now: datetime) -> dict:
+    """As BurstCluster records one (its elasticity()), less when the new workers joined: the
+    scheduler knows that, and `wait` does not ask it."""
+    pending = [i for i in cluster["interruptions"] if i["replaced_by"] is None]
+    for interruption in pending:
+        interruption["replaced_by"] = len(cluster["replacements"])
+    return {
+        "for": [i["instance_id"] for i in pending],
+        "cores_lost": sum(i["vcpus"] for i in pending),
+        "instances": [r.instance_id for r in got.records],
+        "cores": got.cores,
+        "pools": sorted({f"{r.instance_type} {r.zone} {r.market}" for r in got.records}),
+        "hourly": str(sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))),
+        "launched": now.isoformat(timespec="seconds"),
+    }
 
 
 def collect(job: Located, status: dict | None = None) -> dict:
@@ -379,6 +495,8 @@ def _manifest(
                 "worker_vcpus": sum(r.vcpus for r in records if r.role == "worker"),
             },
         )
+        if "launch" in cluster:  # kept since replacements: the attached manifest's shape
+            manifest["elasticity"] = _elasticity(cluster, records, now)
     else:
         manifest["cost"] = {}
     return manifest

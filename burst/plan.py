@@ -149,6 +149,29 @@ class Plan:
             "notes": list(self.notes),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        """The plan `to_dict` wrote (a detached job keeps it in its bucket)."""
+        lines = tuple(
+            PlanLine(
+                **{
+                    **{k: v for k, v in line.items() if k != "cores"},
+                    "hourly": Decimal(line["hourly"]),
+                    "ipv4_hourly": Decimal(line["ipv4_hourly"]),
+                }
+            )
+            for line in data["lines"]
+        )
+        return cls(
+            lines,
+            Decimal(data["max_runtime_hours"]),
+            data["price_source"],
+            cores=data["cores"],
+            notes=tuple(data["notes"]),
+            max_pool_share=data["max_pool_share"],
+            share_binds=data["share_binds"],
+        )
+
 
 # --------------------------------------------------------------------------- the solver
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import sys
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -30,10 +32,18 @@ __all__ = ["SpecError"]  # re-exported: spec errors are raised and caught throug
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
 
 
+_ISO_DURATION = TypeAdapter(timedelta)
+
+
 def parse_duration(value: Any) -> timedelta:
-    """'90s', '15m', '2h', '1h30m' or a number of seconds."""
+    """'90s', '15m', '2h', '1h30m' or a number of seconds; or ISO 8601's 'PT15M', as a
+    manifest's spec writes durations (a detached job's spec is read back from it)."""
     if isinstance(value, timedelta):
         return value
+    if isinstance(value, str) and value.startswith("P"):
+        with contextlib.suppress(ValidationError):  # else refused below, with the forms
+            if (duration := _ISO_DURATION.validate_python(value)) >= timedelta(0):
+                return duration
     accepted = "a duration such as '90s', '15m', '2h' or '1h30m' is accepted"
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):

@@ -190,3 +190,60 @@ def test_a_detached_sweep_s_outputs_are_named_by_their_parameters(sandbox, tmp_p
         '1,"outputs/seed=2,temp=0.5",2,0.5']
     assert folder.stat().st_mode & 0o777 == 0o700
     assert settled_leftovers(sandbox, submitted["cluster_id"]) == []
+
+
+def test_wait_replaces_a_detached_job_s_interrupted_worker(sandbox, tmp_path):
+    """The driver holds no right to launch; `burst wait` (this machine's keys) sees the
+    interrupted worker's instance end and launches its cores again in another pool."""
+    from burst import detached
+
+    spec = write_job(tmp_path, "replaced_detached", TASK.format(seconds=1, fail=-1),
+                     tasks="{range: 60}")
+    submitted = submit(spec, tmp_path)
+    job = detached.locate(submitted["job_id"])
+    cluster = job.read_json("cluster.json")
+    assert cluster["target_cores"] == 4 and cluster["launch"]["template_id"]
+    workers = [i for i in cluster["instances"] if i["role"] == "worker"]
+    lost = workers[0]
+    sandbox.hypervisor.interrupt(lost["instance_id"], notice_seconds=1)
+
+    said: list[str] = []
+    manifest = detached.wait(job, replace_every=1, on_log=said.append)
+    assert manifest["status"] == "succeeded", manifest["error"]
+    # The lost worker's running tasks ran again elsewhere: retried, none failed.
+    assert manifest["tasks"]["done"] == 60 and manifest["tasks"]["failed"] == 0
+    elasticity = manifest["elasticity"]
+    [interruption] = elasticity["interruptions"]
+    assert interruption["instance_id"] == lost["instance_id"] and interruption["replaced_by"] == 0
+    [replacement] = elasticity["replacements"]
+    assert replacement["for"] == [lost["instance_id"]] and replacement["cores"] >= 2
+    lost_pool = f"{lost['instance_type']} {lost['zone']} {lost['market']}"
+    assert lost_pool not in replacement["pools"]  # planned again without the lost pool
+    assert float(replacement["cost"]) > 0 and float(elasticity["replacement_cost"]) > 0
+    ids = {i["instance_id"] for i in manifest["instances"]}
+    assert set(replacement["instances"]) <= ids  # billed in the manifest's cost
+    assert any(line.startswith(f"worker {lost['instance_id']}") for line in said), said
+    # The replacement booted and joined the job's scheduler.
+    console = sandbox.folder / replacement["instances"][0] / "console.log"
+    assert "Registered to:" in console.read_text()
+    assert manifest["teardown"]["verified"]
+    assert settled_leftovers(sandbox, submitted["cluster_id"]) == []
+
+
+def test_a_node_environment_and_instance_records_read_back_from_their_dicts():
+    """What `wait` launches replacements with, kept as JSON in the job's bucket."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from burst.cloud.base import InstanceRecord, NetworkRequest, NodeEnvironment
+
+    env = NodeEnvironment("vpc-1", {"us-east-1a": "subnet-1"}, "sg-1", "profile-s",
+                          {"x86_64": "ami-1"}, "profile-w", disk_gb=30,
+                          network=NetworkRequest(("subnet-1",), "scheduler"))
+    assert NodeEnvironment.from_dict(json.loads(json.dumps(env.to_dict()))) == env
+    bare = NodeEnvironment("vpc-1", {}, "sg-1", "profile-s", {})
+    assert NodeEnvironment.from_dict(bare.to_dict()) == bare
+    record = InstanceRecord("i-1", "worker", "c5.large", "us-east-1a", "spot", "running",
+                            datetime(2026, 1, 1, tzinfo=UTC), vcpus=2,
+                            hourly=Decimal("0.0401"), private_ip="10.0.0.1")
+    assert InstanceRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record

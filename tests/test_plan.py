@@ -751,3 +751,14 @@ def test_a_plan_past_ecs_launch_bucket_says_how_long_launching_takes():
     few = plan(parse_spec({"cores": 6000, "instance_types": ["c5.24xlarge"], "max_runtime": "1h",
                            "run": {"function": "m:f", "tasks": [1]}}))  # fmt: skip
     assert not any("launch bucket" in note for note in few.notes)
+
+
+def test_a_plan_read_back_from_its_dict_is_the_same_plan() -> None:
+    """A detached job keeps its plan as to_dict wrote it; `burst wait` plans replacements
+    against it (its scheduler's price, its hours), read back with from_dict."""
+    spec = make_spec(cores=40, max_runtime="2h", max_hourly=5,
+                     instance_types=["c5.xlarge", "m5.2xlarge"])
+    planned = plan_within_budget(spec)
+    assert len(planned.lines) > 2 and planned.ipv4_hourly > 0
+    again = Plan.from_dict(json.loads(json.dumps(planned.to_dict())))
+    assert again == planned and again.to_dict() == planned.to_dict()

@@ -108,6 +108,8 @@ def write_job(
         (" 2 h 5 m ", timedelta(hours=2, minutes=5)),
         ("0s", timedelta(0)),
         ("10s", timedelta(seconds=10)),
+        ("PT5M", timedelta(minutes=5)),  # ISO 8601, as a manifest's spec writes durations
+        ("P1DT2H", timedelta(days=1, hours=2)),
     ],
 )
 def test_parse_duration_strings(text: str, expected: timedelta) -> None:
@@ -135,7 +137,8 @@ def test_parse_duration_passes_timedelta_through() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "abc", "5x", "-3m", "1h1h", "m", "h30", "1.5h", "30m1h", None, True, False, [], {}],
+    ["", "   ", "abc", "5x", "-3m", "1h1h", "m", "h30", "1.5h", "30m1h", None, True, False, [], {},
+     "P", "PT-5M", "Pfoo"],
 )
 def test_parse_duration_rejects(bad: Any) -> None:
     with pytest.raises(ValueError) as info:

@@ -100,6 +100,21 @@ class NodeEnvironment:
     # subnet's own default (the default VPC's subnets give every node one).
     network: NetworkRequest | None = None
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NodeEnvironment:
+        network = data.get("network")
+        return cls(
+            **{
+                **data,
+                "network": None
+                if network is None
+                else NetworkRequest(tuple(network["subnets"]), network["public_ip"]),
+            }
+        )
+
 
 @dataclass(frozen=True)
 class LaunchRequest:
@@ -138,6 +153,19 @@ class InstanceRecord:
         data["end_time"] = self.end_time.isoformat() if self.end_time else None
         data["hourly"] = str(self.hourly) if self.hourly is not None else None
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InstanceRecord:
+        return cls(
+            **{
+                **data,
+                "launch_time": datetime.fromisoformat(data["launch_time"]),
+                "end_time": datetime.fromisoformat(data["end_time"])
+                if data.get("end_time")
+                else None,
+                "hourly": Decimal(data["hourly"]) if data.get("hourly") else None,
+            }
+        )
 
 
 @dataclass(frozen=True)
