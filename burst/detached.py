@@ -308,6 +308,7 @@ def replace_lost(job: Located, status: dict) -> list[str]:
         return []  # the driver ended the cluster, or the scheduler is gone: nothing to join
     now = datetime.now(UTC)
     said, lost = [], {i["instance_id"] for i in cluster["interruptions"]}
+    said += _rejoined(cluster, set(status.get("workers") or ()), now)
     for record in records:
         if record.role == "worker" and record.instance_id in ended - lost:
             record.end_time = now  # seen up to replace_every late: billed a little more
@@ -386,7 +387,30 @@ def _replacement(cluster: dict, got: Any, now: datetime) -> dict:
         "pools": sorted({f"{r.instance_type} {r.zone} {r.market}" for r in got.records}),
         "hourly": str(sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))),
         "launched": now.isoformat(timespec="seconds"),
+        "rejoined": None,
+        "seconds_to_rejoin": None,
     }
+
+
+def _rejoined(cluster: dict, joined: set[str], now: datetime) -> list[str]:
+    """Replacements whose workers all joined, by the driver's list of workers (flushed every
+    few seconds): the seconds from the loss seen to the join seen, each up to a
+    `replace_every` late."""
+    said = []
+    for replacement in cluster["replacements"]:
+        if replacement["rejoined"] is None and set(replacement["instances"]) <= joined:
+            noticed = min(
+                datetime.fromisoformat(i["time"])
+                for i in cluster["interruptions"]
+                if i["instance_id"] in replacement["for"]
+            )
+            replacement["rejoined"] = now.isoformat(timespec="seconds")
+            replacement["seconds_to_rejoin"] = round((now - noticed).total_seconds(), 1)
+            said.append(
+                f"{replacement['cores']} replacement cores joined "
+                f"{replacement['seconds_to_rejoin']}s after the loss was seen"
+            )
+    return said
 
 
 def collect(job: Located, status: dict | None = None) -> dict:

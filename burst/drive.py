@@ -433,11 +433,15 @@ class Driver:
         )
         stopping = threading.Event()
         ended = threading.Event()
+        client = None
 
         def watch() -> None:  # flushes, and looks for `burst cancel`'s marker
             while not ended.wait(FLUSH_SECONDS):
                 try:
-                    sink.flush()
+                    # The workers joined (named by instance id): `burst wait` sees its
+                    # replacements join (burst.detached.replace_lost).
+                    workers = client.scheduler_info()["workers"].values() if client else ()
+                    sink.flush(workers=sorted(str(w.get("name")) for w in workers))
                     if sink.exists("cancel"):
                         print("cancelled by burst cancel", flush=True)
                         stopping.set()

@@ -223,6 +223,7 @@ def test_wait_replaces_a_detached_job_s_interrupted_worker(sandbox, tmp_path):
     ids = {i["instance_id"] for i in manifest["instances"]}
     assert set(replacement["instances"]) <= ids  # billed in the manifest's cost
     assert any(line.startswith(f"worker {lost['instance_id']}") for line in said), said
+    assert replacement["seconds_to_rejoin"] > 0, said  # the driver listed them as joined
     # The replacement booted and joined the job's scheduler.
     console = sandbox.folder / replacement["instances"][0] / "console.log"
     assert "Registered to:" in console.read_text()
