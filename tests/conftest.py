@@ -158,3 +158,13 @@ def moto_in_process():
         yield
     finally:
         mock.stop(remove_data=False)
+
+
+def ctrl_c_reaches() -> None:
+    """For a subprocess a test will send Ctrl-C (SIGINT) to: SIGINT handled as at a terminal,
+    even when the suite itself was started in the background (where a shell has its jobs
+    ignore SIGINT, and children inherit that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+

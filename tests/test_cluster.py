@@ -219,7 +219,9 @@ def test_version_mismatch_fails_fast_with_the_cause(sandbox, monkeypatch):
     assert settled_leftovers(sandbox, cluster_id) == []
 
 
-def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbox, monkeypatch):
+@pytest.mark.parametrize("notice", ["spot interruption", "rebalance recommendation"])
+def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(
+        sandbox, monkeypatch, notice):
     monkeypatch.setenv("BURST_SPOT_POLL_SECONDS", "0.5")  # the hypervisor passes it to nodes
     with BurstCluster(cores=4, max_runtime="5m", instance_types=["c5.large"]) as cluster, \
             Client(cluster) as c:
@@ -236,10 +238,13 @@ def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbo
         while sum(f.done() for f in futures) < 8:  # both workers are busy
             assert time.monotonic() < give_up, "the work never started"
             time.sleep(0.05)
-        sandbox.hypervisor.interrupt(victim, notice_seconds=60)
+        if notice == "spot interruption":
+            sandbox.hypervisor.interrupt(victim, notice_seconds=60)
+        else:  # EC2's earlier warning: nothing is terminated, the worker leaves by itself
+            sandbox.hypervisor.recommend_rebalance(victim)
         console = sandbox.folder / victim / "console.log"
         give_up = time.monotonic() + 30
-        while "spot interruption notice: retiring this worker" not in console.read_text():
+        while f"{notice} notice: retiring this worker" not in console.read_text():
             assert time.monotonic() < give_up, "the worker never saw the interruption notice"
             time.sleep(0.1)
         assert sum(f.done() for f in futures) < 40  # retired while work was still running
@@ -262,7 +267,7 @@ def test_spot_interruption_notice_retires_the_worker_and_the_work_goes_on(sandbo
         assert names == set(cluster.workers) and cluster.cores == 4
         (interruption,) = cluster.interruptions
         assert interruption["instance_id"] == victim
-        assert interruption["reason"] == "spot interruption"
+        assert interruption["reason"] == notice
         cluster_id = cluster.cluster_id
     assert settled_leftovers(sandbox, cluster_id) == []
 

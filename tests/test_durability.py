@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from burst.runner import run
-from tests.conftest import BURST, settled_leftovers
+from tests.conftest import BURST, ctrl_c_reaches, settled_leftovers
 from tests.test_pipeline import write_job
 
 SLOW = """
@@ -67,7 +67,8 @@ def test_the_deadline_keeps_results_exits_5_and_resume_runs_the_rest(sandbox, tm
 def test_ctrl_c_keeps_the_finished_tasks_lines(sandbox, tmp_path):
     spec = write_job(tmp_path, "interrupted_job", SLOW.format(seconds=0.5), tasks="{range: 400}")
     process = subprocess.Popen([BURST, "run", str(spec), "--json"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_reaches)
     give_up = time.monotonic() + 180
     folders = []
     while time.monotonic() < give_up:

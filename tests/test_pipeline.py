@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from burst.runner import run
-from tests.conftest import BURST, REPO, settled_leftovers
+from tests.conftest import BURST, REPO, ctrl_c_reaches, settled_leftovers
 
 
 def burst(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -126,7 +126,8 @@ def test_interrupt_tears_down_and_exits_130(sandbox, tmp_path, sig):
             return x
         """)
     process = subprocess.Popen([BURST, "run", str(spec), "--json"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_reaches)
     deadline = time.monotonic() + 120
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -447,7 +447,8 @@ class SandboxInstance:
     booted_at: float = 0.0  # monotonic time its boot script started
     up: bool = False  # its Dask server is up: it no longer holds a boot slot
     lock: threading.Lock = field(default_factory=threading.Lock)
-    instance_action: dict | None = None
+    instance_action: dict | None = None  # a spot interruption notice
+    rebalance: dict | None = None  # a rebalance recommendation
 
     def metadata(self, path: str) -> str | None:
         credentials = {
@@ -479,6 +480,8 @@ class SandboxInstance:
         }
         if self.instance_action:
             values["meta-data/spot/instance-action"] = json.dumps(self.instance_action)
+        if self.rebalance:
+            values["meta-data/events/recommendations/rebalance"] = json.dumps(self.rebalance)
         return values.get(path)
 
     def serve_metadata(self) -> str:
@@ -682,6 +685,14 @@ class Hypervisor:
         )
         timer.daemon = True
         timer.start()
+
+    def recommend_rebalance(self, instance_id: str) -> None:
+        """EC2's rebalance recommendation, its earlier signal that a spot instance is at
+        elevated risk of interruption: in the metadata, nothing terminated (a notice may or
+        may not follow). https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+        rebalance-recommendations.html"""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.instances[instance_id].rebalance = {"noticeTime": now}
 
     def _ec2(self, instance: SandboxInstance):
         return self.clients[instance.zone[:-1]]
