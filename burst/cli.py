@@ -650,11 +650,13 @@ def logs(
     shown = 0
     try:
         while True:
+            # The state first: once it says ended, the log read after it is the last one.
+            ended = follow and job.status()["state"] in (*TERMINAL, "lost")
             text = (job.bucket.read(f"{job.base}/driver.log") or b"").decode(errors="replace")
             sys.stdout.write(text[shown:])
             sys.stdout.flush()
             shown = len(text)
-            if not follow or job.status()["state"] in (*TERMINAL, "lost"):
+            if not follow or ended:
                 return
             clock.sleep(2)
     except BurstError as error:

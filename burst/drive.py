@@ -362,21 +362,23 @@ class BucketSink:
             self.status["done" if outcome.status == "done" else "failed"] += 1
 
     def flush(self, **status: Any) -> None:
+        """The finished outcomes, the log, then the status: a status that says the job ended
+        comes after everything else it ended with (`burst logs --follow` relies on it)."""
         with self.lock:
             batch, self.pending = self.pending, []
             if batch:
                 self.status["parts"] += 1
                 lines = "".join(dumps(o.to_dict()) + "\n" for o in batch)
                 self.put(f"results/part-{self.status['parts']:06d}.jsonl", lines)
+            try:
+                with open(self.log_path, "rb") as log:
+                    log.seek(0, 2)
+                    log.seek(max(0, log.tell() - LOG_BYTES))
+                    self.put("driver.log", log.read())
+            except OSError:
+                pass
             self.status.update(status, updated_at=time.time())
             self.put("status.json", dumps(self.status))
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(0, 2)
-                log.seek(max(0, log.tell() - LOG_BYTES))
-                self.put("driver.log", log.read())
-        except OSError:
-            pass
 
     def finish(self, **status: Any) -> None:
         """Every outcome in one results.jsonl (with attempts), then the final status."""
