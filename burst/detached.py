@@ -338,7 +338,11 @@ def replace_lost(job: Located, status: dict) -> list[str]:
         cluster["capacity_errors"] += [str(e) for e in got.errors]
         if got.records:
             cluster["replacements"].append(_replacement(cluster, got, now))
-        said.append(f"replaced {missing} lost worker cores with {got.cores}")
+        short = "; ".join(str(e) for e in got.errors) or "the budget allows no more"
+        said.append(
+            f"launched {got.cores} worker cores for {missing} lost"
+            + (f" (short: {short}; trying again)" if got.cores < missing else "")
+        )
     if said:
         cluster["instances"] = [r.to_dict() for r in records]
         job.bucket.put(f"{job.base}/cluster.json", dumps(cluster, indent=2))
@@ -374,8 +378,7 @@ def _interruption(record: InstanceRecord, now: datetime) -> dict:
 
 
 def _replacement(cluster: dict, got: Any, now: datetime) -> dict:
-    """As BurstCluster records one (its elasticity()), less when the new workers joined: the
-    scheduler knows that, and `wait` does not ask it."""
+    """As BurstCluster records one (its elasticity()); when it rejoined is set by _rejoined."""
     pending = [i for i in cluster["interruptions"] if i["replaced_by"] is None]
     for interruption in pending:
         interruption["replaced_by"] = len(cluster["replacements"])
