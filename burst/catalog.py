@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
 SNAPSHOT_DATE = "2026-11-01"
@@ -33,6 +33,24 @@ MARKETS = ("spot", "on-demand")
 # Every public IPv4 address, an instance's included, is billed $0.005 per hour since
 # February 2024, in every region: https://aws.amazon.com/vpc/pricing/ ("Public IPv4 address").
 PUBLIC_IPV4_HOURLY = Decimal("0.005")
+
+
+# Every node's root volume is gp3 (burst.cloud.aws), billed per GB-month while it exists, per
+# second with a 60 s minimum like the instance: https://aws.amazon.com/ebs/pricing/. List
+# prices per region (others as us-east-1); an hour is 1/730 of a month, as AWS converts them.
+GP3_GB_MONTH = {
+    "us-east-1": Decimal("0.08"),
+    "us-west-2": Decimal("0.08"),
+    "eu-west-1": Decimal("0.088"),
+}
+HOURS_PER_MONTH = 730
+IMAGE_ROOT_GB = 8  # Amazon Linux 2023's root volume, when the spec sets no disk_gb
+
+
+def root_volume_hourly(disk_gb: int | None, region: str) -> Decimal:
+    """What one node's root volume costs per hour, rounded up to a micro-dollar."""
+    per_gb = GP3_GB_MONTH.get(region, GP3_GB_MONTH["us-east-1"]) / HOURS_PER_MONTH
+    return (per_gb * (disk_gb or IMAGE_ROOT_GB)).quantize(Decimal("0.000001"), ROUND_CEILING)
 
 
 def public_ipv4_hourly(public_ip: str, role: str) -> Decimal:

@@ -170,6 +170,7 @@ def plan_table(plan) -> Group:
         f"= ${plan.ipv4_hourly:.4f}/h, included above"
         if addresses
         else "public IPv4: none (network.public_ip: none)",
+        f"root volumes: {plan.instances} x gp3 = ${plan.disk_hourly:.4f}/h, included above",
         f"prices: {plan.price_source}",
         *(f"note: {note}" for note in plan.notes),
     ]

@@ -45,6 +45,7 @@ def cost_report(instances: list[InstanceRecord], plan: dict, now: datetime) -> d
         "planned_hourly": plan["hourly"],
         # Within the hourly prices above (and so within `actual`): the public IPv4 addresses.
         "public_ipv4": plan.get("public_ipv4", {"addresses": 0, "hourly": "0"}),
+        "root_volumes": plan.get("root_volumes", {"volumes": 0, "hourly": "0"}),
         "launched_hourly": str(sum((r.hourly or Decimal(0) for r in instances), Decimal(0))),
         "cost_bound": plan["cost_bound"],
         "price_source": plan["price_source"],

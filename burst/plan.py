@@ -34,6 +34,7 @@ from burst.catalog import (
     matches,
     public_ipv4_hourly,
     region_of,
+    root_volume_hourly,
     snapshot_offers,
     snapshot_source,
 )
@@ -54,6 +55,7 @@ class PlanLine:
     memory_gib: float = 0.0  # per instance
     source: str = ""  # where the price comes from
     ipv4_hourly: Decimal = Decimal(0)  # per instance: its public IPv4 address, if it has one
+    disk_hourly: Decimal = Decimal(0)  # per instance: its root volume (gp3)
 
     @property
     def cores(self) -> int:
@@ -61,8 +63,8 @@ class PlanLine:
 
     @property
     def node_hourly(self) -> Decimal:
-        """One node's price: the instance and its public IPv4 address."""
-        return self.hourly + self.ipv4_hourly
+        """One node's price: the instance, its public IPv4 address and its root volume."""
+        return self.hourly + self.ipv4_hourly + self.disk_hourly
 
     @property
     def total_hourly(self) -> Decimal:
@@ -119,6 +121,11 @@ class Plan:
         return sum((line.ipv4_hourly * line.count for line in self.lines), Decimal(0))
 
     @property
+    def disk_hourly(self) -> Decimal:
+        """The nodes' root volumes per hour, within `hourly`."""
+        return sum((line.disk_hourly * line.count for line in self.lines), Decimal(0))
+
+    @property
     def cost_bound(self) -> Decimal:
         """The most the cluster can cost: every instance billed until the deadline."""
         return cost_bound(self.hourly, self.max_runtime_hours)
@@ -130,6 +137,7 @@ class Plan:
                     **asdict(line),
                     "hourly": str(line.hourly),
                     "ipv4_hourly": str(line.ipv4_hourly),
+                    "disk_hourly": str(line.disk_hourly),
                     "cores": line.cores,
                 }
                 for line in self.lines
@@ -141,6 +149,7 @@ class Plan:
             "instances": self.instances,
             "hourly": str(self.hourly),
             "public_ipv4": {"addresses": self.public_ipv4, "hourly": str(self.ipv4_hourly)},
+            "root_volumes": {"volumes": self.instances, "hourly": str(self.disk_hourly)},
             "max_runtime_hours": str(self.max_runtime_hours),
             "cost_bound": str(self.cost_bound),
             "price_source": self.price_source,
@@ -158,6 +167,7 @@ class Plan:
                     **{k: v for k, v in line.items() if k != "cores"},
                     "hourly": Decimal(line["hourly"]),
                     "ipv4_hourly": Decimal(line["ipv4_hourly"]),
+                    "disk_hourly": Decimal(line.get("disk_hourly", "0")),  # older records
                 }
             )
             for line in data["lines"]
@@ -282,17 +292,25 @@ def usable_offers(
         and (spec.min_memory_per_core is None or o.memory_per_vcpu >= spec.min_memory_per_core)
         and not ({(o.instance_type,), (o.instance_type, o.zone), o.pool} & barred)
     ]
-    ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
+    extra = _node_extras(spec, "worker")
     return sorted(
-        usable, key=lambda o: (Fraction(o.hourly + ipv4) / o.vcpus, o.instance_type, o.zone)
+        usable, key=lambda o: (Fraction(o.hourly + extra) / o.vcpus, o.instance_type, o.zone)
+    )
+
+
+def _node_extras(spec: JobSpec, role: str) -> Decimal:
+    """What a node bills besides its instance: its public IPv4 address and root volume."""
+    return public_ipv4_hourly(spec.network.public_ip, role) + root_volume_hourly(
+        spec.disk_gb, spec.region
     )
 
 
 def _node_priced(spec: JobSpec, offers: Sequence[Offer]) -> list[Offer]:
-    """The offers at a worker node's price: a worker's public IPv4 address is billed with it,
-    so the solver weighs it too (it favours fewer, bigger instances at equal cost per core)."""
-    ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
-    return [replace(o, hourly=o.hourly + ipv4) for o in offers] if ipv4 else list(offers)
+    """The offers at a worker node's price: a worker's public IPv4 address and root volume are
+    billed with it, so the solver weighs them too (it favours fewer, bigger instances at equal
+    cost per core)."""
+    extra = _node_extras(spec, "worker")
+    return [replace(o, hourly=o.hourly + extra) for o in offers]
 
 
 def _no_offers(spec: JobSpec, market: str, zones: list[str]) -> PlanError:
@@ -316,6 +334,7 @@ def _no_offers(spec: JobSpec, market: str, zones: list[str]) -> PlanError:
 
 def _worker_lines(spec: JobSpec, offers: Sequence[Offer], counts: Sequence[int]) -> list[PlanLine]:
     ipv4 = public_ipv4_hourly(spec.network.public_ip, "worker")
+    disk = root_volume_hourly(spec.disk_gb, spec.region)
     return [
         PlanLine(
             "worker",
@@ -328,6 +347,7 @@ def _worker_lines(spec: JobSpec, offers: Sequence[Offer], counts: Sequence[int])
             o.memory_gib,
             o.source,
             ipv4,
+            disk,
         )
         for o, n in zip(offers, counts, strict=True)
         if n > 0
@@ -337,6 +357,7 @@ def _worker_lines(spec: JobSpec, offers: Sequence[Offer], counts: Sequence[int])
 def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | None) -> PlanLine:
     name = spec.scheduler_instance_type
     ipv4 = public_ipv4_hourly(spec.network.public_ip, "scheduler")
+    disk = root_volume_hourly(spec.disk_gb, spec.region)
     own = [
         o
         for o in offers or ()
@@ -356,6 +377,7 @@ def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | N
             o.memory_gib,
             o.source,
             ipv4,
+            disk,
         )
     itype = SNAPSHOT[name]
     zone = zones[0]
@@ -370,6 +392,7 @@ def _scheduler_line(spec: JobSpec, zones: list[str], offers: Sequence[Offer] | N
         itype.memory_gib,
         snapshot_source(region_of(zone)),
         ipv4,
+        disk,
     )
 
 

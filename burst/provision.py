@@ -50,9 +50,10 @@ def launch_request(line: PlanLine) -> LaunchRequest:
         line.zone,
         line.market,
         line.vcpus,
-        line.node_hourly,  # what the node bills: its public IPv4 address included
+        line.node_hourly,  # what the node bills: its IPv4 address and root volume included
         line.role,
         line.ipv4_hourly,
+        line.disk_hourly,
     )
 
 

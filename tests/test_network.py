@@ -142,10 +142,11 @@ def _record(instance_id: str, hourly: Decimal, role: str):
 
 def test_a_fleets_price_cap_leaves_room_for_its_addresses():
     """EC2's MaxTotalPrice holds the instances alone: the cap is scaled so that instances plus
-    their addresses stay within what the budget left."""
+    their addresses (and root volumes) stay within what the budget left."""
     line = plan(spec_with({"public_ip": "all"})).workers[0]
     request = launch_request(line)
-    assert request.hourly == line.hourly + PUBLIC_IPV4_HOURLY
+    assert request.hourly == line.hourly + PUBLIC_IPV4_HOURLY + line.disk_hourly
+    assert request.instance_hourly == line.hourly and line.disk_hourly > 0
     sent = {}
 
     class Ec2:
@@ -163,7 +164,7 @@ def test_a_fleets_price_cap_leaves_room_for_its_addresses():
     provider.launch_fleet(ident, env, "lt-1", request, 3 * line.vcpus, budget)
     cap = Decimal(sent["SpotOptions"]["MaxTotalPrice"])
     assert cap == (3 * line.hourly).quantize(Decimal("0.0001"))
-    assert cap + 3 * PUBLIC_IPV4_HOURLY <= budget
+    assert cap + 3 * (PUBLIC_IPV4_HOURLY + line.disk_hourly) <= budget
 
 
 # ------------------------------------------------------------------ the provider (moto)

@@ -27,6 +27,7 @@ from burst.catalog import (
     hourly_price,
     live_offers,
     matching_types,
+    root_volume_hourly,
     snapshot_offers,
     spot_discount,
 )
@@ -505,11 +506,13 @@ def planning_cases(draw):
 
 
 def allowed_pools(spec: JobSpec, offers: list[Offer]) -> list[Offer]:
-    """The spec's worker pools at a node's price: a worker's public IPv4 address included."""
+    """The spec's worker pools at a node's price: a worker's public IPv4 address and root
+    volume included."""
     market = "on-demand" if spec.spot == "on-demand" else "spot"
     ipv4 = PUBLIC_IPV4_HOURLY if spec.network.public_ip == "all" else Decimal(0)
+    extra = ipv4 + root_volume_hourly(spec.disk_gb, spec.region)
     pools = [
-        replace(o, hourly=o.hourly + ipv4) for o in offers
+        replace(o, hourly=o.hourly + extra) for o in offers
         if o.market == market and o.architecture == spec.architecture
         and (spec.min_memory_per_core is None or o.memory_per_vcpu >= spec.min_memory_per_core)
     ]  # fmt: skip
@@ -616,7 +619,8 @@ def test_cost_bound_rounds_up(cores: int, max_runtime: str, grace: str) -> None:
     spec = make_spec(cores=cores, max_runtime=max_runtime, grace=grace)
     p = plan(spec)
     assert p.hourly == sum(line.node_hourly * line.count for line in p.lines)
-    assert p.hourly - p.ipv4_hourly == sum(line.hourly * line.count for line in p.lines)
+    assert p.hourly - p.ipv4_hourly - p.disk_hourly == sum(
+        line.hourly * line.count for line in p.lines)
     assert p.cost_bound.as_tuple().exponent == -4
     assert 0 <= Fraction(p.cost_bound) - exact_cost(p, spec) < Fraction(1, 10000)
 
@@ -762,3 +766,25 @@ def test_a_plan_read_back_from_its_dict_is_the_same_plan() -> None:
     assert len(planned.lines) > 2 and planned.ipv4_hourly > 0
     again = Plan.from_dict(json.loads(json.dumps(planned.to_dict())))
     assert again == planned and again.to_dict() == planned.to_dict()
+
+
+def test_root_volumes_are_priced_into_every_node_and_the_bound() -> None:
+    """gp3 at its list price per GB-month (us-east-1 $0.08, eu-west-1 $0.088), an hour being
+    1/730 of a month, for disk_gb or the image's 8 GiB: a big disk is in the budget's sums."""
+    small, big = make_spec(cores=16), make_spec(cores=16, disk_gb=500)
+    p, q = plan(small), plan(big)
+    assert [line.disk_hourly for line in p.lines] == [Decimal("0.000877")] * len(p.lines)
+    per_node = Decimal("0.08") * 500 / 730
+    assert all(Decimal(0) <= line.disk_hourly - per_node < Decimal("0.000001") for line in q.lines)
+    assert q.disk_hourly == sum(line.disk_hourly * line.count for line in q.lines)
+    assert q.hourly == sum(line.node_hourly * line.count for line in q.lines)
+    # A dear volume per node makes fewer, bigger instances the cheaper cover.
+    assert q.worker_cores >= 16 and q.instances < p.instances
+    assert q.to_dict()["root_volumes"] == {"volumes": q.instances, "hourly": str(q.disk_hourly)}
+    ireland = plan(make_spec(cores=16, disk_gb=500, region="eu-west-1"))
+    assert ireland.lines[0].disk_hourly == (Decimal("0.088") * 500 / 730).quantize(
+        Decimal("0.000001"), rounding="ROUND_CEILING")
+    # A budget that holds the instances but not their volumes is refused, naming the fit.
+    with pytest.raises(BudgetError):
+        plan_within_budget(
+            make_spec(cores=16, disk_gb=500, max_hourly=str(q.hourly - q.disk_hourly)))

@@ -219,7 +219,7 @@ def test_every_fleet_is_capped_at_the_budget_left(field):
     capacity_plan = plan(spec0)
     spec = make_spec(**{field: str(capacity_plan.hourly)})  # just fits, scheduler included
     (scheduler,) = [line for line in capacity_plan.lines if line.role == "scheduler"]
-    budget = capacity_plan.hourly - scheduler.total_hourly  # its public IPv4 included
+    budget = capacity_plan.hourly - scheduler.total_hourly  # its address and volume included
     cloud = FakeCloud()
     got = acquire(cloud, spec, capacity_plan)
     caps, spent = [], Decimal(0)
@@ -229,8 +229,9 @@ def test_every_fleet_is_capped_at_the_budget_left(field):
     assert cloud.calls == [
         (ln.pool, ln.cores, cap) for ln, cap in zip(capacity_plan.workers, caps, strict=True)
     ]
-    # 0.2902 of instances and 0.03 of their six public IPv4 addresses
-    assert caps[0] == Decimal("0.3202") and caps[-1] == capacity_plan.workers[-1].total_hourly
+    # 0.2902 of instances, 0.03 of their six public IPv4 addresses and 0.005262 of their six
+    # 8 GiB gp3 root volumes
+    assert caps[0] == Decimal("0.325462") and caps[-1] == capacity_plan.workers[-1].total_hourly
     assert got.cores == 24
 
 

@@ -428,10 +428,10 @@ class AwsProvider:
             options["InstanceInterruptionBehavior"] = "terminate"
         if max_hourly is not None:
             # EC2 holds only the instances' price to MaxTotalPrice; the budget holds their
-            # public IPv4 addresses too. One type per fleet, so scaling by the instance's
-            # share of its price keeps instances plus addresses within `max_hourly`.
-            if request.ipv4_hourly and request.hourly > 0:
-                max_hourly = max_hourly * (request.hourly - request.ipv4_hourly) / request.hourly
+            # public IPv4 addresses and root volumes too. One type per fleet, so scaling by
+            # the instance's share of its node's price keeps the nodes within `max_hourly`.
+            if request.instance_hourly != request.hourly and request.hourly > 0:
+                max_hourly = max_hourly * request.instance_hourly / request.hourly
             options["MaxTotalPrice"] = str(max_hourly.quantize(HUNDREDTH_CENT, ROUND_FLOOR))
 
         def ask() -> dict:

@@ -127,6 +127,12 @@ class LaunchRequest:
     hourly: Decimal  # the instance's price, its public IPv4 address included
     role: str = "worker"
     ipv4_hourly: Decimal = Decimal(0)  # the public IPv4 address's part of `hourly`
+    disk_hourly: Decimal = Decimal(0)  # the root volume's part of `hourly`
+
+    @property
+    def instance_hourly(self) -> Decimal:
+        """The instance's own price: what EC2 holds to a fleet's MaxTotalPrice."""
+        return self.hourly - self.ipv4_hourly - self.disk_hourly
 
     @property
     def pool(self) -> tuple[str, str, str]:
