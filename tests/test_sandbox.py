@@ -293,3 +293,46 @@ def test_burst_home_and_the_job_index_are_private(tmp_path, monkeypatch):
     assert home.stat().st_mode & 0o777 == 0o700
     assert state.path().stat().st_mode & 0o777 == 0o600
     assert state.get("job-1")["name"] == "x"
+
+
+def test_deleted_resources_lose_their_tags_and_ended_ones_are_forgotten_as_on_ec2(
+        sandbox, monkeypatch):
+    """moto keeps every tag and terminated instance for the sandbox's life (its DescribeTags
+    then slows with every job); EC2 drops a deleted resource's tags at once and shows a
+    terminated instance for about an hour."""
+    from botocore.exceptions import ClientError
+
+    ec2 = client(sandbox, "ec2")
+    name = f"forget-{time.time_ns()}"
+
+    def tags(kind: str) -> list[dict]:
+        return [{"ResourceType": kind, "Tags": [{"Key": "burst:probe", "Value": name}]}]
+
+    def tagged(resource_id: str) -> list[dict]:
+        return ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [resource_id]}])["Tags"]
+
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    group = ec2.create_security_group(GroupName=name, Description="probe", VpcId=vpc["VpcId"],
+                                      TagSpecifications=tags("security-group"))["GroupId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData={"InstanceType": "c5.large"},
+        TagSpecifications=tags("launch-template"))["LaunchTemplate"]["LaunchTemplateId"]
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8,
+                               TagSpecifications=tags("volume"))["VolumeId"]
+    instance = launch(sandbox, "#!/bin/bash\nsleep 300\n", role="probe")
+    assert all(tagged(i) for i in (group, template, volume, instance))
+
+    ec2.delete_security_group(GroupId=group)
+    ec2.delete_launch_template(LaunchTemplateId=template)
+    ec2.delete_volume(VolumeId=volume)
+    assert [tagged(i) for i in (group, template, volume)] == [[], [], []]
+
+    ec2.terminate_instances(InstanceIds=[instance])
+    wait_for(lambda: state(sandbox, instance) == "terminated")
+    assert tagged(instance)  # still shown, tags and all, until EC2's hour has passed
+    assert instance not in sandbox_module.forget_ended()
+    monkeypatch.setattr(sandbox_module, "FORGET_AFTER_SECONDS", 0)  # the hour, passed
+    assert instance in sandbox_module.forget_ended()
+    with pytest.raises(ClientError, match="InvalidInstanceID.NotFound"):
+        ec2.describe_instances(InstanceIds=[instance])
+    assert tagged(instance) == []

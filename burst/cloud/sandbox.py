@@ -568,6 +568,78 @@ def _power_cut_on_terminate() -> None:
     Instance.__init__ = launching(Instance.__init__)
     Instance._burst_power_cut = True
     _fleet_deletion_as_ec2()
+    _forgetting_as_ec2()
+
+
+# EC2 forgets what moto keeps for the sandbox's life: a deleted resource has no tags, and a
+# terminated instance "remains visible after termination (for approximately one hour)"
+# (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstances.html).
+# moto's DescribeTags reads every tag it ever held, about 60 a job: a long-lived sandbox
+# would slow down with every job. Deleted fleets are forgotten with the instances.
+FORGET_AFTER_SECONDS = 3600.0
+_ENDED_AT: dict[str, float] = {}  # terminated instance or deleted fleet -> monotonic time
+
+
+def _forgetting_as_ec2() -> None:
+    from moto.ec2.models import EC2Backend
+    from moto.ec2.models.instances import Instance
+
+    if getattr(EC2Backend, "_burst_forgets", False):
+        return
+
+    def untagging(method, deleted):
+        def wrapper(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            for resource_id in deleted(result, *args, **kwargs):
+                self.tags.pop(resource_id, None)
+            return result
+
+        return wrapper
+
+    EC2Backend.delete_volume = untagging(EC2Backend.delete_volume, lambda r, *_: [r.id])
+    EC2Backend.delete_launch_template = untagging(
+        EC2Backend.delete_launch_template, lambda r, *_: [r.id]
+    )
+    EC2Backend._delete_security_group = untagging(
+        EC2Backend._delete_security_group, lambda r, vpc_id, group_id: [group_id]
+    )
+    delete_fleets, terminate = EC2Backend.delete_fleets, Instance.terminate
+
+    def deleting_fleets(self, fleet_ids, *args, **kwargs):
+        deleted = delete_fleets(self, fleet_ids, *args, **kwargs)
+        _ENDED_AT.update(dict.fromkeys(fleet_ids, time.monotonic()))
+        return deleted
+
+    def terminating(self, *args, **kwargs):
+        _ENDED_AT.setdefault(self.id, time.monotonic())
+        return terminate(self, *args, **kwargs)
+
+    EC2Backend.delete_fleets = deleting_fleets
+    Instance.terminate = terminating
+    EC2Backend._burst_forgets = True
+
+
+def forget_ended() -> list[str]:
+    """Forget the instances terminated and the fleets deleted FORGET_AFTER_SECONDS ago, and
+    their tags, as EC2 does. Returns their ids."""
+    from moto.backends import get_backend
+
+    now = time.monotonic()
+    old = {i for i, at in list(_ENDED_AT.items()) if now - at >= FORGET_AFTER_SECONDS}
+    if not old:
+        return []
+    for regions in get_backend("ec2").values():
+        for backend in regions.values():
+            for reservation_id, reservation in list(backend.reservations.items()):
+                reservation.instances = [i for i in reservation.instances if i.id not in old]
+                if not reservation.instances:
+                    del backend.reservations[reservation_id]
+            for resource_id in old:
+                backend.fleets.pop(resource_id, None)
+                backend.tags.pop(resource_id, None)
+    for resource_id in old:
+        _ENDED_AT.pop(resource_id, None)
+    return sorted(old)
 
 
 def _fleet_deletion_as_ec2() -> None:
@@ -698,7 +770,7 @@ class Hypervisor:
         return self.clients[instance.zone[:-1]]
 
     def _loop(self) -> None:
-        last_full = last_change = 0.0
+        last_full = last_change = last_forget = 0.0
         while not self._stop.is_set():
             self._change.wait(POLL_SECONDS)
             if self._stop.is_set():
@@ -718,6 +790,9 @@ class Hypervisor:
                     self._reconcile()
                 else:
                     self._reap()
+                if now - last_forget > 60:
+                    last_forget = now
+                    forget_ended()
             except Exception as error:  # moto restarting or shutting down: try again
                 self.errors.append(repr(error))
 
