@@ -43,7 +43,8 @@ def cost_report(instances: list[InstanceRecord], plan: dict, now: datetime) -> d
         "actual_complete": len(known) == len(costs),  # False if a price was unknown
         "still_running": sum(1 for r in instances if r.end_time is None),
         "planned_hourly": plan["hourly"],
-        # Within the hourly prices above (and so within `actual`): the public IPv4 addresses.
+        # Within the hourly prices above (and so within `actual`): the public IPv4 addresses
+        # and the root volumes.
         "public_ipv4": plan.get("public_ipv4", {"addresses": 0, "hourly": "0"}),
         "root_volumes": plan.get("root_volumes", {"volumes": 0, "hourly": "0"}),
         "launched_hourly": str(sum((r.hourly or Decimal(0) for r in instances), Decimal(0))),

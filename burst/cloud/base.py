@@ -124,7 +124,7 @@ class LaunchRequest:
     zone: str
     market: str  # "spot" or "on-demand"
     vcpus: int
-    hourly: Decimal  # the instance's price, its public IPv4 address included
+    hourly: Decimal  # the node's price: the instance, its public IPv4 address, its root volume
     role: str = "worker"
     ipv4_hourly: Decimal = Decimal(0)  # the public IPv4 address's part of `hourly`
     disk_hourly: Decimal = Decimal(0)  # the root volume's part of `hourly`
