@@ -808,8 +808,8 @@ class Hypervisor:
 
     def _reconcile(self) -> None:
         live = {}
-        # Terminated instances stay in moto's answers for the sandbox's whole life (on EC2,
-        # about an hour): filtered out by the API, not parsed to be dropped.
+        # Terminated instances stay in the answers for an hour (see forget_ended): filtered
+        # out by the API, not parsed to be dropped.
         running = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
         for ec2 in self.clients.values():
             for page in ec2.get_paginator("describe_instances").paginate(Filters=running):
