@@ -25,7 +25,7 @@ from distributed.core import Status, rpc
 from distributed.deploy import Adaptive, Cluster
 from tornado.ioloop import PeriodicCallback
 
-from burst import bootstrap, events, preflight, tls, wheelhouse
+from burst import bootstrap, elasticity, events, preflight, tls, wheelhouse
 from burst.catalog import SNAPSHOT, architecture_of, default_zones, offers_for
 from burst.cloud.base import (
     CloudError,
@@ -525,19 +525,14 @@ class BurstCluster(Cluster):
         """A plain record of the cluster's changes, for the manifest: the scale requests, the
         interrupted workers, and the replacement capacity launched for them (instances, pools,
         seconds until the cores were back, and what it cost so far)."""
-        now = datetime.now(UTC)
-        replacements = []
-        for replacement in self.replacements:
-            records = [self.instances[i] for i in replacement["instances"] if i in self.instances]
-            cost = sum((instance_cost(r, now) or Decimal(0) for r in records), Decimal(0))
-            replacements.append({**replacement, "cost": str(cost)})
-        return {
-            "target_cores": self._target_cores,
-            "scaling": list(self.scaling),
-            "interruptions": list(self.interruptions),
-            "replacements": replacements,
-            "replacement_cost": str(sum((Decimal(r["cost"]) for r in replacements), Decimal(0))),
-        }
+        return elasticity.record(
+            self._target_cores,
+            self.scaling,
+            self.interruptions,
+            self.replacements,
+            self.instances,
+            datetime.now(UTC),
+        )
 
     # ------------------------------------------------------------ reconcile
 
@@ -610,18 +605,7 @@ class BurstCluster(Cluster):
     def _interrupted(self, name: str, reason: str) -> None:
         record = self.instances[name]
         self._retiring[name] = reason
-        self.interruptions.append(
-            {
-                "instance_id": name,
-                "reason": reason,
-                "time": _now(),
-                "instance_type": record.instance_type,
-                "zone": record.zone,
-                "market": record.market,
-                "vcpus": record.vcpus,
-                "replaced_by": None,
-            }
-        )
+        self.interruptions.append(elasticity.interruption(record, reason, datetime.now(UTC)))
         self._log(f"worker {name} ({record.instance_type} {record.market}): {reason}")
 
     async def _grow(self, missing: int) -> None:
@@ -657,43 +641,19 @@ class BurstCluster(Cluster):
                 f"trying again in {RETRY_SECONDS:.0f}s"
             )
         if got.records and pending:
-            index = len(self.replacements)
-            for interruption in pending:
-                interruption["replaced_by"] = index
-            self.replacements.append(
-                {
-                    "for": [i["instance_id"] for i in pending],
-                    "cores_lost": sum(i["vcpus"] for i in pending),
-                    "instances": [r.instance_id for r in got.records],
-                    "cores": got.cores,
-                    "pools": sorted(
-                        {f"{r.instance_type} {r.zone} {r.market}" for r in got.records}
-                    ),
-                    "hourly": str(sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))),
-                    "launched": _now(),
-                    "rejoined": None,
-                    "seconds_to_rejoin": None,
-                }
-            )
+            elasticity.replacement(self.interruptions, self.replacements, got, datetime.now(UTC))
 
     def _note_rejoined(self) -> None:
         """A replacement is back when all its workers joined: the seconds from the first
         notice of the workers it replaces."""
-        observed = self.observed
-        for replacement in self.replacements:
-            if replacement["rejoined"] is None and set(replacement["instances"]) <= observed:
-                noticed = min(
-                    datetime.fromisoformat(i["time"])
-                    for i in self.interruptions
-                    if i["instance_id"] in replacement["for"]
-                )
-                now = datetime.now(UTC)
-                replacement["rejoined"] = now.isoformat(timespec="seconds")
-                replacement["seconds_to_rejoin"] = round((now - noticed).total_seconds(), 1)
-                self._log(
-                    f"{replacement['cores']} replacement cores joined "
-                    f"{replacement['seconds_to_rejoin']}s after the interruption"
-                )
+        back = elasticity.rejoined(
+            self.interruptions, self.replacements, self.observed, datetime.now(UTC)
+        )
+        for replacement in back:
+            self._log(
+                f"{replacement['cores']} replacement cores joined "
+                f"{replacement['seconds_to_rejoin']}s after the interruption"
+            )
 
     async def _shrink(self, excess: int) -> None:
         """Retire whole workers worth at most `excess` cores: those not joined yet first,

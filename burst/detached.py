@@ -19,7 +19,7 @@ from typing import Any
 import cloudpickle
 from distributed import Client
 
-from burst import drive, events, state, taskrun, transfer
+from burst import drive, elasticity, events, state, taskrun, transfer
 from burst.catalog import offers_for
 from burst.cloud.base import ClusterIdentity, InstanceRecord, NodeEnvironment, Provider
 from burst.cloud.connect import Connection, open_provider
@@ -308,11 +308,18 @@ def replace_lost(job: Located, status: dict) -> list[str]:
         return []  # the driver ended the cluster, or the scheduler is gone: nothing to join
     now = datetime.now(UTC)
     said, lost = [], {i["instance_id"] for i in cluster["interruptions"]}
-    said += _rejoined(cluster, set(status.get("workers") or ()), now)
+    joined = set(status.get("workers") or ())
+    for back in elasticity.rejoined(cluster["interruptions"], cluster["replacements"], joined, now):
+        said.append(
+            f"{back['cores']} replacement cores joined {back['seconds_to_rejoin']}s after "
+            "the loss was seen"
+        )
     for record in records:
         if record.role == "worker" and record.instance_id in ended - lost:
             record.end_time = now  # seen up to replace_every late: billed a little more
-            cluster["interruptions"].append(_interruption(record, now))
+            cluster["interruptions"].append(
+                elasticity.interruption(record, "ended (seen by burst wait)", now)
+            )
             said.append(f"worker {record.instance_id} ({record.instance_type}) ended")
     live = [r for r in records if r.role == "worker" and r.end_time is None]
     missing = cluster["target_cores"] - sum(r.vcpus for r in live)
@@ -337,7 +344,7 @@ def replace_lost(job: Located, status: dict) -> list[str]:
         cluster["fleets"] += got.fleet_ids
         cluster["capacity_errors"] += [str(e) for e in got.errors]
         if got.records:
-            cluster["replacements"].append(_replacement(cluster, got, now))
+            elasticity.replacement(cluster["interruptions"], cluster["replacements"], got, now)
         short = "; ".join(str(e) for e in got.errors) or "the budget allows no more"
         said.append(
             f"launched {got.cores} worker cores for {missing} lost"
@@ -346,73 +353,6 @@ def replace_lost(job: Located, status: dict) -> list[str]:
     if said:
         cluster["instances"] = [r.to_dict() for r in records]
         job.bucket.put(f"{job.base}/cluster.json", dumps(cluster, indent=2))
-    return said
-
-
-def _elasticity(cluster: dict, records: list[InstanceRecord], now: datetime) -> dict:
-    costs = {r.instance_id: instance_cost(r, now) or Decimal(0) for r in records}
-    replacements = [
-        {**r, "cost": str(sum((costs.get(i, Decimal(0)) for i in r["instances"]), Decimal(0)))}
-        for r in cluster["replacements"]
-    ]
-    return {
-        "target_cores": cluster["target_cores"],
-        "scaling": [],  # a detached job is not scaled
-        "interruptions": cluster["interruptions"],
-        "replacements": replacements,
-        "replacement_cost": str(sum((Decimal(r["cost"]) for r in replacements), Decimal(0))),
-    }
-
-
-def _interruption(record: InstanceRecord, now: datetime) -> dict:
-    return {
-        "instance_id": record.instance_id,
-        "reason": "ended (seen by burst wait)",
-        "time": now.isoformat(timespec="seconds"),
-        "instance_type": record.instance_type,
-        "zone": record.zone,
-        "market": record.market,
-        "vcpus": record.vcpus,
-        "replaced_by": None,
-    }
-
-
-def _replacement(cluster: dict, got: Any, now: datetime) -> dict:
-    """As BurstCluster records one (its elasticity()); when it rejoined is set by _rejoined."""
-    pending = [i for i in cluster["interruptions"] if i["replaced_by"] is None]
-    for interruption in pending:
-        interruption["replaced_by"] = len(cluster["replacements"])
-    return {
-        "for": [i["instance_id"] for i in pending],
-        "cores_lost": sum(i["vcpus"] for i in pending),
-        "instances": [r.instance_id for r in got.records],
-        "cores": got.cores,
-        "pools": sorted({f"{r.instance_type} {r.zone} {r.market}" for r in got.records}),
-        "hourly": str(sum((r.hourly or Decimal(0) for r in got.records), Decimal(0))),
-        "launched": now.isoformat(timespec="seconds"),
-        "rejoined": None,
-        "seconds_to_rejoin": None,
-    }
-
-
-def _rejoined(cluster: dict, joined: set[str], now: datetime) -> list[str]:
-    """Replacements whose workers all joined, by the driver's list of workers (flushed every
-    few seconds): the seconds from the loss seen to the join seen, each up to a
-    `replace_every` late."""
-    said = []
-    for replacement in cluster["replacements"]:
-        if replacement["rejoined"] is None and set(replacement["instances"]) <= joined:
-            noticed = min(
-                datetime.fromisoformat(i["time"])
-                for i in cluster["interruptions"]
-                if i["instance_id"] in replacement["for"]
-            )
-            replacement["rejoined"] = now.isoformat(timespec="seconds")
-            replacement["seconds_to_rejoin"] = round((now - noticed).total_seconds(), 1)
-            said.append(
-                f"{replacement['cores']} replacement cores joined "
-                f"{replacement['seconds_to_rejoin']}s after the loss was seen"
-            )
     return said
 
 
@@ -523,7 +463,14 @@ def _manifest(
             },
         )
         if "launch" in cluster:  # kept since replacements: the attached manifest's shape
-            manifest["elasticity"] = _elasticity(cluster, records, now)
+            manifest["elasticity"] = elasticity.record(
+                cluster["target_cores"],
+                [],  # a detached job is not scaled
+                cluster["interruptions"],
+                cluster["replacements"],
+                {r.instance_id: r for r in records},
+                now,
+            )
     else:
         manifest["cost"] = {}
     return manifest

@@ -52,6 +52,7 @@ LAYERS = {
     "burst.provision": 4,
     "burst.preflight": 4,
     "burst.events": 4,
+    "burst.elasticity": 4,
     # A cluster's life; finding what was left behind.
     "burst.cluster": 5,
     "burst.gc": 5,
